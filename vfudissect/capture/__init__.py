@@ -1,0 +1,1 @@
+"""Capture files: the VFUC v1 record codec, a streaming pcapng writer and a streaming reader."""

@@ -1,0 +1,128 @@
+"""Streaming pcapng writer for VFUC captures: one flushed record per event, usable on a pipe."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import threading
+from typing import BinaryIO
+
+from .. import __version__, spec
+from ..core.events import ConnClosed, ConnOpened, MessageIn, NoteIn, RawIn
+from . import vfuc
+
+_SHB_MAGIC = 0x1A2B3C4D
+_BT_SHB, _BT_IDB, _BT_EPB = 0x0A0D0D0A, 1, 6
+_OPT_COMMENT, _OPT_END = 1, 0
+_SHB_USERAPPL, _SHB_OS = 4, 3
+_IF_NAME, _IF_DESCRIPTION, _IF_TSRESOL = 2, 3, 9
+_EPB_FLAGS = 2
+
+Recordable = ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed
+
+
+def _opt(code: int, value: bytes) -> bytes:
+    return struct.pack("<HH", code, len(value)) + value + b"\0" * (-len(value) % 4)
+
+
+def _block(btype: int, body: bytes) -> bytes:
+    total = 12 + len(body)
+    return struct.pack("<II", btype, total) + body + struct.pack("<I", total)
+
+
+class PcapngWriter:
+    """Low level: SHB + one IDB (link type 252, ns timestamps), then EPBs, each flushed."""
+
+    def __init__(self, out: BinaryIO, *, comment: str = "", if_name: str = "vfio-user",
+                 if_description: str = "", flush: bool = True) -> None:
+        self._out = out
+        self._flush = flush
+        self.records = 0
+        shb_opts = _opt(_SHB_USERAPPL, f"vfudissect {__version__} (vfucap/{spec.VFUC_VERSION})".encode())
+        if comment:
+            shb_opts += _opt(_OPT_COMMENT, comment.encode("utf-8", "replace"))
+        shb_opts += _opt(_OPT_END, b"")
+        shb = _block(_BT_SHB, struct.pack("<IHHq", _SHB_MAGIC, 1, 0, -1) + shb_opts)
+        idb_opts = _opt(_IF_NAME, if_name.encode("utf-8", "replace"))
+        if if_description:
+            idb_opts += _opt(_IF_DESCRIPTION, if_description.encode("utf-8", "replace"))
+        idb_opts += _opt(_IF_TSRESOL, b"\x09") + _opt(_OPT_END, b"")
+        idb = _block(_BT_IDB, struct.pack("<HHI", spec.LINKTYPE_WIRESHARK_UPPER_PDU, 0, 0) + idb_opts)
+        self._write(shb + idb)
+
+    def _write(self, b: bytes) -> None:
+        self._out.write(b)
+        if self._flush:
+            self._out.flush()
+
+    def write_record(self, ts_ns: int, data: bytes, direction: str | None = None,
+                     origlen: int | None = None) -> int:
+        """Write one EPB; returns its 1-based record number."""
+        opts = b""
+        if direction is not None:
+            bits = spec.EPB_DIR_OUTBOUND if direction == spec.C2S else spec.EPB_DIR_INBOUND
+            opts = _opt(_EPB_FLAGS, struct.pack("<I", bits)) + _opt(_OPT_END, b"")
+        pad = b"\0" * (-len(data) % 4)
+        body = struct.pack("<IIIII", 0, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, len(data),
+                           len(data) if origlen is None else origlen) + data + pad + opts
+        self._write(_block(_BT_EPB, body))
+        self.records += 1
+        return self.records
+
+    def close(self) -> None:
+        try:
+            self._out.flush()
+        finally:
+            self._out.close()
+
+
+class CaptureWriter:
+    """High level: writes engine events as VFUC records and returns them as recorded.
+
+    The returned event carries its frame number (the last fragment's record)
+    and, with a ``snaplen``, the truncated data and TRUNCATED flag: feed that
+    event to the engine so the live view and ``read`` see the same thing.
+    Thread-safe: the proxy may call it from several relay threads.
+    """
+
+    def __init__(self, out: BinaryIO, *, comment: str = "", if_name: str = "vfio-user",
+                 snaplen: int | None = None, max_record: int = spec.VFUC_MAX_RECORD, flush: bool = True) -> None:
+        self._w = PcapngWriter(out, comment=comment, if_name=if_name, flush=flush)
+        self._seq: dict[tuple[int, str], int] = {}
+        self._snaplen = snaplen
+        self._max_record = max_record
+        self._lock = threading.Lock()
+        self._last_ns = 0
+
+    @property
+    def records(self) -> int:
+        return self._w.records
+
+    def write(self, ev: Recordable) -> Recordable:
+        with self._lock:
+            ts_ns = max(int(round(ev.ts * 1e9)), self._last_ns)  # clamped non-decreasing
+            self._last_ns = ts_ns
+            origlen_extra = 0
+            seq = 0
+            if isinstance(ev, (MessageIn, RawIn)):
+                key = (ev.conn, ev.dir)
+                seq = self._seq.get(key, 0)
+                self._seq[key] = seq + 1
+                if self._snaplen is not None and isinstance(ev, MessageIn):
+                    cut = vfuc.truncate_message(ev.data, self._snaplen)
+                    if len(cut) < len(ev.data):
+                        origlen_extra = len(ev.data) - len(cut)
+                        ev = dataclasses.replace(ev, data=cut, msg_len=ev.wire_len,
+                                                 flags=ev.flags | spec.VF_TRUNCATED)
+            recs = vfuc.encode(ev, seq, self._max_record)
+            direction = ev.dir if isinstance(ev, (MessageIn, RawIn)) else None
+            frame = 0
+            for i, rec in enumerate(recs):
+                last = i == len(recs) - 1
+                frame = self._w.write_record(ts_ns, rec, direction,
+                                             len(rec) + origlen_extra if last else None)
+            return dataclasses.replace(ev, frame=frame)
+
+    def close(self) -> None:
+        with self._lock:
+            self._w.close()

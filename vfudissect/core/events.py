@@ -1,0 +1,113 @@
+"""Events fed to the analysis engine: what was seen on the wire, with its timestamp.
+
+The proxy builds these from sockets, the capture reader from pcapng records,
+and tests by hand; the engine never asks where they came from.  ``frame`` is
+the 1-based pcapng record number (the last fragment's, for a message split
+over several records), 0 when not recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FdInfo:
+    """A file descriptor passed with a message (SCM_RIGHTS), as fstat and /proc saw it."""
+
+    kind: str  # unknown | regular | memfd | eventfd | socket | fifo | chardev | blockdev | directory | anon_inode
+    size: int = 0
+    ino: int = 0
+    status_flags: int = 0  # F_GETFL
+    path: str = ""  # readlink of /proc/self/fd/N, e.g. "/memfd:guest-ram (deleted)"
+
+
+@dataclass(frozen=True, slots=True)
+class Cred:
+    """SO_PEERCRED of a peer."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConnOpened:
+    ts: float
+    conn: int
+    socket_path: str = ""
+    client: Cred | None = None
+    server: Cred | None = None
+    twin_of: int | None = None  # main connection this twin socket belongs to
+    frame: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MessageIn:
+    """One whole vfio-user message (possibly truncated by the recorder's snaplen)."""
+
+    ts: float
+    conn: int
+    dir: str  # "c2s" | "s2c"
+    data: bytes
+    fds: tuple[FdInfo, ...] = ()
+    frame: int = 0
+    msg_len: int = -1  # length on the wire; -1 = len(data)
+    flags: int = 0  # VFUC record flags (TRUNCATED, FDS_CTRUNC, FDS_NOT_AT_MSG_START, INJECTED)
+
+    @property
+    def wire_len(self) -> int:
+        return len(self.data) if self.msg_len < 0 else self.msg_len
+
+
+@dataclass(frozen=True, slots=True)
+class RawIn:
+    """Bytes that could not be framed as messages (relayed raw)."""
+
+    ts: float
+    conn: int
+    dir: str
+    data: bytes
+    fds: tuple[FdInfo, ...] = ()
+    frame: int = 0
+    note: str = ""
+    flags: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NoteIn:
+    """A proxy event worth recording (a stall, a relay error), in words."""
+
+    ts: float
+    conn: int
+    text: str
+    dir: str | None = None
+    frame: int = 0
+    proxy_errno: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnClosed:
+    """One direction (or, with dir None, the whole connection) closed."""
+
+    ts: float
+    conn: int
+    dir: str | None = None
+    frame: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passed with nothing else happening (lets timeouts fire live)."""
+
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureEnd:
+    """No more events will come."""
+
+    ts: float
+
+
+Event = ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed | Tick | CaptureEnd
