@@ -469,8 +469,8 @@ FINDINGS: Mapping[str, FindingKind] = {
         FindingKind("FEATURE_UNKNOWN", "warning", "protocol", "feature index not used by vfio-user", "F2"),
         FindingKind("MIG_STATE_INVALID", "error", "protocol", "invalid migration device state target", "F3"),
         FindingKind("MIG_DATA_WRONG_STATE", "error", "protocol", "migration data outside the allowed device state", "F4"),
-        # connection
-        FindingKind("CONN_CLOSED_PENDING", "warning", "sequence", "connection closed with commands unanswered", "9"),
+        # capture file
+        FindingKind("CAPTURE_CORRUPT", "error", "malformed", "capture record could not be decoded", "capture"),
     )
 }
 

@@ -1,0 +1,413 @@
+"""Command-line entry point: argparse subcommands, exit codes, and the offline `read` / `stats` / `import`.
+
+Exit status: 0 clean, 1 findings at or above --fail-on, 2 unusable input or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Iterator, TextIO
+
+from . import __version__, spec
+from .capture.reader import CaptureError, open_capture
+from .core.analyzer import Analyzer, AnalyzerConfig
+from .core.events import Event
+from .core.records import ConnRecord, Finding, Item, MessageRecord
+from .core.sequencer import Sequencer
+from .render import Renderer, finding_json, message_json
+from .stats import Stats
+
+EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
+
+# Subcommands living in their own modules: each exposes add_parser(subparsers).
+SUBCOMMAND_MODULES = ["cli_record", "cli_serve", "cli_lua", "cli_demo"]
+
+
+class UsageError(Exception):
+    pass
+
+
+def use_color(choice: str, stream: TextIO) -> bool:
+    if choice == "always":
+        return True
+    if choice == "never" or os.environ.get("NO_COLOR"):
+        return False
+    return stream.isatty() and os.environ.get("TERM") != "dumb"
+
+
+class Progress:
+    """A progress bar on stderr, shown only when stderr is a terminal and the file is big."""
+
+    def __init__(self, path: str, enabled: bool) -> None:
+        self.total = 0
+        self.done = 0
+        self.enabled = False
+        self._last = 0.0
+        self._t0 = time.monotonic()
+        if enabled and path != "-" and sys.stderr.isatty():
+            try:
+                self.total = os.path.getsize(path)
+            except OSError:
+                self.total = 0
+            self.enabled = self.total > 4 << 20
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.enabled and now - self._last > 0.1:
+            self._last = now
+            frac = min(self.done / self.total, 1.0)
+            bar = "#" * int(frac * 30)
+            rate = self.done / max(now - self._t0, 1e-6) / 1e6
+            sys.stderr.write(f"\r[{bar:<30}] {frac * 100:5.1f}% {self.done / 1e6:8.1f} MB {rate:6.1f} MB/s")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 72 + "\r")
+            sys.stderr.flush()
+
+
+def analyze(events: Iterator[Event], config: AnalyzerConfig) -> Iterator[Item]:
+    """Drive the engine over events; yields every record and finding, then the end-of-capture findings."""
+    an = Analyzer(config)
+    feed = an.feed
+    last = 0.0
+    for ev in events:
+        if ev.ts:
+            last = ev.ts
+        yield from feed(ev)
+    yield from an.finish(last)
+
+
+# ----------------------------------------------------------------- filters
+class Filter:
+    """Selection by command, connection, direction, finding code and severity."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.commands = _parse_commands(args.command) if args.command else None
+        self.conns = set(args.conn) if args.conn else None
+        self.dir = args.dir
+        self.codes = {c.upper() for c in args.finding} if args.finding else None
+        if self.codes:
+            bad = self.codes - set(spec.FINDINGS)
+            if bad:
+                raise UsageError(f"unknown finding code(s): {', '.join(sorted(bad))} (see `vfudissect codes`)")
+        self.min_sev = spec.SEVERITY_RANK[args.severity] if args.severity else None
+
+    @property
+    def active(self) -> bool:
+        return any(x is not None for x in (self.commands, self.conns, self.dir, self.codes, self.min_sev))
+
+    def finding_ok(self, f: Finding) -> bool:
+        if self.conns is not None and f.conn not in self.conns:
+            return False
+        if self.codes is not None and f.code not in self.codes:
+            return False
+        if self.min_sev is not None and spec.SEVERITY_RANK[f.severity] < self.min_sev:
+            return False
+        return True
+
+    def record_ok(self, r: MessageRecord) -> bool:
+        if self.commands is not None and r.command not in self.commands:
+            return False
+        if self.conns is not None and r.conn not in self.conns:
+            return False
+        if self.dir is not None and r.dir != self.dir:
+            return False
+        if self.codes is not None and not self.codes.intersection(r.findings):
+            return False
+        if self.min_sev is not None and not any(
+                spec.SEVERITY_RANK[spec.FINDINGS[c].severity] >= self.min_sev for c in r.findings):
+            return False
+        return True
+
+
+def _parse_commands(values: list[str]) -> set[int]:
+    out: set[int] = set()
+    by_name = {info.name: code for code, info in spec.COMMANDS.items()}
+    for v in values:
+        for part in v.split(","):
+            p = part.strip().upper().removeprefix("VFIO_USER_")
+            if not p:
+                continue
+            if p.isdigit():
+                out.add(int(p))
+            elif p in by_name:
+                out.add(by_name[p])
+            else:
+                matches = [code for name, code in by_name.items() if p in name]
+                if not matches:
+                    raise UsageError(f"unknown command {part!r}; known: {', '.join(by_name)}")
+                out.update(matches)
+    return out
+
+
+# ----------------------------------------------------------------- read
+def cmd_read(args: argparse.Namespace) -> int:
+    flt = Filter(args)
+    out = sys.stdout
+    color = use_color(args.color, out)
+    r = Renderer(color)
+    stats = Stats()
+    seq = Sequencer()
+    progress = Progress(args.file, not args.no_progress)
+    fail_rank = None if args.fail_on == "never" else spec.SEVERITY_RANK[args.fail_on]
+    worst = -1
+    shown = 0
+    layers: Any = None
+    if args.verbose:
+        try:
+            from . import layers as layers
+        except ImportError:
+            layers = None
+    pending_conn: dict[int, bool] = {}
+    events = open_capture(args.file, progress)
+    error: CaptureError | None = None
+    write = out.write
+
+    def emit(items: list[Item]) -> None:
+        nonlocal worst, shown
+        for it in items:
+            if isinstance(it, MessageRecord):
+                ok = flt.record_ok(it)
+                pending_conn[it.frame] = ok
+                if not ok:
+                    continue
+                shown += 1
+                if args.json:
+                    write(json.dumps(message_json(it)) + "\n")
+                else:
+                    write(r.message_line(it) + "\n")
+                    if layers is not None and args.verbose:
+                        write(_tree(layers, it) + "\n")
+            elif isinstance(it, Finding):
+                if not flt.finding_ok(it):
+                    continue
+                rank = spec.SEVERITY_RANK[it.severity]
+                worst = max(worst, rank)
+                if args.json:
+                    write(json.dumps(finding_json(it)) + "\n")
+                elif pending_conn.get(it.frame, not flt.active):
+                    write(r.finding_line(it) + "\n")
+            elif isinstance(it, ConnRecord) and not args.json and not flt.active:
+                write(r.conn_line(it) + "\n")
+
+    try:
+        for it in analyze(_guard(events, lambda e: _set_error(e)), AnalyzerConfig(timeout=args.timeout)):
+            stats.add(it)
+            emit(seq.push([it]))
+            if len(pending_conn) > 100000:
+                pending_conn.clear()
+        emit(seq.flush())
+    except BrokenPipeError:
+        return _broken_pipe()
+    finally:
+        progress.close()
+    error = _ERRORS.pop() if _ERRORS else None
+    if not args.json and not args.quiet_summary:
+        write("\n" + stats.render(color) + "\n")
+        if flt.active:
+            write(f"  ({shown} of {stats.messages} messages shown)\n")
+    out.flush()
+    if error is not None:
+        _err_line(str(error))
+        return EXIT_BAD_INPUT
+    if fail_rank is not None and worst >= fail_rank:
+        return EXIT_FINDINGS
+    return EXIT_OK
+
+
+_ERRORS: list[CaptureError] = []
+
+
+def _set_error(e: CaptureError) -> None:
+    _ERRORS.append(e)
+
+
+def _guard(events: Iterator[Event], on_error: Callable[[CaptureError], None]) -> Iterator[Event]:
+    """Stop cleanly at a damaged capture, keeping everything read before it."""
+    try:
+        yield from events
+    except CaptureError as e:
+        on_error(e)
+
+
+def _tree(layers: Any, rec: MessageRecord) -> str:
+    """The full decode tree of one message (scapy's show())."""
+    data = getattr(rec, "_data", None)
+    return layers.show_record(rec) if hasattr(layers, "show_record") else ("" if data is None else "")
+
+
+def _broken_pipe() -> int:
+    try:
+        sys.stdout = open(os.devnull, "w")
+    except OSError:
+        pass
+    return EXIT_OK
+
+
+def _err_line(msg: str) -> None:
+    prog = "vfudissect"
+    sys.stderr.write(f"{prog}: error: {msg}\n")
+
+
+# ----------------------------------------------------------------- stats
+def cmd_stats(args: argparse.Namespace) -> int:
+    stats = Stats()
+    progress = Progress(args.file, not args.no_progress)
+    fail_rank = None if args.fail_on == "never" else spec.SEVERITY_RANK[args.fail_on]
+    add = stats.add
+    try:
+        for it in analyze(_guard(open_capture(args.file, progress), _set_error), AnalyzerConfig(timeout=args.timeout)):
+            add(it)
+    finally:
+        progress.close()
+    error = _ERRORS.pop() if _ERRORS else None
+    try:
+        if args.json:
+            sys.stdout.write(json.dumps(stats.to_json(), indent=2) + "\n")
+        else:
+            sys.stdout.write(stats.render(use_color(args.color, sys.stdout)) + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _broken_pipe()
+    if error is not None:
+        _err_line(str(error))
+        return EXIT_BAD_INPUT
+    worst = max((spec.SEVERITY_RANK[s] for s, n in stats.severities.items() if n), default=-1)
+    return EXIT_FINDINGS if fail_rank is not None and worst >= fail_rank else EXIT_OK
+
+
+# ----------------------------------------------------------------- import
+def cmd_import(args: argparse.Namespace) -> int:
+    from .capture.transcript import TranscriptError, transcript_events
+    from .capture.writer import CaptureWriter
+
+    try:
+        fin = sys.stdin if args.transcript == "-" else open(args.transcript)
+    except OSError as exc:
+        raise UsageError(f"{args.transcript}: {exc.strerror}") from None
+    out = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")
+    w = CaptureWriter(out, comment=f"imported from {args.transcript}", flush=args.write == "-")
+    try:
+        for ev in transcript_events(fin, args.transcript):
+            w.write(ev)
+    except TranscriptError as exc:
+        w.close()
+        _err_line(str(exc))
+        return EXIT_BAD_INPUT
+    w.close()
+    if args.write != "-":
+        sys.stderr.write(f"{args.write}: {w.records} records\n")
+    return EXIT_OK
+
+
+def cmd_codes(args: argparse.Namespace) -> int:
+    if args.json:
+        for f in spec.FINDINGS.values():
+            print(json.dumps({"finding": f.code, "severity": f.severity, "group": f.group, "title": f.title,
+                              "basis": f.basis}))
+        return EXIT_OK
+    for f in spec.FINDINGS.values():
+        print(f"{f.code:<30} {f.severity:<8} {f.title}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------- parser
+def _common_analysis(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="capture file (pcapng or pcap written by vfudissect; - for stdin)")
+    p.add_argument("--timeout", type=float, default=spec.DEFAULT_REPLY_TIMEOUT, metavar="SECONDS",
+                   help="REPLY_TIMEOUT threshold (default %(default)s s, QEMU's x-msg-timeout; 0 disables)")
+    p.add_argument("--fail-on", choices=["note", "warning", "error", "never"], default="error",
+                   help="exit 1 when findings of this severity or worse exist (default %(default)s)")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="colour the output (default: when it is a terminal)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vfudissect",
+        description="Dissect, record and analyze vfio-user traffic (QEMU vfio-user-pci <-> device servers).",
+        epilog="Exit status: 0 clean, 1 findings at or above --fail-on, 2 unusable input or usage error.\n"
+               "Examples:\n"
+               "  vfudissect read captures/qemu-10.2-gpio-pci-idio-16.pcapng\n"
+               "  vfudissect read --json --finding ERROR_REPLY capture.pcapng | jq .\n"
+               "  vfudissect stats capture.pcapng\n"
+               "  vfudissect record --listen /tmp/proxy.sock --connect /run/dev.sock -w dev.pcapng\n"
+               "  vfudissect lua --install",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"vfudissect {__version__}")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    p = sub.add_parser("read", help="decode a capture, one line per message, findings inline",
+                       description="Decode a capture like tshark: one line per message (frame, time, connection, "
+                                   "direction, command, id, size, fds, key fields, links to the request/reply "
+                                   "and response time) with findings on the lines they concern and a summary.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common_analysis(p)
+    p.add_argument("-V", "--verbose", action="store_true", help="print the full decode tree of each message")
+    p.add_argument("--json", action="store_true",
+                   help="JSON Lines: one object per message and one per finding (keys documented in README)")
+    p.add_argument("-c", "--command", action="append", metavar="CMD",
+                   help="only these commands (name, substring or number; repeat or comma-separate)")
+    p.add_argument("--conn", action="append", type=int, metavar="N", help="only connection N (repeatable)")
+    p.add_argument("--dir", choices=["c2s", "s2c"], help="only one direction")
+    p.add_argument("-f", "--finding", action="append", metavar="CODE",
+                   help="only messages with this finding code (repeatable)")
+    p.add_argument("-s", "--severity", choices=["note", "warning", "error"],
+                   help="only messages/findings of this severity or worse")
+    p.add_argument("--quiet-summary", action="store_true", help="no summary at the end")
+    p.set_defaults(func=cmd_read)
+
+    p = sub.add_parser("stats", help="response-time table, errors, fds and findings per connection",
+                       description="Per-command response times (count, min, mean, p50, p99, max; percentiles "
+                                   "to 1%%), errors by errno, fds by kind and findings by code, per connection "
+                                   "and overall.")
+    _common_analysis(p)
+    p.add_argument("--json", action="store_true", help="print the statistics as one JSON document")
+    p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("import", help="turn a relay transcript (JSON Lines) into a pcapng capture",
+                       description="Convert a transcript as in shared/captures (one JSON object per message: "
+                                   "t, conn, dir, data hex, fds) into a VFUC pcapng capture.")
+    p.add_argument("transcript", help="the .jsonl transcript (- for stdin)")
+    p.add_argument("-w", "--write", required=True, metavar="FILE", help="capture to write (- for stdout)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("codes", help="list the finding codes with their severity")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_codes)
+
+    for name in SUBCOMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f".{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.endswith(name):
+                continue
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        _err_line(str(exc))
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return _broken_pipe()

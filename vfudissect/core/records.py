@@ -1,0 +1,66 @@
+"""What the engine returns: one MessageRecord per message and one Finding per anomaly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .events import FdInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """An anomaly: stable code (spec.FINDINGS), severity, where, and a sentence."""
+
+    code: str
+    severity: str  # note | warning | error
+    conn: int
+    frames: tuple[int, ...]  # frames involved, the one it is about first
+    text: str
+    ts: float = 0.0
+
+    @property
+    def frame(self) -> int:
+        return self.frames[0] if self.frames else 0
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    """One decoded vfio-user message with its request/reply link and findings."""
+
+    frame: int
+    ts: float
+    conn: int
+    dir: str  # c2s | s2c
+    msg_id: int
+    command: int
+    command_name: str
+    msg_type: str  # command | reply | type<N>
+    size: int  # header size field
+    flags: int
+    error: int
+    wire_len: int  # bytes on the wire (may differ from size in malformed messages)
+    fds: tuple[FdInfo, ...] = ()
+    fields: dict[str, Any] = field(default_factory=dict)  # key decoded payload fields
+    request_frame: int | None = None  # on replies
+    response_frame: int | None = None  # on commands, filled in by the sequencer
+    rtt: float | None = None  # on replies: seconds since the request
+    findings: tuple[str, ...] = ()
+    truncated: bool = False  # payload cut by the recorder's snaplen
+    no_reply: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConnRecord:
+    """A connection event (open/close) or raw/unframed bytes, for the line view."""
+
+    frame: int
+    ts: float
+    conn: int
+    kind: str  # open | close | raw | note
+    text: str
+    dir: str | None = None
+    findings: tuple[str, ...] = ()
+
+
+Item = MessageRecord | ConnRecord | Finding
