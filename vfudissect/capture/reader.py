@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterator, NamedTuple
 
 from .. import spec
-from ..core.events import ConnClosed, ConnOpened, Event, MessageIn, NoteIn, RawIn
+from ..core.events import ConnClosed, ConnOpened, Event, MessageIn, NoteIn, RawIn, make_message_in
 from . import vfuc
 
 _CHUNK = 1 << 20
@@ -32,8 +32,9 @@ class CaptureError(Exception):
         super().__init__(f"{path}: {where}: {message}")
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
+class RawRecord(NamedTuple):
+    """One packet record of the file (a NamedTuple: built once per record on the hot path)."""
+
     number: int  # 1-based record number, as Wireshark counts frames
     ts_ns: int
     linktype: int
@@ -161,15 +162,7 @@ def _iter_pcapng(b: _Buf, path: str) -> Iterator[RawRecord]:
             if dstart + caplen > end:
                 raise CaptureError(path, n, f"captured length {caplen} runs past its block")
             data = b.buf[dstart:dstart + caplen]
-            flags = None
-            opt = dstart + caplen + (-caplen % 4)
-            while opt + 4 <= end:
-                code, olen = struct.unpack_from(e + "HH", b.buf, opt)
-                if code == 0:
-                    break
-                if code == 2 and olen == 4:
-                    flags = struct.unpack_from(e + "I", b.buf, opt + 4)[0]
-                opt += 4 + olen + (-olen % 4)
+            flags = None  # EPB options (direction flags) are redundant with the VFUC header
             linktype, tps = ifaces[if_id]
             ticks = (hi << 32) | lo
             ts_ns = ticks if tps == 1_000_000_000 else ticks * 1_000_000_000 // tps
@@ -193,22 +186,42 @@ class _Partial:
 
 def read_events(f: BinaryIO, path: str = "<capture>",
                 progress: Callable[[int], None] | None = None) -> Iterator[Event]:
-    """Yield engine events for every record of a VFUC capture, reassembling fragments."""
+    """Yield engine events for every record of a VFUC capture, reassembling fragments.
+
+    Fast path: a whole message with no fds behind the two fixed exported-PDU
+    prefixes our writer emits is decoded with one struct call; everything else
+    goes through the general decoder (vfuc.decode).
+    """
     partial: dict[tuple[int, str | None, int], _Partial] = {}
     decode = vfuc.decode
     strip = vfuc.strip_exported_pdu
     MSG, RAW = spec.RecType.MSG, spec.RecType.RAW
     MORE = spec.VF_MORE_FRAGMENTS
+    fast_prefix = {vfuc.EXP_PREFIX_DIR[d]: d for d in spec.DIRECTIONS}
+    plen = len(vfuc.EXP_PREFIX_DIR[spec.C2S])
+    fixed = spec.VFUC_FIXED.unpack_from
+    vmagic = spec.VFUC_MAGIC
+    fsize = spec.VFUC_FIXED_SIZE
+    upper_pdu = spec.LINKTYPE_WIRESHARK_UPPER_PDU
     for r in iter_records(f, path, progress):
+        data = r.data
         ts = r.ts_ns / 1e9
-        if r.linktype != spec.LINKTYPE_WIRESHARK_UPPER_PDU:
-            raise CaptureError(path, r.number, f"link type {r.linktype} is not {spec.LINKTYPE_WIRESHARK_UPPER_PDU} "
+        if r.linktype != upper_pdu:
+            raise CaptureError(path, r.number, f"link type {r.linktype} is not {upper_pdu} "
                                "(exported PDU): not a vfudissect capture")
+        d = fast_prefix.get(data[:plen])
+        if d is not None and len(data) >= plen + fsize:
+            (magic, _v, rt, hdr_len, conn, _d, flags, n_fds, msg_len, frag_off, _seq, _fl, _r) = fixed(data, plen)
+            if magic == vmagic and rt == MSG and hdr_len == fsize and not n_fds and not frag_off \
+                    and not flags & MORE:
+                payload = data[plen + fsize:]
+                yield make_message_in(ts, conn, d, payload, (), r.number, msg_len if msg_len else len(payload), flags)
+                continue
         try:
-            name, _p2p, off = strip(r.data)
+            name, _p2p, off = strip(data)
             if name != spec.EXPORTED_PDU_DISSECTOR_NAME:
                 raise vfuc.VfucError(f"exported PDU for dissector {name!r}, not {spec.EXPORTED_PDU_DISSECTOR_NAME!r}")
-            rec = decode(r.data, off)
+            rec = decode(data, off)
         except (vfuc.VfucError, struct.error) as exc:
             yield NoteIn(ts, 0, f"{CORRUPT_NOTE_PREFIX}{exc}", None, r.number)
             continue
@@ -262,9 +275,9 @@ def read_events(f: BinaryIO, path: str = "<capture>",
             yield NoteIn(ts, rec.conn, rec.tlv_text(spec.Tlv.NOTE), rec.dir, r.number,
                          struct.unpack("<I", errno_v[:4])[0] if errno_v and len(errno_v) >= 4 else 0)
         # unknown record types from newer writers are skipped
-    for (conn, d, _seq), p in partial.items():
+    for (conn, d2, _seq), p in partial.items():
         yield NoteIn(0.0, conn, f"{CORRUPT_NOTE_PREFIX}capture ended inside a fragmented message "
-                     f"({p.have} of {p.first.msg_len} bytes)", d, 0)
+                     f"({p.have} of {p.first.msg_len} bytes)", d2, 0)
 
 
 def open_capture(path: str, progress: Callable[[int], None] | None = None) -> Iterator[Event]:

@@ -17,7 +17,7 @@ from ..core.events import ConnClosed, ConnOpened, Cred, FdInfo, MessageIn, NoteI
 
 _BE_TLV = struct.Struct(">HH")
 _EXP_NAME = spec.EXPORTED_PDU_DISSECTOR_NAME.encode() + b"\0\0"  # padded to 8
-_EXP_PREFIX_DIR = {
+EXP_PREFIX_DIR = {
     d: _BE_TLV.pack(spec.EXP_PDU_TAG_DISSECTOR_NAME, len(_EXP_NAME)) + _EXP_NAME
     + _BE_TLV.pack(spec.EXP_PDU_TAG_P2P_DIRECTION, 4) + struct.pack(">i", code)
     + _BE_TLV.pack(spec.EXP_PDU_TAG_END, 0)
@@ -95,7 +95,7 @@ def encode(ev: ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed, msg_seq: in
     """Encode one event as one or more records (fragments), each at most ``max_record`` bytes."""
     if isinstance(ev, (MessageIn, RawIn)):
         rec_type = spec.RecType.MSG if isinstance(ev, MessageIn) else spec.RecType.RAW
-        prefix = _EXP_PREFIX_DIR[ev.dir]
+        prefix = EXP_PREFIX_DIR[ev.dir]
         ents, paths = _fd_bytes(ev.fds)
         extra = paths + (_tlv(spec.Tlv.NOTE, ev.note.encode()) if isinstance(ev, RawIn) and ev.note else b"")
         data = ev.data
@@ -132,10 +132,10 @@ def encode(ev: ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed, msg_seq: in
             tl += _tlv(spec.Tlv.TWIN_OF, struct.pack("<I", ev.twin_of))
         return [_EXP_PREFIX_NODIR + _header(spec.RecType.CONN_OPEN, ev.conn, None, 0, b"", 0, tl, 0, 0, 0)]
     if isinstance(ev, ConnClosed):
-        prefix = _EXP_PREFIX_DIR[ev.dir] if ev.dir else _EXP_PREFIX_NODIR
+        prefix = EXP_PREFIX_DIR[ev.dir] if ev.dir else _EXP_PREFIX_NODIR
         return [prefix + _header(spec.RecType.CONN_CLOSE, ev.conn, ev.dir, 0, b"", 0, b"", 0, 0, 0)]
     if isinstance(ev, NoteIn):
-        prefix = _EXP_PREFIX_DIR[ev.dir] if ev.dir else _EXP_PREFIX_NODIR
+        prefix = EXP_PREFIX_DIR[ev.dir] if ev.dir else _EXP_PREFIX_NODIR
         tl = _tlv(spec.Tlv.NOTE, ev.text.encode("utf-8", "replace"))
         if ev.proxy_errno:
             tl += _tlv(spec.Tlv.PROXY_ERRNO, struct.pack("<I", ev.proxy_errno))

@@ -25,13 +25,14 @@ from .. import spec
 from ..spec import C2S, S2C
 from . import capabilities
 from .events import CaptureEnd, ConnClosed, ConnOpened, Event, MessageIn, NoteIn, RawIn, Tick
-from .records import ConnRecord, Finding, Item, MessageRecord
+from .records import ConnRecord, Finding, Item, make_message_record
 
 _HDR = spec.HEADER.unpack_from
 _FLAG_TYPE = spec.FLAG_TYPE_MASK
 _SEV = {code: kind.severity for code, kind in spec.FINDINGS.items()}
 _NAMES = {code: info.name for code, info in spec.COMMANDS.items()}
 _OTHER = {C2S: S2C, S2C: C2S}
+_MSG_TYPES = ("command", "reply")
 _FDS_MAX = {code: (info.request_fds[1], info.reply_fds[1]) for code, info in spec.COMMANDS.items()}
 
 
@@ -355,13 +356,13 @@ class Analyzer:
               err: int, fields: dict[str, Any], request_frame: int | None, rtt: float | None,
               found: list[tuple[str, str, tuple[int, ...]]]) -> None:
         mtype = flags & _FLAG_TYPE
-        codes = tuple(code for code, _t, _x in found)
-        rec = MessageRecord(
+        codes = tuple([code for code, _t, _x in found]) if found else ()
+        wire = ev.msg_len if ev.msg_len >= 0 else len(ev.data)
+        out.append(make_message_record(
             ev.frame, ev.ts, ev.conn, ev.dir, msg_id, cmd, _NAMES.get(cmd) or f"CMD_{cmd}",
-            "command" if mtype == 0 else "reply" if mtype == 1 else f"type{mtype}",
-            size, flags, err, ev.wire_len, ev.fds, fields, request_frame, None, rtt, codes,
-            bool(ev.flags & spec.VF_TRUNCATED), bool(flags & spec.FLAG_NO_REPLY))
-        out.append(rec)
+            _MSG_TYPES[mtype] if mtype < 2 else f"type{mtype}",
+            size, flags, err, wire, ev.fds, fields, request_frame, rtt, codes,
+            bool(ev.flags & spec.VF_TRUNCATED), bool(flags & spec.FLAG_NO_REPLY)))
         for code, text, extra in found:
             out.append(Finding(code, _SEV[code], ev.conn, (ev.frame,) + extra, text, ev.ts))
 

@@ -1,0 +1,254 @@
+"""Message builders and a playbook for tests and users: hand-made exchanges in, records and findings out.
+
+    pb = Playbook()
+    pb.handshake()                                   # frames 1-2: VERSION and its reply
+    pb.c2s(region_read(msg_id=5, region=7, count=4))  # frame 3
+    pb.s2c(reply(region_read(msg_id=6, region=7, count=4)))
+    assert pb.codes() == [("UNMATCHED_REPLY", (4,))]
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, Iterable
+
+from . import spec
+from .core.analyzer import Analyzer, AnalyzerConfig
+from .core.events import ConnClosed, ConnOpened, Event, FdInfo, MessageIn, RawIn, Tick
+from .core.records import ConnRecord, Finding, Item, MessageRecord
+
+QEMU_CAPS: dict[str, Any] = {"capabilities": {
+    "pgsizes": 4096, "max_msg_fds": 16, "max_dma_maps": 65535, "max_data_xfer_size": 1048576,
+    "migration": {"max_bitmap_size": 268435456, "pgsize": 4096}, "write_multiple": True}}
+LVU_CAPS: dict[str, Any] = {"capabilities": {"max_msg_fds": 8, "max_data_xfer_size": 1048576}}
+
+MEMFD = FdInfo("memfd", 1 << 28, 4242, 2, "/memfd:memory-backend-memfd (deleted)")
+EVENTFD = FdInfo("eventfd", 0, 11, 2, "anon_inode:[eventfd]")
+
+
+def message(msg_id: int, command: int, payload: bytes = b"", *, reply: bool = False, no_reply: bool = False,
+            error: int = 0, error_flag: bool | None = None, flags: int | None = None, size: int | None = None) -> bytes:
+    """A raw message: 16-byte header + payload. ``size`` overrides the header's size field."""
+    if flags is None:
+        flags = (spec.MSG_TYPE_REPLY if reply else spec.MSG_TYPE_COMMAND) | (spec.FLAG_NO_REPLY if no_reply else 0)
+        if error_flag or (error_flag is None and error):
+            flags |= spec.FLAG_ERROR
+    return spec.HEADER.pack(msg_id, command, 16 + len(payload) if size is None else size, flags, error) + payload
+
+
+def layout(key: str, **values: int) -> bytes:
+    """Pack the fixed fields of spec.LAYOUTS[key]; missing fields are 0."""
+    lay = spec.LAYOUTS[key]
+    return struct.pack(lay.fmt, *(values.get(f.name, 0) for f in lay.fields))
+
+
+def reply(request: bytes, payload: bytes | None = None, *, error: int = 0, msg_id: int | None = None,
+          command: int | None = None) -> bytes:
+    """A reply to ``request``: same id and command, payload given (default: none)."""
+    rid, rcmd, _size, _flags, _err = spec.HEADER.unpack_from(request)
+    return message(rid if msg_id is None else msg_id, rcmd if command is None else command,
+                   payload or b"", reply=True, error=error)
+
+
+def version(msg_id: int = 0, major: int = 0, minor: int = 0, caps: Any = QEMU_CAPS, *, reply_: bool = False,
+            raw: bytes | None = None) -> bytes:
+    data = raw if raw is not None else (json.dumps(caps).encode() + b"\0" if caps is not None else b"")
+    return message(msg_id, spec.Command.VERSION, struct.pack("<HH", major, minor) + data, reply=reply_)
+
+
+def version_reply(msg_id: int = 0, major: int = 0, minor: int = 0, caps: Any = LVU_CAPS,
+                  raw: bytes | None = None) -> bytes:
+    return version(msg_id, major, minor, caps, reply_=True, raw=raw)
+
+
+def dma_map(msg_id: int, address: int, size: int, flags: int = 3, offset: int = 0, argsz: int = 32) -> bytes:
+    return message(msg_id, spec.Command.DMA_MAP,
+                   layout("dma_map", argsz=argsz, flags=flags, offset=offset, address=address, size=size))
+
+
+def dma_unmap(msg_id: int, address: int, size: int, flags: int = 0) -> bytes:
+    return message(msg_id, spec.Command.DMA_UNMAP, layout("dma_unmap", argsz=24, flags=flags, address=address,
+                                                          size=size))
+
+
+def get_info(msg_id: int) -> bytes:
+    return message(msg_id, spec.Command.DEVICE_GET_INFO, layout("device_info", argsz=16))
+
+
+def get_info_reply(msg_id: int, num_regions: int = 9, num_irqs: int = 5, flags: int = 3) -> bytes:
+    return message(msg_id, spec.Command.DEVICE_GET_INFO,
+                   layout("device_info", argsz=16, flags=flags, num_regions=num_regions, num_irqs=num_irqs),
+                   reply=True)
+
+
+def region_info(msg_id: int, index: int, argsz: int = 32) -> bytes:
+    return message(msg_id, spec.Command.DEVICE_GET_REGION_INFO, layout("region_info", argsz=argsz, index=index))
+
+
+def region_info_reply(msg_id: int, index: int, size: int, flags: int = 3, argsz: int = 32,
+                      caps: bytes = b"", cap_offset: int = 0) -> bytes:
+    return message(msg_id, spec.Command.DEVICE_GET_REGION_INFO,
+                   layout("region_info", argsz=argsz, flags=flags, index=index, cap_offset=cap_offset, size=size)
+                   + caps, reply=True)
+
+
+def irq_info(msg_id: int, index: int) -> bytes:
+    return message(msg_id, spec.Command.DEVICE_GET_IRQ_INFO, layout("irq_info", argsz=16, index=index))
+
+
+def irq_info_reply(msg_id: int, index: int, count: int, flags: int = 1) -> bytes:
+    return message(msg_id, spec.Command.DEVICE_GET_IRQ_INFO,
+                   layout("irq_info", argsz=16, flags=flags, index=index, count=count), reply=True)
+
+
+def set_irqs(msg_id: int, index: int, start: int, count: int, flags: int = 0x24, data: bytes = b"") -> bytes:
+    return message(msg_id, spec.Command.DEVICE_SET_IRQS,
+                   layout("irq_set", argsz=20 + len(data), flags=flags, index=index, start=start, count=count) + data)
+
+
+def region_read(msg_id: int, region: int, offset: int = 0, count: int = 4) -> bytes:
+    return message(msg_id, spec.Command.REGION_READ, layout("region_access", offset=offset, region=region,
+                                                            count=count))
+
+
+def region_read_reply(msg_id: int, region: int, offset: int = 0, count: int = 4, data: bytes | None = None) -> bytes:
+    body = data if data is not None else bytes(count)
+    return message(msg_id, spec.Command.REGION_READ,
+                   layout("region_access", offset=offset, region=region, count=count) + body, reply=True)
+
+
+def region_write(msg_id: int, region: int, offset: int = 0, data: bytes = b"\0\0\0\0", no_reply: bool = False,
+                 count: int | None = None) -> bytes:
+    return message(msg_id, spec.Command.REGION_WRITE,
+                   layout("region_access", offset=offset, region=region,
+                          count=len(data) if count is None else count) + data, no_reply=no_reply)
+
+
+def region_write_reply(msg_id: int, region: int, offset: int = 0, count: int = 4) -> bytes:
+    return message(msg_id, spec.Command.REGION_WRITE,
+                   layout("region_access", offset=offset, region=region, count=count), reply=True)
+
+
+def dma_read(msg_id: int, address: int, count: int) -> bytes:
+    return message(msg_id, spec.Command.DMA_READ, layout("dma_access", address=address, count=count))
+
+
+def dma_read_reply(msg_id: int, address: int, count: int, data: bytes | None = None) -> bytes:
+    return message(msg_id, spec.Command.DMA_READ,
+                   layout("dma_access", address=address, count=count) + (data or bytes(count)), reply=True)
+
+
+def dma_write(msg_id: int, address: int, data: bytes) -> bytes:
+    return message(msg_id, spec.Command.DMA_WRITE, layout("dma_access", address=address, count=len(data)) + data)
+
+
+def device_reset(msg_id: int) -> bytes:
+    return message(msg_id, spec.Command.DEVICE_RESET)
+
+
+def device_feature(msg_id: int, feature: int, ops: int, data: bytes = b"", argsz: int | None = None) -> bytes:
+    return message(msg_id, spec.Command.DEVICE_FEATURE,
+                   layout("device_feature", argsz=8 + len(data) if argsz is None else argsz,
+                          flags=feature | ops) + data)
+
+
+def mig_data_read(msg_id: int, size: int) -> bytes:
+    return message(msg_id, spec.Command.MIG_DATA_READ, layout("mig_data", argsz=8 + size, size=size))
+
+
+def mig_data_write(msg_id: int, data: bytes) -> bytes:
+    return message(msg_id, spec.Command.MIG_DATA_WRITE, layout("mig_data", argsz=8 + len(data), size=len(data))
+                   + data)
+
+
+class Playbook:
+    """Feeds hand-made events to an Analyzer, numbering frames like a capture would."""
+
+    def __init__(self, timeout: float = 5.0, conn: int = 1, open_conn: bool = True) -> None:
+        self.analyzer = Analyzer(AnalyzerConfig(timeout=timeout))
+        self.conn = conn
+        self.frame = 0
+        self.ts = 1000.0
+        self.items: list[Item] = []
+        if open_conn:
+            self.feed(ConnOpened(self.ts, conn, "/tmp/test.sock", frame=self._next()))
+
+    def _next(self) -> int:
+        self.frame += 1
+        return self.frame
+
+    def feed(self, ev: Event) -> list[Item]:
+        out = self.analyzer.feed(ev)
+        self.items.extend(out)
+        return out
+
+    def send(self, dir: str, data: bytes, fds: Iterable[FdInfo] = (), dt: float = 0.001, conn: int | None = None,
+             msg_len: int = -1, flags: int = 0) -> int:
+        """One message; returns its frame number."""
+        self.ts += dt
+        frame = self._next()
+        self.feed(MessageIn(self.ts, self.conn if conn is None else conn, dir, data, tuple(fds), frame,
+                            msg_len, flags))
+        return frame
+
+    def c2s(self, data: bytes, fds: Iterable[FdInfo] = (), dt: float = 0.001, **kw: Any) -> int:
+        return self.send(spec.C2S, data, fds, dt, **kw)
+
+    def s2c(self, data: bytes, fds: Iterable[FdInfo] = (), dt: float = 0.001, **kw: Any) -> int:
+        return self.send(spec.S2C, data, fds, dt, **kw)
+
+    def raw(self, dir: str, data: bytes, note: str = "") -> int:
+        self.ts += 0.001
+        frame = self._next()
+        self.feed(RawIn(self.ts, self.conn, dir, data, (), frame, note))
+        return frame
+
+    def close(self, dir: str | None = None) -> int:
+        self.ts += 0.001
+        frame = self._next()
+        self.feed(ConnClosed(self.ts, self.conn, dir, frame))
+        return frame
+
+    def wait(self, seconds: float) -> None:
+        self.ts += seconds
+        self.feed(Tick(self.ts))
+
+    def finish(self) -> None:
+        self.items.extend(self.analyzer.finish(self.ts))
+
+    def handshake(self, caps: Any = QEMU_CAPS, reply_caps: Any = LVU_CAPS, device: bool = True) -> None:
+        """VERSION exchange (and, with ``device``, GET_INFO plus region/IRQ info for BAR0, BAR1, CONFIG, MSI)."""
+        self.c2s(version(0, caps=caps))
+        self.s2c(version_reply(0, caps=reply_caps))
+        if device:
+            self.c2s(get_info(1))
+            self.s2c(get_info_reply(1))
+            for i, (idx, size) in enumerate(((0, 0x1000), (1, 0x10000), (7, 0x100))):
+                self.c2s(region_info(2 + i, idx))
+                self.s2c(region_info_reply(2 + i, idx, size))
+            self.c2s(irq_info(5, 1))
+            self.s2c(irq_info_reply(5, 1, 4))
+
+    # ------------------------------------------------------------ views
+    def findings(self) -> list[Finding]:
+        return [it for it in self.items if isinstance(it, Finding)]
+
+    def codes(self, min_severity: str = "note", ignore: Iterable[str] = ("CAPS_LEGACY_KEY",)) -> list[tuple[str, tuple[int, ...]]]:
+        """(code, frames) of every finding at or above ``min_severity``, in order."""
+        rank = spec.SEVERITY_RANK[min_severity]
+        skip = set(ignore)
+        return [(f.code, f.frames) for f in self.findings()
+                if spec.SEVERITY_RANK[f.severity] >= rank and f.code not in skip]
+
+    def records(self) -> list[MessageRecord]:
+        return [it for it in self.items if isinstance(it, MessageRecord)]
+
+    def record(self, frame: int) -> MessageRecord:
+        for r in self.records():
+            if r.frame == frame:
+                return r
+        raise KeyError(frame)
+
+    def conn_records(self) -> list[ConnRecord]:
+        return [it for it in self.items if isinstance(it, ConnRecord)]
