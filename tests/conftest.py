@@ -1,0 +1,23 @@
+"""Shared fixtures: the real-traffic captures, hypothesis profiles ("fast" in CI, "deep" on demand)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CAPTURES = ROOT / "captures"
+QEMU = CAPTURES / "qemu-10.2-gpio-pci-idio-16.pcapng"
+LVU = CAPTURES / "libvfio-user-sample-client-server.pcapng"
+
+settings.register_profile("fast", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("deep", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+
+
+@pytest.fixture(params=[QEMU, LVU], ids=["qemu", "libvfio-user"])
+def real_capture(request: pytest.FixtureRequest) -> pathlib.Path:
+    return request.param
