@@ -73,16 +73,22 @@ class Progress:
             sys.stderr.flush()
 
 
-def analyze(events: Iterator[Event], config: AnalyzerConfig) -> Iterator[Item]:
-    """Drive the engine over events; yields every record and finding, then the end-of-capture findings."""
+def analyze_batches(events: Iterator[Event], config: AnalyzerConfig) -> Iterator[list[Item]]:
+    """Drive the engine over events: one list of records and findings per event, then the end-of-capture ones."""
     an = Analyzer(config)
     feed = an.feed
     last = 0.0
     for ev in events:
         if ev.ts:
             last = ev.ts
-        yield from feed(ev)
-    yield from an.finish(last)
+        yield feed(ev)
+    yield an.finish(last)
+
+
+def analyze(events: Iterator[Event], config: AnalyzerConfig) -> Iterator[Item]:
+    """Every record and finding of the events, flattened."""
+    for batch in analyze_batches(events, config):
+        yield from batch
 
 
 # ----------------------------------------------------------------- filters
@@ -199,9 +205,12 @@ def cmd_read(args: argparse.Namespace) -> int:
                 write(r.conn_line(it) + "\n")
 
     try:
-        for it in analyze(_guard(events, lambda e: _set_error(e)), AnalyzerConfig(timeout=args.timeout)):
-            stats.add(it)
-            emit(seq.push([it]))
+        for batch in analyze_batches(_guard(events, _set_error), AnalyzerConfig(timeout=args.timeout)):
+            for it in batch:
+                stats.add(it)
+                if r.base_ts is None and it.ts:
+                    r.base_ts = it.ts  # times are relative to the capture's first record, filtered or not
+            emit(seq.push(batch))
             if len(pending_conn) > 100000:
                 pending_conn.clear()
         emit(seq.flush())

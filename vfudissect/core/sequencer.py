@@ -45,7 +45,7 @@ class Sequencer:
                     self._by_frame[(it.conn, it.frame)] = e
                 if it.request_frame is not None:
                     req = self._by_frame.get((it.conn, it.request_frame))
-                    if req is not None and req.open:
+                    if req is not None and req.response_frame is None:  # still queued, even if timed out
                         req.response_frame = it.frame
                         req.open = False
             elif isinstance(it, Finding):
