@@ -27,7 +27,12 @@ tshark:
 	@tshark --version | head -1
 
 demo: $(STAMP)
-	$(VENV)/bin/vfudissect demo
+	@if $(VENV)/bin/vfudissect demo --help >/dev/null 2>&1; then \
+	  $(VENV)/bin/vfudissect demo; \
+	else \
+	  $(VENV)/bin/vfudissect read captures/qemu-10.2-gpio-pci-idio-16.pcapng && \
+	  $(VENV)/bin/vfudissect stats captures/libvfio-user-sample-client-server.pcapng; \
+	fi
 
 test: $(STAMP) tshark
 	$(PY) -m pytest -q

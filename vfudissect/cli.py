@@ -193,14 +193,15 @@ def cmd_read(args: argparse.Namespace) -> int:
                     if layers is not None and args.verbose:
                         write(_tree(layers, it) + "\n")
             elif isinstance(it, Finding):
-                if not flt.finding_ok(it):
+                # shown when it passes the finding filters and the message it is about was shown
+                if not flt.finding_ok(it) or not pending_conn.get(it.frame, True):
                     continue
                 rank = spec.SEVERITY_RANK[it.severity]
                 worst = max(worst, rank)
                 if args.json:
                     write(json.dumps(finding_json(it)) + "\n")
-                elif pending_conn.get(it.frame, not flt.active):
-                    write(r.finding_line(it) + "\n")
+                else:
+                    write(r.finding_line(it, standalone=it.frame not in pending_conn) + "\n")
             elif isinstance(it, ConnRecord) and not args.json and not flt.active:
                 write(r.conn_line(it) + "\n")
 
