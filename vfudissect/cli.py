@@ -11,12 +11,12 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator, TextIO
+from typing import Callable, Iterator, TextIO
 
 from . import __version__, spec
 from .capture.reader import CaptureError, open_capture
 from .core.analyzer import Analyzer, AnalyzerConfig
-from .core.events import Event
+from .core.events import Event, MessageIn
 from .core.records import ConnRecord, Finding, Item, MessageRecord
 from .core.sequencer import Sequencer
 from .render import Renderer, finding_json, message_json
@@ -166,14 +166,11 @@ def cmd_read(args: argparse.Namespace) -> int:
     fail_rank = None if args.fail_on == "never" else spec.SEVERITY_RANK[args.fail_on]
     worst = -1
     shown = 0
-    layers: Any = None
-    if args.verbose:
-        try:
-            from . import layers as layers
-        except ImportError:
-            layers = None
+    raw: dict[tuple[int, int], bytes] = {}  # (conn, frame) -> message bytes, for -V, until printed
     pending_conn: dict[int, bool] = {}
-    events = open_capture(args.file, progress)
+    events: Iterator[Event] = open_capture(args.file, progress)
+    if args.verbose:
+        events = _stash_messages(events, raw)
     error: CaptureError | None = None
     write = out.write
 
@@ -190,8 +187,8 @@ def cmd_read(args: argparse.Namespace) -> int:
                     write(json.dumps(message_json(it)) + "\n")
                 else:
                     write(r.message_line(it) + "\n")
-                    if layers is not None and args.verbose:
-                        write(_tree(layers, it) + "\n")
+                    if args.verbose:
+                        write(decode_tree(raw.pop((it.conn, it.frame), b""), it) + "\n")
             elif isinstance(it, Finding):
                 # shown when it passes the finding filters and the message it is about was shown
                 if not flt.finding_ok(it) or not pending_conn.get(it.frame, True):
@@ -248,10 +245,25 @@ def _guard(events: Iterator[Event], on_error: Callable[[CaptureError], None]) ->
         on_error(e)
 
 
-def _tree(layers: Any, rec: MessageRecord) -> str:
-    """The full decode tree of one message (scapy's show())."""
-    data = getattr(rec, "_data", None)
-    return layers.show_record(rec) if hasattr(layers, "show_record") else ("" if data is None else "")
+def _stash_messages(events: Iterator[Event], raw: dict[tuple[int, int], bytes]) -> Iterator[Event]:
+    for ev in events:
+        if isinstance(ev, MessageIn):
+            raw[(ev.conn, ev.frame)] = ev.data
+        yield ev
+
+
+def decode_tree(data: bytes, rec: MessageRecord) -> str:
+    """The full decode tree of one message: scapy's show() of the VfioUser layer, plus its fds."""
+    lines = []
+    try:
+        from .layers import VfioUser
+
+        lines.append(VfioUser(data).show(dump=True).rstrip())
+    except Exception as exc:  # a decode tree must never stop the listing
+        lines.append(f"    [decode tree unavailable: {type(exc).__name__}: {exc}]")
+    for i, fd in enumerate(rec.fds):
+        lines.append(f"    fd[{i}]: {fd.kind} size={fd.size} ino={fd.ino}" + (f" {fd.path}" if fd.path else ""))
+    return "\n".join("    " + line for line in "\n".join(lines).splitlines())
 
 
 def _broken_pipe() -> int:

@@ -10,7 +10,7 @@ import pytest
 from vfudissect import spec
 from vfudissect.core.events import FdInfo
 from vfudissect.testing import (EVENTFD, MEMFD, Playbook, device_feature, device_reset, dma_map, dma_read,
-                                dma_read_reply, dma_unmap, dma_write, get_info, irq_info, layout, message,
+                                dma_read_reply, dma_unmap, dma_write, get_info, layout, message,
                                 mig_data_read, region_info, region_info_reply, region_read, region_read_reply,
                                 region_write, region_write_reply, reply, set_irqs, version, version_reply)
 

@@ -262,7 +262,6 @@ class Analyzer:
         c = self._conns.get(conn)
         if c is None:
             c = self._conn(conn)
-        frame = ev.frame
         ts = ev.ts
         d = ev.dir
         found: list[tuple[str, str, tuple[int, ...]]] = []  # (code, text, extra frames)
