@@ -1,0 +1,1 @@
+"""Emulated vfio-user peers: a fake PCI device server, a QEMU-shaped client, and fault injection for both."""

@@ -1,0 +1,194 @@
+"""Message I/O for the emulated peers: build messages from spec layouts, send and receive them with fds.
+
+Every message goes out with ONE ``sendmsg`` (header, body and SCM_RIGHTS
+fds together), the way QEMU and libvfio-user send; receiving reads the
+header, then exactly the body, collecting fds on every read.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .. import spec
+
+MAX_FDS = 253  # SCM_MAX_FD
+_ANC = socket.CMSG_SPACE(MAX_FDS * 4)
+_HDR = spec.HEADER
+_RECV_FLAGS = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+# One struct per layout, derived from spec.LAYOUTS (field order = spec order).
+STRUCTS: dict[str, struct.Struct] = {key: struct.Struct(lay.fmt) for key, lay in spec.LAYOUTS.items()}
+
+
+class ProtocolError(Exception):
+    """The peer sent something we cannot frame or do not accept; says what and where."""
+
+
+class PeerClosed(ProtocolError):
+    """The peer closed the connection."""
+
+
+@dataclass(slots=True)
+class Message:
+    """A received message: header fields, the whole bytes, and the fds that came with it (owned by the caller)."""
+
+    msg_id: int
+    command: int
+    size: int
+    flags: int
+    error: int
+    data: bytes
+    fds: list[int] = field(default_factory=list)
+
+    @property
+    def payload(self) -> bytes:
+        return self.data[spec.HEADER_SIZE:]
+
+    @property
+    def is_reply(self) -> bool:
+        return (self.flags & spec.FLAG_TYPE_MASK) == spec.MSG_TYPE_REPLY
+
+    @property
+    def is_error(self) -> bool:
+        return bool(self.flags & spec.FLAG_ERROR)
+
+    @property
+    def no_reply(self) -> bool:
+        return bool(self.flags & spec.FLAG_NO_REPLY)
+
+    def close_fds(self) -> None:
+        close_fds(self.fds)
+        self.fds = []
+
+
+def close_fds(fds: Sequence[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+# ------------------------------------------------------------------ building
+def header(msg_id: int, command: int, size: int, flags: int = 0, error: int = 0) -> bytes:
+    return _HDR.pack(msg_id & 0xFFFF, command & 0xFFFF, size & 0xFFFFFFFF, flags & 0xFFFFFFFF,
+                     error & 0xFFFFFFFF)
+
+
+def command(msg_id: int, cmd: int, payload: bytes = b"", no_reply: bool = False) -> bytes:
+    flags = spec.MSG_TYPE_COMMAND | (spec.FLAG_NO_REPLY if no_reply else 0)
+    return header(msg_id, cmd, spec.HEADER_SIZE + len(payload), flags) + payload
+
+
+def reply(msg_id: int, cmd: int, payload: bytes = b"") -> bytes:
+    return header(msg_id, cmd, spec.HEADER_SIZE + len(payload), spec.MSG_TYPE_REPLY) + payload
+
+
+def error_reply(msg_id: int, cmd: int, errno_: int) -> bytes:
+    return header(msg_id, cmd, spec.HEADER_SIZE, spec.MSG_TYPE_REPLY | spec.FLAG_ERROR, errno_)
+
+
+def pack(key: str, **values: int) -> bytes:
+    """The fixed fields of layout ``key``; missing fields are 0."""
+    lay = spec.LAYOUTS[key]
+    return STRUCTS[key].pack(*(values.get(f.name, 0) for f in lay.fields))
+
+
+def unpack(key: str, payload: bytes) -> dict[str, int]:
+    """The fixed fields of layout ``key`` at the start of ``payload``; ProtocolError if it is too short."""
+    st = STRUCTS[key]
+    if len(payload) < st.size:
+        raise ProtocolError(f"{spec.LAYOUTS[key].title} payload of {len(payload)} bytes, need {st.size}")
+    return dict(zip((f.name for f in spec.LAYOUTS[key].fields), st.unpack_from(payload)))
+
+
+def version_payload(major: int, minor: int, json_text: bytes | None) -> bytes:
+    return STRUCTS["version"].pack(major, minor) + (json_text or b"")
+
+
+def fixed_size(key: str) -> int:
+    return STRUCTS[key].size
+
+
+# ------------------------------------------------------------------ socket I/O
+def send_message(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
+    """One sendmsg with the whole message and its fds (the rest only if the kernel took part of it)."""
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+    n = sock.sendmsg([data], anc)
+    if n < len(data):
+        sock.sendall(memoryview(data)[n:])
+
+
+def _take_fds(ancdata: list[tuple[int, int, bytes]], out: list[int]) -> None:
+    for level, kind, blob in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            a = array.array("i")
+            a.frombytes(blob[:len(blob) - len(blob) % a.itemsize])
+            out.extend(a)
+
+
+def recv_exact(sock: socket.socket, n: int, fds: list[int], what: str) -> bytes:
+    """Exactly n bytes (collecting any fds); PeerClosed at EOF before the first byte, ProtocolError after."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k, anc, _fl, _addr = sock.recvmsg_into([view[got:]], _ANC, _RECV_FLAGS)
+        if anc:
+            _take_fds(anc, fds)
+        if k == 0:
+            if got == 0 and what == "header":
+                raise PeerClosed("peer closed the connection")
+            raise ProtocolError(f"peer closed in the middle of a message ({what}: {got} of {n} bytes)")
+        got += k
+    return bytes(buf)
+
+
+def recv_message(sock: socket.socket, max_size: int = spec.LVU_SERVER_MAX_MSG_SIZE) -> Message:
+    """Read one message: the header, then exactly the body. Raises PeerClosed / ProtocolError."""
+    fds: list[int] = []
+    try:
+        head = recv_exact(sock, spec.HEADER_SIZE, fds, "header")
+        msg_id, cmd, size, flags, err = _HDR.unpack(head)
+        if size < spec.HEADER_SIZE or size > max_size:
+            raise ProtocolError(f"message size {size} out of range (16..{max_size}), msg_id {msg_id} command {cmd}")
+        body = recv_exact(sock, size - spec.HEADER_SIZE, fds, "body") if size > spec.HEADER_SIZE else b""
+    except BaseException:
+        close_fds(fds)
+        raise
+    return Message(msg_id, cmd, size, flags, err, head + body, fds)
+
+
+def describe(msg: Message | bytes) -> str:
+    """``COMMAND kind id=N`` for error messages."""
+    data = msg.data if isinstance(msg, Message) else msg
+    if len(data) < spec.HEADER_SIZE:
+        return f"{len(data)} bytes"
+    mid, cmd, _size, flags, _err = _HDR.unpack_from(data)
+    kind = spec.MSG_TYPE_NAMES.get(flags & spec.FLAG_TYPE_MASK, "?")
+    return f"{spec.command_name(cmd)} {kind} id={mid}"
+
+
+def caps_json(obj: Any) -> bytes:
+    """libvfio-user (json-c) style JSON text with its terminating NUL: ``{ "a": 1 }``."""
+    def enc(v: Any) -> str:
+        if isinstance(v, dict):
+            if not v:
+                return "{ }"
+            return "{ " + ", ".join(f"{_jstr(k)}: {enc(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return _jstr(v)
+        return str(v)
+    return enc(obj).encode() + b"\0"
+
+
+def _jstr(s: str) -> str:
+    import json
+    return json.dumps(s)
