@@ -588,8 +588,8 @@ local SPEC = {
       tail = "json",
       size = 4,
       fields = {
-        {name = "major", offset = 0, size = 2, hex = false, desc = ""},
-        {name = "minor", offset = 2, size = 2, hex = false, desc = ""},
+        {name = "major", offset = 0, size = 2, hex = false},
+        {name = "minor", offset = 2, size = 2, hex = false},
       },
     },
     dma_map = {
@@ -598,10 +598,10 @@ local SPEC = {
       size = 32,
       fields = {
         {name = "argsz", offset = 0, size = 4, hex = false, desc = "size of this struct (32)"},
-        {name = "flags", offset = 4, size = 4, hex = true, bits = "DMA_MAP_FLAGS", desc = ""},
+        {name = "flags", offset = 4, size = 4, hex = true, bits = "DMA_MAP_FLAGS"},
         {name = "offset", offset = 8, size = 8, hex = true, desc = "offset within the passed fd"},
         {name = "address", offset = 16, size = 8, hex = true, desc = "DMA (IOVA) base"},
-        {name = "size", offset = 24, size = 8, hex = true, desc = ""},
+        {name = "size", offset = 24, size = 8, hex = true},
       },
     },
     dma_unmap = {
@@ -617,9 +617,9 @@ local SPEC = {
           hex = false,
           desc = "request: largest reply payload accepted; reply: size the full reply needs",
         },
-        {name = "flags", offset = 4, size = 4, hex = true, bits = "DMA_UNMAP_FLAGS", desc = ""},
-        {name = "address", offset = 8, size = 8, hex = true, desc = ""},
-        {name = "size", offset = 16, size = 8, hex = true, desc = ""},
+        {name = "flags", offset = 4, size = 4, hex = true, bits = "DMA_UNMAP_FLAGS"},
+        {name = "address", offset = 8, size = 8, hex = true},
+        {name = "size", offset = 16, size = 8, hex = true},
       },
     },
     device_info = {
@@ -634,9 +634,9 @@ local SPEC = {
           hex = false,
           desc = "request: largest reply payload accepted; reply: size the full reply needs",
         },
-        {name = "flags", offset = 4, size = 4, hex = true, bits = "DEVICE_INFO_FLAGS", desc = ""},
-        {name = "num_regions", offset = 8, size = 4, hex = false, desc = ""},
-        {name = "num_irqs", offset = 12, size = 4, hex = false, desc = ""},
+        {name = "flags", offset = 4, size = 4, hex = true, bits = "DEVICE_INFO_FLAGS"},
+        {name = "num_regions", offset = 8, size = 4, hex = false},
+        {name = "num_irqs", offset = 12, size = 4, hex = false},
       },
     },
     region_info = {
@@ -652,10 +652,10 @@ local SPEC = {
           hex = false,
           desc = "request: largest reply payload accepted; reply: size the full reply needs",
         },
-        {name = "flags", offset = 4, size = 4, hex = true, bits = "REGION_INFO_FLAGS", desc = ""},
-        {name = "index", offset = 8, size = 4, hex = false, values = "PCI_REGIONS", desc = ""},
-        {name = "cap_offset", offset = 12, size = 4, hex = false, desc = ""},
-        {name = "size", offset = 16, size = 8, hex = true, desc = ""},
+        {name = "flags", offset = 4, size = 4, hex = true, bits = "REGION_INFO_FLAGS"},
+        {name = "index", offset = 8, size = 4, hex = false, values = "PCI_REGIONS"},
+        {name = "cap_offset", offset = 12, size = 4, hex = false},
+        {name = "size", offset = 16, size = 8, hex = true},
         {name = "offset", offset = 24, size = 8, hex = true, desc = "offset to pass to mmap()"},
       },
     },
@@ -672,9 +672,9 @@ local SPEC = {
           hex = false,
           desc = "request: largest reply payload accepted; reply: size the full reply needs",
         },
-        {name = "flags", offset = 4, size = 4, hex = true, desc = ""},
-        {name = "index", offset = 8, size = 4, hex = false, values = "PCI_REGIONS", desc = ""},
-        {name = "count", offset = 12, size = 4, hex = false, desc = ""},
+        {name = "flags", offset = 4, size = 4, hex = true},
+        {name = "index", offset = 8, size = 4, hex = false, values = "PCI_REGIONS"},
+        {name = "count", offset = 12, size = 4, hex = false},
       },
     },
     irq_info = {
@@ -689,9 +689,9 @@ local SPEC = {
           hex = false,
           desc = "request: largest reply payload accepted; reply: size the full reply needs",
         },
-        {name = "flags", offset = 4, size = 4, hex = true, bits = "IRQ_INFO_FLAGS", desc = ""},
-        {name = "index", offset = 8, size = 4, hex = false, values = "PCI_IRQS", desc = ""},
-        {name = "count", offset = 12, size = 4, hex = false, desc = ""},
+        {name = "flags", offset = 4, size = 4, hex = true, bits = "IRQ_INFO_FLAGS"},
+        {name = "index", offset = 8, size = 4, hex = false, values = "PCI_IRQS"},
+        {name = "count", offset = 12, size = 4, hex = false},
       },
     },
     irq_set = {
@@ -707,10 +707,10 @@ local SPEC = {
           hex = false,
           desc = "size of the request payload including data",
         },
-        {name = "flags", offset = 4, size = 4, hex = true, bits = "IRQ_SET_FLAGS", desc = ""},
-        {name = "index", offset = 8, size = 4, hex = false, values = "PCI_IRQS", desc = ""},
-        {name = "start", offset = 12, size = 4, hex = false, desc = ""},
-        {name = "count", offset = 16, size = 4, hex = false, desc = ""},
+        {name = "flags", offset = 4, size = 4, hex = true, bits = "IRQ_SET_FLAGS"},
+        {name = "index", offset = 8, size = 4, hex = false, values = "PCI_IRQS"},
+        {name = "start", offset = 12, size = 4, hex = false},
+        {name = "count", offset = 16, size = 4, hex = false},
       },
     },
     region_access = {
@@ -719,9 +719,9 @@ local SPEC = {
       tail = "data",
       size = 16,
       fields = {
-        {name = "offset", offset = 0, size = 8, hex = true, desc = ""},
-        {name = "region", offset = 8, size = 4, hex = false, values = "PCI_REGIONS", desc = ""},
-        {name = "count", offset = 12, size = 4, hex = false, desc = ""},
+        {name = "offset", offset = 0, size = 8, hex = true},
+        {name = "region", offset = 8, size = 4, hex = false, values = "PCI_REGIONS"},
+        {name = "count", offset = 12, size = 4, hex = false},
       },
     },
     dma_access = {
@@ -730,8 +730,8 @@ local SPEC = {
       tail = "data",
       size = 16,
       fields = {
-        {name = "address", offset = 0, size = 8, hex = true, desc = ""},
-        {name = "count", offset = 8, size = 8, hex = false, desc = ""},
+        {name = "address", offset = 0, size = 8, hex = true},
+        {name = "count", offset = 8, size = 8, hex = false},
       },
     },
     dirty_pages = {
@@ -747,7 +747,7 @@ local SPEC = {
           hex = false,
           desc = "request: largest reply payload accepted; reply: size the full reply needs",
         },
-        {name = "flags", offset = 4, size = 4, hex = true, bits = "DIRTY_PAGES_FLAGS", desc = ""},
+        {name = "flags", offset = 4, size = 4, hex = true, bits = "DIRTY_PAGES_FLAGS"},
       },
     },
     write_multi = {
@@ -756,7 +756,7 @@ local SPEC = {
       tail = "multi",
       size = 8,
       fields = {
-        {name = "wr_cnt", offset = 0, size = 8, hex = false, desc = ""},
+        {name = "wr_cnt", offset = 0, size = 8, hex = false},
       },
     },
     write_multi_reply = {
@@ -764,7 +764,7 @@ local SPEC = {
       title = "Region write multi reply",
       size = 8,
       fields = {
-        {name = "wr_cnt", offset = 0, size = 8, hex = false, desc = ""},
+        {name = "wr_cnt", offset = 0, size = 8, hex = false},
       },
     },
     device_feature = {
@@ -780,7 +780,7 @@ local SPEC = {
           hex = false,
           desc = "request: largest reply payload accepted; reply: size the full reply needs",
         },
-        {name = "flags", offset = 4, size = 4, hex = true, bits = "DEVICE_FEATURE_FLAGS", desc = ""},
+        {name = "flags", offset = 4, size = 4, hex = true, bits = "DEVICE_FEATURE_FLAGS"},
       },
     },
     mig_data = {
@@ -796,7 +796,7 @@ local SPEC = {
           hex = false,
           desc = "request: largest reply payload accepted; reply: size the full reply needs",
         },
-        {name = "size", offset = 4, size = 4, hex = false, desc = ""},
+        {name = "size", offset = 4, size = 4, hex = false},
       },
     },
   },
@@ -848,14 +848,7 @@ local SPEC = {
       legacy = false,
       desc = "server-to-client commands on a separate socket",
     },
-    ["twin_socket.supported"] = {
-      path = "twin_socket.supported",
-      kind = "bool",
-      page_aligned = false,
-      legacy = false,
-      desc = "",
-      default = false,
-    },
+    ["twin_socket.supported"] = {path = "twin_socket.supported", kind = "bool", page_aligned = false, legacy = false, default = false},
     ["twin_socket.fd_index"] = {
       path = "twin_socket.fd_index",
       kind = "int",
@@ -879,7 +872,7 @@ local SPEC = {
       legacy = true,
       desc = "legacy dirty-bitmap parameters",
     },
-    ["migration.pgsize"] = {path = "migration.pgsize", kind = "int", minimum = 0, page_aligned = true, legacy = true, desc = ""},
+    ["migration.pgsize"] = {path = "migration.pgsize", kind = "int", minimum = 0, page_aligned = true, legacy = true},
     ["migration.max_bitmap_size"] = {
       path = "migration.max_bitmap_size",
       kind = "int",
@@ -887,7 +880,6 @@ local SPEC = {
       maximum = 268435456,
       page_aligned = false,
       legacy = true,
-      desc = "",
     },
   },
   capability_order = {"max_msg_fds", "max_data_xfer_size", "max_dma_maps", "pgsizes", "twin_socket", "twin_socket.supported", "twin_socket.fd_index", "write_multiple", "migration", "migration.pgsize", "migration.max_bitmap_size"},
@@ -2140,8 +2132,9 @@ end
 
 -- text for Wireshark's labels: valid UTF-8 only
 local function safe(s)
-  if utf8_valid(s) then return s end
-  return (string.gsub(s, "[\128-\255]", "?"))
+  if not utf8_valid(s) then s = string.gsub(s, "[\128-\255]", "?") end
+  if find(s, "[%c]") then s = string.gsub(s, "[%c]", function(c) return fmt("\\x%02x", byte(c)) end) end
+  return s
 end
 
 local function json_type_name(v)
@@ -3872,7 +3865,7 @@ local function dissect_record(tvb, pinfo, tree)
   local root = tree:add(vfucap, tvb())
   -- a NULL tree (first pass of tshark -2, summaries) has items of length 0; Info is "(info)" when no
   -- columns are being filled: then only the analysis runs
-  local want_tree = root.len > 0
+  local want_tree = root.len > 0 or n == 0
   local want_info = tostring(pinfo.cols.info) ~= "(info)"
   if want_info then pinfo.cols.protocol = "vfio-user" end
   if want_tree then display_record(tvb, r, root) end

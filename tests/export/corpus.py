@@ -430,7 +430,7 @@ def sc_irqs_queries(b: Builder) -> None:
     sparse = struct.pack("<HHIII", 1, 1, 0, 1, 0) + struct.pack("<QQ", 0, 0x20000)
     b.c2s(region_info(12, 1, argsz=80))
     b.s2c(region_info_reply(12, 1, 0x10000, flags=0xF, argsz=56, caps=sparse, cap_offset=32), [MEMFD])
-    ok = struct.pack("<HHIII", 1, 1, 56, 2, 0) + struct.pack("<QQQQ", 0, 0x1000, 0x2000, 0x1000) \
+    ok = struct.pack("<HHIII", 1, 1, 80, 2, 0) + struct.pack("<QQQQ", 0, 0x1000, 0x2000, 0x1000) \
         + struct.pack("<HHIII", 2, 1, 0, 3, 1)
     b.c2s(region_info(13, 1, argsz=200))
     b.s2c(region_info_reply(13, 1, 0x10000, flags=0xF, argsz=32 + len(ok), caps=ok, cap_offset=32), [MEMFD])

@@ -59,7 +59,9 @@ def run_tshark(capture: Path, plugin: Path = PLUGIN, two_pass: bool = True, pref
     stderr = [line for line in p.stderr.splitlines() if not line.startswith("Running as user")]
     assert p.returncode == 0 and not stderr, f"tshark failed ({p.returncode}): {' / '.join(stderr)[:2000]}"
     frames: dict[int, Frame] = {}
-    for line in p.stdout.splitlines():
+    for line in p.stdout.split("\n"):  # not splitlines(): texts may hold U+2028 and friends
+        if not line:
+            continue
         cols = line.split("\t")
         cols += [""] * (len(FIELDS) - len(cols))
         num, rt, mid, cmd, size, rq, rs, tm, fnd, ierr, lerr, mal = cols
@@ -89,12 +91,15 @@ def run_read_json(capture: Path, timeout_s: float | None = None) -> tuple[dict[i
 LATE_CODES = frozenset({"REPLY_TIMEOUT", "NO_REPLY"})  # known only after the frame: need a second pass
 
 
+Oracle = tuple[dict[int, dict], dict[int, Counter]]
+
+
 def compare(capture: Path, two_pass: bool = True, timeout_s: float | None = None,
-            frames: dict[int, Frame] | None = None) -> list[str]:
+            oracle: Oracle | None = None) -> list[str]:
     """Every difference between the plugin and `vfudissect read --json`, as sentences (empty = parity)."""
     prefs = {"vfio_user.reply_timeout_ms": str(round(timeout_s * 1000))} if timeout_s is not None else None
-    got = frames if frames is not None else run_tshark(capture, two_pass=two_pass, prefs=prefs)
-    msgs, codes = run_read_json(capture, timeout_s)
+    got = run_tshark(capture, two_pass=two_pass, prefs=prefs)
+    msgs, codes = oracle if oracle is not None else run_read_json(capture, timeout_s)
     out: list[str] = []
     for num, fr in got.items():
         if fr.lua_error or fr.internal_error or "Exception occurred" in fr.malformed:
@@ -130,3 +135,10 @@ def compare(capture: Path, two_pass: bool = True, timeout_s: float | None = None
         if want != have:
             out.append(f"frame {num}: findings {dict(have)} != {dict(want)}")
     return out
+
+
+def parity(capture: Path, timeout_s: float | None = None) -> list[str]:
+    """compare() in both modes (tshark -2 and one pass) against one run of the oracle."""
+    oracle = run_read_json(capture, timeout_s)
+    return ([f"-2: {d}" for d in compare(capture, True, timeout_s, oracle)]
+            + [f"one pass: {d}" for d in compare(capture, False, timeout_s, oracle)])

@@ -193,13 +193,13 @@ def spec_tables() -> dict[str, Any]:
             if f.bits and f.size > 4:
                 raise LuaError(f"{key}.{f.name}: flag bits on a {f.size}-byte field")
             fields.append({"name": f.name, "offset": off, "size": f.size, "hex": f.hex,
-                           "values": _enum_name(f.values), "bits": _enum_name(f.bits), "desc": f.desc})
+                           "values": _enum_name(f.values), "bits": _enum_name(f.bits), "desc": f.desc or None})
             off += f.size
         layouts[key] = {"key": key, "title": lay.title, "tail": lay.tail, "size": lay.size, "fields": fields}
     caps = {}
     for path, k in spec.CAPABILITIES.items():
         caps[path] = {"path": path, "kind": k.kind, "minimum": k.minimum, "maximum": k.maximum,
-                      "page_aligned": k.page_aligned, "legacy": k.legacy, "desc": k.desc,
+                      "page_aligned": k.page_aligned, "legacy": k.legacy, "desc": k.desc or None,
                       "default": k.default if isinstance(k.default, (bool, int)) else None}
     findings = [{"code": f.code, "severity": f.severity, "group": f.group, "title": f.title, "basis": f.basis}
                 for f in spec.FINDINGS.values()]

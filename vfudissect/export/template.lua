@@ -601,8 +601,9 @@ end
 
 -- text for Wireshark's labels: valid UTF-8 only
 local function safe(s)
-  if utf8_valid(s) then return s end
-  return (string.gsub(s, "[\128-\255]", "?"))
+  if not utf8_valid(s) then s = string.gsub(s, "[\128-\255]", "?") end
+  if find(s, "[%c]") then s = string.gsub(s, "[%c]", function(c) return fmt("\\x%02x", byte(c)) end) end
+  return s
 end
 
 local function json_type_name(v)
@@ -2333,7 +2334,7 @@ local function dissect_record(tvb, pinfo, tree)
   local root = tree:add(vfucap, tvb())
   -- a NULL tree (first pass of tshark -2, summaries) has items of length 0; Info is "(info)" when no
   -- columns are being filled: then only the analysis runs
-  local want_tree = root.len > 0
+  local want_tree = root.len > 0 or n == 0
   local want_info = tostring(pinfo.cols.info) ~= "(info)"
   if want_info then pinfo.cols.protocol = "vfio-user" end
   if want_tree then display_record(tvb, r, root) end
