@@ -93,6 +93,7 @@ class Client:
             except OSError:
                 sock.close()
                 raise
+        sock.settimeout(timeout)  # also bounds a read inside a message whose rest never comes
         self.sock = sock
         self.twin: socket.socket | None = None
         self.timeout = timeout
@@ -156,7 +157,10 @@ class Client:
             sock = ready[0]
         else:
             sock = self.sock
-        m = recv_message(sock, self.max_xfer + spec.HEADER_SIZE + 32)
+        try:
+            m = recv_message(sock, self.max_xfer + spec.HEADER_SIZE + 32)
+        except TimeoutError:
+            raise ReplyTimeout(f"message cut short: nothing more came within {self.timeout:g} s") from None
         if m.is_reply:
             if m.msg_id in self._pending:
                 self._replies.setdefault(m.msg_id, deque()).append(m)
@@ -260,6 +264,7 @@ class Client:
                 m.close_fds()
                 raise ProtocolError(f"twin_socket fd_index {idx!r} with {len(m.fds)} fds")
             self.twin = socket.socket(fileno=m.fds.pop(idx))
+            self.twin.settimeout(self.timeout)
         m.close_fds()
         return caps
 

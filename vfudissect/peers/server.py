@@ -86,6 +86,7 @@ class ServerConnection:
 
     # ------------------------------------------------------------ main loop
     def run(self) -> None:
+        self.log("client connected")
         try:
             while self._alive:
                 msg = self._deferred.popleft() if self._deferred else recv_message(self.sock, self._max_in)
@@ -102,6 +103,7 @@ class ServerConnection:
                 self.log(f"closing: {exc.strerror or exc}")
         finally:
             self.close()
+            self.log(f"client gone after {self.stats.requests} requests ({self.stats.errors} refused)")
 
     def close(self) -> None:
         self._alive = False

@@ -1,0 +1,158 @@
+"""`vfudissect record` as a user runs it: a subprocess, signals, refusals with one line, a capture on stdout."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from vfudissect.capture.reader import read_events
+from vfudissect.core.events import ConnClosed, ConnOpened, MessageIn
+from vfudissect.peers.client import Client, run_session
+from vfudissect.peers.server import DeviceServer
+from vfudissect.proxy.listener import MOVED_SUFFIX
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def record(*args: str, **kw: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "vfudissect", "record", "--color", "never", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+
+
+def wait_for(cond, timeout: float = 10.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vfudissect", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_sigterm_during_traffic_leaves_a_capture_read_accepts(sockdir: str, device: DeviceServer) -> None:
+    px, cap = os.path.join(sockdir, "p.sock"), os.path.join(sockdir, "c.pcapng")
+    proc = record("--listen", px, "--connect", device.path, "-w", cap)
+    wait_for(lambda: os.path.exists(px), what="the proxy socket")
+    stop = threading.Event()
+    count = [0]
+    errors: list[BaseException] = []
+
+    def traffic() -> None:
+        try:
+            with Client(px, timeout=5) as c:
+                c.version()
+                while not stop.is_set():
+                    c.region_write(1, 0, os.urandom(512))
+                    count[0] += 1
+        except Exception as exc:  # the proxy going away mid-request is the point
+            errors.append(exc)
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    wait_for(lambda: count[0] > 50, what="traffic")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    stop.set()
+    t.join(timeout=10)
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
+    assert b"overall: 1 connection(s)" in out  # the summary
+    with open(cap, "rb") as f:
+        events = list(read_events(f))
+    msgs = [e for e in events if isinstance(e, MessageIn)]
+    assert len(msgs) >= 2 * 50
+    assert isinstance(events[0], ConnOpened) and isinstance(events[-1], ConnClosed)
+    assert not os.path.exists(px)  # the listening socket is cleaned up
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_intercept_takes_over_and_puts_the_server_socket_back(sockdir: str, device: DeviceServer,
+                                                                 sig: signal.Signals) -> None:
+    cap = os.path.join(sockdir, "c.pcapng")
+    ino = os.stat(device.path).st_ino
+    proc = record("--intercept", device.path, "-w", cap, "-q")
+    wait_for(lambda: os.path.lexists(device.path + MOVED_SUFFIX), what="the interception")
+    wait_for(lambda: os.stat(device.path).st_ino != ino, what="the proxy socket in place")
+    with Client(device.path) as c:  # a client that knows nothing of the proxy
+        assert run_session(c).ok
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and b"Traceback" not in err
+    assert os.stat(device.path).st_ino == ino and not os.path.lexists(device.path + MOVED_SUFFIX)
+    with Client(device.path) as c:  # the server is reachable at its own path again, directly
+        assert c.version()["max_msg_fds"] == 8
+    with open(cap, "rb") as f:
+        events = list(read_events(f))
+    assert sum(isinstance(e, MessageIn) for e in events) > 100
+
+
+def test_capture_on_stdout_with_the_live_view_on_stderr(sockdir: str, device: DeviceServer) -> None:
+    px = os.path.join(sockdir, "p.sock")
+    proc = record("--listen", px, "--connect", device.path, "-w", "-")
+    wait_for(lambda: os.path.exists(px), what="the proxy socket")
+    with Client(px) as c:
+        c.version()
+        c.get_info()
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    events = list(read_events(io.BytesIO(out)))
+    assert [e.dir for e in events if isinstance(e, MessageIn)] == ["c2s", "s2c", "c2s", "s2c"]
+    assert b"DEVICE_GET_INFO reply" in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--listen", "{d}/same.sock", "--connect", "{d}/same.sock"], "same file"),
+    (["--listen", "{d}/file.txt", "--connect", "{dev}"], "not a socket"),
+    (["--listen", "{d}/p.sock", "--connect", "{d}/absent.sock"], "No such file"),
+    (["--intercept", "{d}/file.txt"], "not a socket"),
+    (["--listen", "{d}/p.sock", "--connect", "{dev}", "-w", "{d}/no/such/dir/c.pcapng"], "cannot write"),
+    (["--listen", "{d}/p.sock"], "need --listen PATH and --connect PATH"),
+])
+def test_unusable_paths_get_one_error_line_and_exit_2(sockdir: str, device: DeviceServer, args: list[str],
+                                                       words: str) -> None:
+    with open(os.path.join(sockdir, "file.txt"), "w") as f:
+        f.write("data")
+    argv = [a.format(d=sockdir, dev=device.path) for a in args]
+    if "-w" not in argv:
+        argv += ["-w", os.path.join(sockdir, "c.pcapng")]
+    r = run_cli("record", *argv)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vfudissect: error: ") and words in lines[0], r.stderr
+    with open(os.path.join(sockdir, "file.txt")) as f:
+        assert f.read() == "data"
+
+
+def test_a_server_that_went_away_drops_the_client_with_an_error_line(sockdir: str) -> None:
+    srv = DeviceServer(os.path.join(sockdir, "dev.sock")).start()
+    px, cap = os.path.join(sockdir, "p.sock"), os.path.join(sockdir, "c.pcapng")
+    proc = record("--listen", px, "--connect", srv.path, "-w", cap)
+    wait_for(lambda: os.path.exists(px), what="the proxy socket")
+    srv.stop()  # the server's socket disappears
+    c = Client(px, timeout=3)
+    with pytest.raises(Exception):
+        c.version()
+    c.close()
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert err.decode().count("vfudissect: error: connection #1: cannot connect to") == 1
+    assert b"Traceback" not in err
+
+
+def test_help_explains_both_ways_in() -> None:
+    r = run_cli("record", "--help")
+    assert r.returncode == 0
+    for words in ("--intercept", "--listen", "wireshark -k -i -", "--busy-poll", "restored"):
+        assert words in r.stdout

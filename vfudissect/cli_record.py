@@ -1,0 +1,115 @@
+"""`vfudissect record`: the recording man-in-the-middle proxy's command line."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from . import spec
+
+_DESCRIPTION = """\
+Sit between a vfio-user client (e.g. QEMU's vfio-user-pci) and a device server,
+relay every message unchanged (including the file descriptors passed with
+them: memfds, eventfds, the twin socket) and record everything to a pcapng
+capture that `vfudissect read`, tshark and Wireshark (with `vfudissect lua`)
+open.  While it runs it prints the same one-line decode as `vfudissect read`,
+with findings as they happen (REPLY_TIMEOUT while a request is still waiting).
+Ctrl-C or SIGTERM ends it, leaves a valid capture, prints a summary and
+restores an intercepted socket.
+
+Two ways in:
+  --listen PATH --connect PATH   give the client a new socket (PATH) and
+                                 forward each client it accepts to the server
+  --intercept PATH               take over a server that is already listening
+                                 at PATH: its socket is linked aside as
+                                 PATH.vfudissect-orig and put back on exit
+"""
+
+_EPILOG = """\
+examples:
+  vfudissect record --listen /tmp/proxy.sock --connect /run/gpio.sock -w gpio.pcapng
+  vfudissect record --intercept /run/gpio.sock -w gpio.pcapng -q
+  vfudissect record --listen /tmp/p.sock --connect /run/gpio.sock -w - | wireshark -k -i -
+  (for Wireshark to decode: vfudissect lua --install)
+
+Performance: the relay polls without sleeping for --busy-poll microseconds
+after traffic (one CPU busy while messages flow) because waking a sleeping
+process costs ~30 us per hop on many machines; --busy-poll 0 saves that CPU
+at the price of latency.  Recording never sits between a message and its
+forwarding.
+"""
+
+
+def _mode(text: str) -> int:
+    try:
+        v = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an octal mode: {text!r}") from None
+    if not 0 <= v <= 0o777:
+        raise argparse.ArgumentTypeError(f"mode out of range: {text!r}")
+    return v
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return v
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("record", help="relay a vfio-user connection and record it (MITM proxy)",
+                              description=_DESCRIPTION, epilog=_EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_argument_group("sockets")
+    where.add_argument("--listen", metavar="PATH", help="listen for clients here (a new socket)")
+    where.add_argument("--connect", metavar="PATH", help="the server's socket each client is forwarded to")
+    where.add_argument("--intercept", metavar="PATH",
+                       help="take over the server listening at PATH (restored on exit)")
+    where.add_argument("--mode", type=_mode, default=0o600, metavar="OCTAL",
+                       help="permissions of the listening socket (default 0600; --intercept keeps the "
+                            "server socket's own unless given)")
+    out = p.add_argument_group("capture")
+    out.add_argument("-w", "--write", required=True, metavar="FILE",
+                     help="pcapng capture to write, flushed per record; - for stdout (the live view then "
+                          "goes to stderr)")
+    out.add_argument("--snaplen", type=int, metavar="N",
+                     help="keep only N bytes of bulk data per message (headers and fixed fields always kept)")
+    view = p.add_argument_group("live view")
+    view.add_argument("-q", "--quiet", action="store_true",
+                      help="no line per message: only findings and the summary")
+    view.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                      help="colour the live view (default: when it goes to a terminal)")
+    view.add_argument("--timeout", type=_positive, default=spec.DEFAULT_REPLY_TIMEOUT, metavar="SECONDS",
+                      help="REPLY_TIMEOUT threshold (default %(default)s s; raised while the request still waits)")
+    view.add_argument("--no-summary", action="store_true", help="no statistics summary on exit")
+    tune = p.add_argument_group("relay")
+    tune.add_argument("--stall-timeout", type=_positive, default=0.5, metavar="SECONDS",
+                      help="a message whose bytes stop arriving this long is forwarded as far as it came and "
+                           "that direction is relayed raw (default %(default)s)")
+    tune.add_argument("--busy-poll", type=_positive, default=200.0, metavar="USEC",
+                      help="keep polling this long after traffic instead of sleeping (default %(default)g us, "
+                           "0 = never)")
+    p.set_defaults(func=cmd_record)
+    return p
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from .cli import use_color
+    from .proxy.relay import RelayConfig
+    from .proxy.session import ProxyOptions, run_proxy
+
+    live_stream = sys.stderr if args.write == "-" else sys.stdout
+    if args.snaplen is not None and args.snaplen < 0:
+        sys.stderr.write("vfudissect: error: --snaplen must not be negative\n")
+        return 2
+    opts = ProxyOptions(
+        write=args.write, listen=args.listen, connect=args.connect, intercept=args.intercept, mode=args.mode,
+        snaplen=args.snaplen, quiet=args.quiet, color=use_color(args.color, live_stream), timeout=args.timeout,
+        relay=RelayConfig(stall_timeout=args.stall_timeout, busy_poll=args.busy_poll / 1e6),
+        comment="vfudissect " + " ".join(shlex.quote(a) for a in sys.argv[1:]), summary=not args.no_summary)
+    return run_proxy(opts)

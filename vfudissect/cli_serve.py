@@ -1,0 +1,135 @@
+"""`vfudissect serve`: the emulated vfio-user PCI device as a standalone server (with optional faults)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+
+from . import spec
+
+_DESCRIPTION = """\
+Run the project's emulated vfio-user device server: a fake PCI device with
+9 regions (config space with a capability list, BAR0 registers, BAR1 memory
+backed by a memfd and offered for mmap with a sparse-mmap capability) and 5
+IRQ types, negotiating like libvfio-user (twin socket when asked).  Ringing
+BAR0's doorbell raises interrupts through the client's eventfds and makes the
+server read/write the client's memory with DMA_READ / DMA_WRITE.  Useful as a
+target for `vfudissect record` and to produce misbehaviour on purpose with
+--fault.  Ends on SIGTERM / Ctrl-C; does not daemonize.
+"""
+
+_EPILOG = """\
+--fault ACTION[,command=NAME][,kind=command|reply][,nth=N][,delay=S][,count=N][,data=HEX]
+  applies ACTION to the N-th matching message the server sends (nth=0: every one).
+  ACTIONs: {actions}
+
+examples:
+  vfudissect serve --socket /tmp/dev.sock
+  vfudissect serve --socket /tmp/dev.sock --fault delay,command=REGION_READ,delay=6
+  vfudissect serve --socket /tmp/dev.sock --fault caps_no_nul,command=VERSION
+"""
+
+
+def _fault(text: str):  # type: ignore[no-untyped-def]
+    from .peers.faults import ACTIONS, Fault
+
+    action, *opts = text.split(",")
+    kw: dict[str, object] = {}
+    for o in opts:
+        key, _, val = o.partition("=")
+        key = key.strip()
+        try:
+            if key == "command":
+                name = val.strip().upper().removeprefix("VFIO_USER_")
+                codes = {info.name: c for c, info in spec.COMMANDS.items()}
+                kw["command"] = int(name) if name.isdigit() else codes[name]
+            elif key == "kind":
+                if val not in ("command", "reply"):
+                    raise ValueError(val)
+                kw["kind"] = val
+            elif key in ("nth", "count"):
+                kw[key] = int(val)
+            elif key == "delay":
+                kw["delay"] = float(val)
+            elif key == "data":
+                kw["data"] = bytes.fromhex(val)
+            else:
+                raise KeyError(key)
+        except (KeyError, ValueError):
+            raise argparse.ArgumentTypeError(f"bad fault option {o!r} in {text!r}") from None
+    if action not in ACTIONS:
+        raise argparse.ArgumentTypeError(f"unknown fault action {action!r}; known: {', '.join(ACTIONS)}")
+    return Fault(action, **kw)  # type: ignore[arg-type]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from .peers.faults import ACTIONS
+
+    p = subparsers.add_parser("serve", help="run the emulated vfio-user device server (test target, faults)",
+                              description=_DESCRIPTION, epilog=_EPILOG.format(actions=", ".join(ACTIONS)),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", "--socket-path", dest="socket", metavar="PATH",
+                       help="listen here (one device instance per client)")
+    where.add_argument("--fd", type=int, metavar="FDNUM", help="serve one client on this connected socket fd")
+    p.add_argument("--bar1-size", type=lambda s: int(s, 0), default=0x10000, metavar="BYTES",
+                   help="size of BAR1 memory (default 64 KiB; a power of two >= 4 KiB)")
+    p.add_argument("--max-data-xfer-size", type=lambda s: int(s, 0), default=spec.DEFAULT_MAX_DATA_XFER_SIZE,
+                   metavar="BYTES", help="advertised max_data_xfer_size (default %(default)s)")
+    p.add_argument("--no-twin-socket", action="store_true", help="never offer a twin socket")
+    p.add_argument("--fault", type=_fault, action="append", default=[], metavar="SPEC",
+                   help="inject a fault into what the server sends (repeatable; see below)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log connections and refused requests")
+    p.set_defaults(func=cmd_serve)
+    return p
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .peers.device import DeviceConfig
+    from .peers.faults import Faults
+    from .peers.server import DeviceServer, ServerConnection
+
+    size = args.bar1_size
+    if size < 0x1000 or size & (size - 1):
+        sys.stderr.write(f"vfudissect: error: --bar1-size {size:#x} is not a power of two >= 4 KiB\n")
+        return 2
+    cfg = DeviceConfig(bar1_size=size, max_data_xfer_size=args.max_data_xfer_size,
+                       offer_twin_socket=not args.no_twin_socket)
+    faults = Faults(*args.fault)
+
+    def log(text: str) -> None:
+        if args.verbose:
+            sys.stderr.write(f"vfudissect serve: {text}\n")
+            sys.stderr.flush()
+
+    if args.fd is not None:
+        try:
+            sock = socket.socket(fileno=args.fd)
+        except OSError as exc:
+            sys.stderr.write(f"vfudissect: error: --fd {args.fd}: {exc.strerror or exc}\n")
+            return 2
+        ServerConnection(sock, cfg, faults.injector(), log).run()
+        return 0
+    path = args.socket
+    if os.path.lexists(path):
+        sys.stderr.write(f"vfudissect: error: {path} exists; remove it first\n")
+        return 2
+    server = DeviceServer(path, cfg, faults, log)
+    try:
+        server.bind()
+    except OSError as exc:
+        sys.stderr.write(f"vfudissect: error: cannot listen on {path}: {exc.strerror or exc}\n")
+        return 2
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    server.start()
+    sys.stderr.write(f"vfudissect serve: emulated vfio-user device listening on {path}\n")
+    sys.stderr.flush()
+    done.wait()
+    server.stop()
+    return 0

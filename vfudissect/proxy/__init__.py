@@ -1,0 +1,1 @@
+"""The recording man-in-the-middle proxy: relays vfio-user connections byte for byte and records them."""

@@ -1,0 +1,143 @@
+"""The recording side of the proxy: capture writer, analysis engine, statistics and the live one-line view.
+
+``Recorder.record(event)`` writes the event to the capture, feeds the event
+*as recorded* (with its frame number, snaplen applied) to the Analyzer, and
+shows what the engine says, so the live findings are those ``vfudissect
+read`` will print for the same file.  The relay loop calls it only when no
+socket is ready, one event at a time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable, Iterator
+
+from ..capture.writer import CaptureWriter, Recordable
+from ..core.analyzer import Analyzer, AnalyzerConfig
+from ..core.events import Event, Tick
+from ..core.records import ConnRecord, Finding, Item, MessageRecord
+from ..render import Renderer
+from ..stats import Stats
+from .sinks import Sink
+
+
+class LiveView:
+    """One line per message, findings as they happen, coloured on a terminal; ``quiet`` keeps only findings.
+
+    Lines are buffered and written by ``flush()`` (the relay calls it when a burst of traffic has been
+    recorded).  While ``behind`` is set (the recorder lags the traffic), message and connection lines
+    are counted instead of rendered; findings are always shown.
+    """
+
+    def __init__(self, sink: Sink, color: bool = False, quiet: bool = False) -> None:
+        self.sink = sink
+        self.renderer = Renderer(color)
+        self.quiet = quiet
+        self.behind = False
+        self.skipped = 0
+        self._last_frame = -1
+        self._lines: list[str] = []
+        self._size = 0
+
+    def show(self, items: list[Item]) -> None:
+        lines = self._lines
+        r = self.renderer
+        for it in items:
+            if r.base_ts is None and it.ts:
+                r.base_ts = it.ts
+            if isinstance(it, MessageRecord):
+                self._last_frame = it.frame
+                if self.quiet:
+                    continue
+                if self.behind:
+                    self.skipped += 1
+                    continue
+                lines.append(r.message_line(it))
+            elif isinstance(it, Finding):
+                lines.append(r.finding_line(it, standalone=self.quiet or self.behind or it.frame != self._last_frame))
+            elif not self.quiet:
+                self._last_frame = it.frame
+                if self.behind:
+                    continue
+                lines.append(r.conn_line(it))
+        if len(lines) > 256:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.skipped and not self.behind:
+            self._lines.append(f"        … {self.skipped} message(s) not shown live (the view fell behind the "
+                               "traffic; all of them are in the capture)")
+            self.skipped = 0
+        if self._lines:
+            text = "\n".join(self._lines) + "\n"
+            self._lines.clear()
+            self.sink.write(text.encode("utf-8", "replace"))
+
+    def text(self, text: str) -> None:
+        self.flush()
+        self.sink.write(text.encode("utf-8", "replace"))
+
+
+class Recorder:
+    """Writer + Analyzer + Stats + LiveView, driven one event at a time."""
+
+    def __init__(self, writer: CaptureWriter | None, live: LiveView | None = None, timeout: float = 5.0,
+                 on_item: Callable[[Item], None] | None = None) -> None:
+        self.writer = writer
+        self.live = live
+        self.analyzer = Analyzer(AnalyzerConfig(timeout=timeout))
+        self.stats = Stats()
+        self.finding_codes: Counter[str] = Counter()
+        self.findings: list[Finding] = []  # the first 10,000, for tests and the summary
+        self.events = 0
+        self._on_item = on_item
+        self._last_ts = 0.0
+
+    def steps(self, ev: Event) -> Iterator[None]:
+        """Record ev in three slices (capture write, analysis, view) so the relay can poll in between."""
+        if not isinstance(ev, Tick):
+            if self.writer is not None:
+                ev = self.writer.write(ev)  # type: ignore[arg-type]
+                yield
+            self.events += 1
+            if ev.ts > self._last_ts:
+                self._last_ts = ev.ts
+        items = self.analyzer.feed(ev)
+        if items:
+            yield
+            self._items(items)
+
+    def record(self, ev: Event) -> None:
+        for _ in self.steps(ev):
+            pass
+
+    def idle(self) -> None:
+        """Everything queued has been recorded: let the view catch up."""
+        if self.live is not None:
+            self.live.behind = False
+            self.live.flush()
+
+    def finish(self, ts: float | None = None) -> None:
+        self._items(self.analyzer.finish(self._last_ts if ts is None else ts))
+        self.idle()
+
+    def _items(self, items: list[Item]) -> None:
+        if not items:
+            return
+        add = self.stats.add
+        for it in items:
+            add(it)
+            if isinstance(it, Finding):
+                self.finding_codes[it.code] += 1
+                if len(self.findings) < 10000:
+                    self.findings.append(it)
+            if self._on_item is not None:
+                self._on_item(it)
+        if self.live is not None:
+            self.live.show(items)
+
+    def summary(self, color: bool = False) -> str:
+        return self.stats.render(color)
+
+
+__all__ = ["LiveView", "Recorder", "Recordable", "ConnRecord"]

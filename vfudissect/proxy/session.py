@@ -1,0 +1,153 @@
+"""One `vfudissect record` run: socket paths, capture and live-view sinks, signals, the relay, the summary."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..capture.writer import CaptureWriter
+from .listener import Intercept, PathError, check_server, intercept, listen_at, same_file
+from .recorder import LiveView, Recorder
+from .relay import Relay, RelayConfig
+from .sinks import ThreadSink, open_sink
+
+
+@dataclass
+class ProxyOptions:
+    write: str  # capture path, "-" for stdout
+    listen: str | None = None
+    connect: str | None = None
+    intercept: str | None = None
+    mode: int = 0o600
+    snaplen: int | None = None
+    quiet: bool = False
+    color: bool = False
+    timeout: float = 5.0
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    comment: str = ""
+    summary: bool = True
+
+
+class ProxySession:
+    """Sets up paths and sinks; ``run()`` relays until stop() / SIGTERM / SIGINT, then cleans up everything."""
+
+    def __init__(self, opts: ProxyOptions, *, stdout_fd: int = 1, stderr_fd: int = 2,
+                 error: Callable[[str], None] | None = None) -> None:
+        self.opts = opts
+        self._stdout, self._stderr = stdout_fd, stderr_fd
+        self.error = error or self._default_error
+        self.relay: Relay | None = None
+        self.recorder: Recorder | None = None
+        self.intercepted: Intercept | None = None
+        self.listen_path = ""
+        self._ready = threading.Event()
+
+    def _default_error(self, text: str) -> None:
+        try:
+            os.write(self._stderr, f"vfudissect: error: {text}\n".encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+    def setup(self) -> None:
+        """Paths first (so a refusal leaves nothing behind), then the capture file. Raises PathError."""
+        o = self.opts
+        if o.intercept:
+            if o.listen or o.connect:
+                raise PathError("--intercept replaces --listen/--connect; give one or the other")
+            self.intercepted = intercept(o.intercept, None if o.mode == 0o600 else o.mode)
+            listener, target, self.listen_path = self.intercepted.listener, self.intercepted.moved, o.intercept
+            label = o.intercept
+        else:
+            if not (o.listen and o.connect):
+                raise PathError("need --listen PATH and --connect PATH (or --intercept PATH)")
+            if same_file(o.listen, o.connect) or os.path.abspath(o.listen) == os.path.abspath(o.connect):
+                raise PathError(f"--listen and --connect are the same file ({o.listen}): use --intercept to "
+                                "sit in front of a server's own socket")
+            check_server(o.connect)
+            listener, target, self.listen_path = listen_at(o.listen, o.mode), o.connect, o.listen
+            label = o.connect
+        try:
+            cap_sink = self._capture_sink()
+        except PathError:
+            listener.close()
+            self._release_paths()
+            raise
+        live_fd = self._stderr if o.write == "-" else self._stdout
+        live_sink = open_sink(live_fd, drop=True, close_fd=False, name="live")
+        self._live_sink = live_sink
+        self._cap_sink = cap_sink
+        writer = CaptureWriter(cap_sink, comment=o.comment, if_name=f"vfio-user:{label}",  # type: ignore[arg-type]
+                               snaplen=o.snaplen)
+        live = LiveView(live_sink, o.color, o.quiet)
+        self.recorder = Recorder(writer, live, o.timeout)
+        self.relay = Relay(listener, target, self.recorder, o.relay, socket_label=label, error=self.error)
+
+    def _capture_sink(self):  # type: ignore[no-untyped-def]
+        o = self.opts
+        if o.write == "-":
+            return ThreadSink(self._stdout, drop=False, close_fd=False, name="capture")
+        try:
+            fd = os.open(o.write, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise PathError(f"cannot write the capture {o.write}: {exc.strerror or exc}") from None
+        return open_sink(fd, close_fd=True, name="capture")
+
+    def _release_paths(self) -> None:
+        if self.intercepted is not None:
+            self.intercepted.restore()
+        elif self.listen_path:
+            try:
+                os.unlink(self.listen_path)
+            except OSError:
+                pass
+
+    def wait_ready(self, timeout: float = 5.0) -> bool:
+        return self._ready.wait(timeout)
+
+    def stop(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
+
+    def run(self, install_signals: bool = True) -> int:
+        """Relay until stopped; always restores the paths and closes the capture. Returns the exit status."""
+        assert self.relay is not None and self.recorder is not None
+        old: dict[int, object] = {}
+        if install_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                old[sig] = signal.signal(sig, lambda *_: self.stop())
+        self._ready.set()
+        try:
+            self.relay.run()
+        finally:
+            self._release_paths()
+            assert self.recorder.writer is not None
+            self.recorder.writer.close()
+            if self.opts.summary:
+                self.recorder.live.text("\n" + self.recorder.summary(self.opts.color) + "\n")  # type: ignore[union-attr]
+                sinfo = self._cap_sink
+                if getattr(sinfo, "broken", False):
+                    self.error("the capture output broke off (closed pipe?); the capture is incomplete")
+            self._live_sink.close()
+            for sig, handler in old.items():
+                signal.signal(sig, handler)  # type: ignore[arg-type]
+        return 0
+
+
+def run_proxy(opts: ProxyOptions) -> int:
+    """`vfudissect record`: exit 0 after a clean stop, 2 when a path, permission or peer is unusable."""
+    s = ProxySession(opts)
+    try:
+        s.setup()
+    except PathError as exc:
+        s.error(str(exc))
+        return 2
+    if s.intercepted is not None and not opts.quiet:
+        s.recorder.live.text(  # type: ignore[union-attr]
+            f"intercepting {s.intercepted.path} (server socket linked at {s.intercepted.moved} until exit)\n")
+    return s.run()
+
+
+__all__ = ["PathError", "ProxyOptions", "ProxySession", "run_proxy"]
