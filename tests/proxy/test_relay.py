@@ -24,7 +24,7 @@ from vfudissect.peers.client import Client, run_session
 from vfudissect.peers.server import DeviceServer
 from vfudissect.testing import region_read, region_read_reply
 
-from .conftest import Proxy, RawServer, Received, connect, drain, open_fds, send_with_fds
+from tests.proxy.conftest import Proxy, RawServer, Received, connect, drain, open_fds, send_with_fds
 
 HDR = spec.HEADER
 
@@ -155,16 +155,19 @@ def test_fd_count_stays_flat_over_a_thousand_fd_carrying_messages(proxy: Proxy) 
             c.wait(c.dma_map_send(ram))
             c.dma_unmap(ram.address, ram.size)
             c.set_irqs(0, 0, [efd])
+        proxy.wait_messages(3 * 2 * 3)
         before = open_fds()
-        for _ in range(500):
+        counts = []
+        for i in range(500):
             assert not c.wait(c.dma_map_send(ram)).is_error
             c.dma_unmap(ram.address, ram.size)
             c.set_irqs(0, 0, [efd])
-        proxy.wait_messages(3 * 2 * 500)
-        time.sleep(0.05)
-        after = open_fds()
+            if i % 100 == 99:
+                proxy.wait_messages(3 * 2 * (i + 4))
+                counts.append(open_fds())
         os.close(efd)
-    assert after == before, f"{after - before} fds leaked over 1,000 fd-carrying messages"
+    # other tests' threads may still be closing theirs: the count must not grow, at any point
+    assert max(counts) <= before, f"fds grew from {before} to {counts} over 1,000 fd-carrying messages"
 
 
 def test_garbage_header_is_relayed_unchanged_and_the_rest_goes_raw(sockdir: str, rawserver: RawServer) -> None:

@@ -80,9 +80,13 @@ class DmaRegion:
 
 
 def migration_path(cur: int, target: int) -> list[int] | None:
-    """States to step through from cur to target (direct arcs, no saving state in the middle)."""
+    """States to step through from cur to target (direct arcs, no saving state in the middle).
+
+    STOP_COPY -> PRE_COPY is refused outright, as by the kernel's table, although a path exists."""
     if cur == target:
         return []
+    if cur == spec.MIG_STATE_STOP_COPY and target == spec.MIG_STATE_PRE_COPY:
+        return None
     frontier: list[list[int]] = [[cur]]
     seen = {cur}
     while frontier:
@@ -120,7 +124,7 @@ def _config_space(cfg: DeviceConfig) -> bytearray:
 def _config_write_mask() -> bytearray:
     m = bytearray(256)
     m[0x04:0x06] = b"\x07\x05"  # command: io, mem, master, serr, intx disable
-    m[0x10:0x18] = b"\xff" * 8  # BAR0, BAR1 (sizing masks applied on read back)
+    m[0x10:0x18] = b"\xf0\xff\xff\xff" * 2  # BAR0, BAR1 address bits (type bits read-only; sizing on read)
     m[0x3C] = 0xFF  # interrupt line
     m[CAP_MSI_OFF + 2:CAP_MSI_OFF + 4] = b"\x71\x00"  # MSI enable, MME
     m[CAP_MSI_OFF + 4:CAP_MSI_OFF + 14] = b"\xff" * 10  # address lo/hi, data

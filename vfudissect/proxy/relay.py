@@ -234,27 +234,43 @@ class Relay:
                     if not evs:
                         continue
                 last_active = mono()
-                for fd, mask in evs:
-                    entry = self._by_sock.get(fd)
-                    if entry is not None:
-                        reader, writer = entry
-                        if mask & _OUT and writer.out is not None:
-                            self._flush_out(writer)
-                        if mask & (_IN | _ERRMASK) and reader.mode < EOF and reader.out is None:
-                            self._read(reader)
-                        elif mask & _ERRMASK and reader.mode >= EOF and writer.mode >= EOF:
-                            self._teardown(reader.conn)
-                        continue
-                    kind = self._entries.get(fd)
-                    if kind == "listener":
-                        self._accept()
-                    elif kind == "wake":
-                        try:
-                            os.read(self.wake_r, 4096)
-                        except OSError:
-                            pass
+                self._dispatch(evs)
+            self._final_pass()
         finally:
             self._shutdown()
+
+    def _dispatch(self, evs: list[tuple[int, int]], accept: bool = True) -> None:
+        for fd, mask in evs:
+            entry = self._by_sock.get(fd)
+            if entry is not None:
+                reader, writer = entry
+                if mask & _OUT and writer.out is not None:
+                    self._flush_out(writer)
+                if mask & (_IN | _ERRMASK) and reader.mode < EOF and reader.out is None:
+                    self._read(reader)
+                elif mask & _ERRMASK and reader.mode >= EOF and writer.mode >= EOF:
+                    self._teardown(reader.conn)
+                continue
+            kind = self._entries.get(fd)
+            if kind == "listener":
+                if accept:
+                    self._accept()
+            elif kind == "wake":
+                try:
+                    os.read(self.wake_r, 4096)
+                except OSError:
+                    pass
+
+    def _final_pass(self, rounds: int = 200) -> None:
+        """Stopping: relay and record what is already readable (EOFs, trailing bytes), without waiting."""
+        if self._masks.get(self.listener.fileno(), 0) > 0:
+            self.ep.unregister(self.listener.fileno())
+            self._masks[self.listener.fileno()] = 0
+        for _ in range(rounds):
+            evs = [(fd, m) for fd, m in self.ep.poll(0) if fd != self.wake_r]
+            if not evs:
+                return
+            self._dispatch(evs, accept=False)
 
     # ------------------------------------------------------------ epoll bookkeeping
     def _register(self, fd: int, mask: int) -> None:
