@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -401,3 +402,39 @@ def test_snaplen_truncates_bulk_data_in_the_capture_only(sockdir: str, device: D
     events = px.events()
     write = messages(events, 1, "c2s")[1]
     assert write.flags & spec.VF_TRUNCATED and len(write.data) == 16 + 16 + 8 and write.wire_len == 16 + 16 + 4096
+
+
+@given(st.binary(max_size=200), st.one_of(st.none(), st.dictionaries(
+    st.sampled_from(["max_data_xfer_size", "twin_socket", "max_msg_fds"]),
+    st.one_of(st.integers(-5, 1 << 40), st.text(max_size=5), st.booleans(), st.none(),
+              st.fixed_dictionaries({"supported": st.booleans(), "fd_index": st.integers(-2, 3)})))))
+def test_version_payloads_never_break_the_relays_own_parsing(junk: bytes, caps: dict | None) -> None:
+    from vfudissect.proxy.relay import _caps, _xfer
+
+    text = junk if caps is None else (json.dumps({"capabilities": caps}).encode() + b"\0")
+    data = msg(0, spec.Command.VERSION, struct.pack("<HH", 0, 0) + text, flags=1)
+    got = _caps(data)
+    assert isinstance(got, dict) and 0 <= _xfer(got) <= 1 << 31
+    if caps is not None and isinstance(caps.get("max_data_xfer_size"), int) and not isinstance(
+            caps["max_data_xfer_size"], bool) and 0 < caps["max_data_xfer_size"] <= 1 << 31:
+        assert _xfer(got) == caps["max_data_xfer_size"]
+
+
+def test_a_twin_socket_claim_without_a_socket_is_relayed_untouched(sockdir: str, rawserver: RawServer) -> None:
+    px = Proxy(sockdir, rawserver.path)
+    cli = connect(px.path)
+    cli.sendall(msg(0, spec.Command.VERSION, struct.pack("<HH", 0, 2) + b'{"capabilities": {"twin_socket": '
+                    b'{"supported": true}}}\0'))
+    rawserver.wait_bytes(0, 16)
+    mem = os.memfd_create("not-a-socket")
+    text = b'{ "capabilities": { "twin_socket": { "supported": true, "fd_index": 0 } } }\0'
+    reply_bytes = msg(0, spec.Command.VERSION, struct.pack("<HH", 0, 2) + text, flags=1)
+    send_with_fds(rawserver.conns[0], reply_bytes, [mem])
+    back = drain(cli, Received(), until=len(reply_bytes))
+    assert bytes(back.data) == reply_bytes and len(back.fds) == 1
+    assert os.fstat(back.fds[0][1]).st_ino == os.fstat(mem).st_ino  # the very same memfd, not a proxy socket
+    back.close_fds()
+    os.close(mem)
+    cli.close()
+    events = px.events()
+    assert [e.conn for e in events if isinstance(e, ConnOpened)] == [1]  # no twin connection was made up
