@@ -1,0 +1,389 @@
+"""Scripted vfio-user peers: fixed messages sent with real fds through a real proxy, and what it must record.
+
+A ``Scenario`` is a list of ``Step``s: who sends (``c2s``: the client,
+``s2c``: the server), the bytes (built with ``vfudissect.testing``), the
+kinds of fds to pass with them (fresh memfds, eventfds, sockets), a wait
+before sending, and how the bytes go out.  ``play()`` connects a scripted
+client to the proxy and accepts the proxy's connection as the scripted
+server, then sends each step and has the other side read exactly what the
+proxy forwards before the next step starts, so the capture's frames are
+deterministic: frame 1 opens the connection, then one frame per message in
+order, then one per closed direction.
+
+``model()`` says which events the proxy records for the same steps (its
+framing contract: a header it cannot frame is recorded alone, a note
+follows and the direction is relayed raw; a message cut short by a closing
+peer is recorded as far as it came, with a note), numbered by a real
+``CaptureWriter`` (same fragments and snaplen); ``expected()`` feeds them to
+a sans-io ``Playbook``: the findings the live proxy and ``vfudissect read``
+must both report.
+"""
+
+from __future__ import annotations
+
+import array
+import io
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from .. import spec
+from ..capture.writer import CaptureWriter
+from ..core.events import ConnClosed, ConnOpened, Event, FdInfo, MessageIn, NoteIn, RawIn
+from ..core.records import Finding
+from ..testing import Playbook
+
+C2S, S2C = spec.C2S, spec.S2C
+HOW = {
+    "whole": "one sendmsg with every byte and fd of the step",
+    "split": "the 16-byte header alone, then the rest with the fds",
+    "cut": "the bytes given (a message whose header promises more), then the sender closes its side",
+    "close": "no bytes: the sender closes its side",
+}
+FD_KINDS = ("memfd", "eventfd", "socket")
+MEMFD_SIZE = 0x10000
+# The relay frames a message when 16 <= size <= the largest negotiated max_data_xfer_size (at least the
+# default) + the largest fixed part of a data command (header + region/DMA access) + spec.FRAMING_SLACK.
+_FIXED_MAX = spec.HEADER_SIZE + max(spec.LAYOUTS[k].size for k in ("region_access", "dma_access", "mig_data"))
+_ANC = socket.CMSG_SPACE(253 * 4)
+_BIG = 1 << 16  # steps larger than this are sent from a helper thread (the socket buffers would fill)
+
+
+class ScriptError(Exception):
+    """A scripted peer did not get what the script says the proxy forwards; says which step and what."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One thing a scripted peer puts on the wire."""
+
+    dir: str  # C2S: the client sends it; S2C: the server
+    data: bytes = b""
+    fds: tuple[str, ...] = ()  # kinds of fresh fds passed with it (FD_KINDS)
+    delay: float = 0.0  # seconds to wait before sending
+    how: str = "whole"  # HOW
+    flag: str | None = None  # a finding code whose first frame must be one of this step's frames
+    starve_fds: bool = False  # the proxy cannot take the fds (no free descriptor): recorded without them
+
+    def __post_init__(self) -> None:
+        if self.dir not in (C2S, S2C):
+            raise ValueError(f"dir must be {C2S!r} or {S2C!r}, not {self.dir!r}")
+        if self.how not in HOW:
+            raise ValueError(f"how must be one of {', '.join(HOW)}, not {self.how!r}")
+        if any(k not in FD_KINDS for k in self.fds):
+            raise ValueError(f"fd kinds must be among {', '.join(FD_KINDS)}: {self.fds!r}")
+        if self.flag is not None and self.flag not in spec.FINDINGS:
+            raise ValueError(f"unknown finding code {self.flag!r}")
+        if self.how in ("whole", "split") and len(self.data) < spec.HEADER_SIZE:
+            raise ValueError(f"a {self.how} step needs at least a 16-byte header (use how='cut' for less)")
+        if self.how == "close" and (self.data or self.fds):
+            raise ValueError("a close step carries no bytes or fds")
+        if self.how == "cut" and self.fds:
+            raise ValueError("a cut step carries no fds")
+        if self.starve_fds and not self.fds:
+            raise ValueError("starve_fds needs fds to starve")
+
+    @property
+    def size(self) -> int:
+        """The header's size field (0 without a whole header)."""
+        return spec.HEADER.unpack_from(self.data)[2] if len(self.data) >= spec.HEADER_SIZE else 0
+
+
+def c2s(data: bytes, *fds: str, **kw: object) -> Step:
+    """The client sends ``data`` with fresh fds of the given kinds."""
+    return Step(C2S, data, tuple(fds), **kw)  # type: ignore[arg-type]
+
+
+def s2c(data: bytes, *fds: str, **kw: object) -> Step:
+    """The server sends ``data`` with fresh fds of the given kinds."""
+    return Step(S2C, data, tuple(fds), **kw)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """Steps and the proxy settings they need (REPLY_TIMEOUT threshold, snaplen)."""
+
+    name: str
+    steps: tuple[Step, ...]
+    timeout: float = spec.DEFAULT_REPLY_TIMEOUT
+    snaplen: int | None = None
+    about: str = ""
+
+    @property
+    def needs_fd_starving(self) -> bool:
+        return any(s.starve_fds for s in self.steps)
+
+
+# ------------------------------------------------------------------ the model: what the proxy records
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """One event the proxy records, with its frame, and the step (index) it came from (None: open/close)."""
+
+    event: Event
+    step: int | None
+
+
+def _fd_info(kind: str) -> FdInfo:
+    if kind == "memfd":
+        return FdInfo("memfd", MEMFD_SIZE, 0, 2, "/memfd:vfudissect-scripted (deleted)")
+    if kind == "eventfd":
+        return FdInfo("eventfd", 0, 0, 2, "anon_inode:[eventfd]")
+    return FdInfo("socket", 0, 0, 2, "socket:[0]")
+
+
+def _max_xfer(data: bytes) -> int:
+    """max_data_xfer_size of a VERSION message's capabilities, 0 when absent or unusable (as the relay reads it)."""
+    text = data[spec.HEADER_SIZE + 4:]
+    if not text.endswith(b"\0"):
+        return 0
+    try:
+        obj = json.loads(text[:-1].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return 0
+    caps = obj.get("capabilities") if isinstance(obj, dict) else None
+    v = caps.get("max_data_xfer_size") if isinstance(caps, dict) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 31 else 0
+
+
+def model(scn: Scenario, socket_path: str = "scripted.sock") -> list[Recorded]:
+    """The events the proxy records for ``scn``, with frames (a real CaptureWriter numbers them)."""
+    ts = 1000.0
+    raw: set[str] = set()
+    closed: set[str] = set()
+    xfer = {C2S: 0, S2C: 0}
+    events: list[tuple[Event, int | None]] = [(ConnOpened(ts, 1, socket_path), None)]
+
+    def add(ev: Event, i: int | None) -> None:
+        events.append((ev, i))
+
+    for i, st in enumerate(scn.steps):
+        ts += 0.001 + st.delay
+        d = st.dir
+        if d in closed:
+            raise ValueError(f"step {i}: the {d} direction was already closed")
+        fds = () if st.starve_fds else tuple(_fd_info(k) for k in st.fds)
+        fd_flags = spec.VF_FDS_CTRUNC if st.starve_fds else 0
+        if st.how == "close":
+            add(ConnClosed(ts, 1, d), i)
+            closed.add(d)
+            continue
+        if d in raw:
+            add(RawIn(ts, 1, d, st.data, fds, flags=fd_flags), i)
+        else:
+            hdr_ok = len(st.data) >= spec.HEADER_SIZE
+            size = st.size
+            limit = max(spec.DEFAULT_MAX_DATA_XFER_SIZE, *xfer.values()) + _FIXED_MAX + spec.FRAMING_SLACK
+            if hdr_ok and not spec.HEADER_SIZE <= size <= limit:
+                # recorded alone, a note, and the rest of the direction raw
+                late = spec.VF_FDS_NOT_AT_MSG_START if st.how == "split" and fds else 0
+                add(MessageIn(ts, 1, d, st.data[:spec.HEADER_SIZE], () if late else fds,
+                              flags=spec.VF_FRAMING_ERROR | fd_flags), i)
+                add(NoteIn(ts, 1, f"{d} header size {size} cannot be framed: relaying raw from here", d), i)
+                raw.add(d)
+                rest = st.data[spec.HEADER_SIZE:]
+                if rest:
+                    add(RawIn(ts, 1, d, rest, fds if late else ()), i)
+            elif st.how == "cut":
+                if hdr_ok:
+                    add(MessageIn(ts, 1, d, st.data), i)
+                else:
+                    add(RawIn(ts, 1, d, st.data), i)
+                add(NoteIn(ts, 1, f"{d} message cut short ({len(st.data)} bytes): peer closed mid-message", d), i)
+            else:
+                if size != len(st.data):
+                    raise ValueError(f"step {i}: header size {size} but {len(st.data)} bytes (use how='cut')")
+                flags = fd_flags | (spec.VF_FDS_NOT_AT_MSG_START if st.how == "split" and st.fds else 0)
+                add(MessageIn(ts, 1, d, st.data, fds, flags=flags), i)
+                _mid, cmd, _size, mflags, _err = spec.HEADER.unpack_from(st.data)
+                is_reply = mflags & spec.FLAG_TYPE_MASK == spec.MSG_TYPE_REPLY
+                if cmd == spec.Command.VERSION and d == (S2C if is_reply else C2S) \
+                        and not mflags & spec.FLAG_ERROR:
+                    xfer[d] = _max_xfer(st.data)
+        if st.how == "cut":
+            add(ConnClosed(ts, 1, d), i)
+            closed.add(d)
+    for d in (C2S, S2C):  # the orderly end: the client closes first, then the server
+        if d not in closed:
+            ts += 0.001
+            add(ConnClosed(ts, 1, d), None)
+    writer = CaptureWriter(io.BytesIO(), snaplen=scn.snaplen)
+    return [Recorded(writer.write(ev), i) for ev, i in events]  # type: ignore[arg-type]
+
+
+def expected(scn: Scenario) -> Playbook:
+    """The sans-io run of what the proxy records for ``scn``: the findings it and `read` must report."""
+    pb = Playbook(timeout=scn.timeout, open_conn=False)
+    for rec in model(scn):
+        pb.feed(rec.event)
+    pb.finish()
+    return pb
+
+
+def step_frames(scn: Scenario) -> dict[int, tuple[int, ...]]:
+    """Frames recorded for each step, by step index."""
+    out: dict[int, tuple[int, ...]] = {}
+    for rec in model(scn):
+        if rec.step is not None:
+            out[rec.step] = out.get(rec.step, ()) + (rec.event.frame,)  # type: ignore[union-attr]
+    return out
+
+
+def findings_key(findings: Sequence[Finding]) -> list[tuple[str, tuple[int, ...]]]:
+    """(code, frames) of every finding, sorted: what live, read and the model are compared on."""
+    return sorted((f.code, tuple(f.frames)) for f in findings)
+
+
+# ------------------------------------------------------------------ the peers
+class FdStarver(Protocol):
+    """Makes the proxy unable to take new file descriptors for a moment (see RecordProcess)."""
+
+    def starve_fds(self) -> None: ...
+
+    def feed_fds(self) -> None: ...
+
+
+def _make_fds(kinds: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Fresh fds of the given kinds: (to pass, to close afterwards)."""
+    send: list[int] = []
+    close: list[int] = []
+    try:
+        for k in kinds:
+            if k == "memfd":
+                fd = os.memfd_create("vfudissect-scripted", os.MFD_CLOEXEC)
+                os.ftruncate(fd, MEMFD_SIZE)
+                send.append(fd)
+                close.append(fd)
+            elif k == "eventfd":
+                fd = os.eventfd(0, os.EFD_CLOEXEC)
+                send.append(fd)
+                close.append(fd)
+            else:
+                a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                send.append(a.detach())
+                close.extend((send[-1], b.detach()))
+    except OSError:
+        _close(close)
+        raise
+    return send, close
+
+
+def _close(fds: Sequence[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _sendmsg(sock: socket.socket, data: bytes, fds: Sequence[int]) -> None:
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+    n = sock.sendmsg([data], anc)
+    if n < len(data):
+        sock.sendall(memoryview(data)[n:])
+
+
+def _send_step(sock: socket.socket, st: Step, fds: Sequence[int]) -> None:
+    if st.how == "split":
+        _sendmsg(sock, st.data[:spec.HEADER_SIZE], ())
+        _sendmsg(sock, st.data[spec.HEADER_SIZE:], fds)
+    elif st.how == "close":
+        sock.shutdown(socket.SHUT_WR)
+    else:
+        _sendmsg(sock, st.data, fds)
+        if st.how == "cut":
+            sock.shutdown(socket.SHUT_WR)
+
+
+@dataclass
+class _Received:
+    data: bytearray = field(default_factory=bytearray)
+    fds: int = 0
+
+
+def _recv(sock: socket.socket, n: int, what: str) -> _Received:
+    """Exactly n bytes (fds are counted and closed)."""
+    got = _Received()
+    while len(got.data) < n:
+        try:
+            data, anc, _flags, _ = sock.recvmsg(min(n - len(got.data), 1 << 20), _ANC)
+        except TimeoutError:
+            raise ScriptError(f"{what}: got {len(got.data)} of {n} bytes, then nothing more") from None
+        for level, kind, blob in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                a = array.array("i")
+                a.frombytes(blob[:len(blob) - len(blob) % 4])
+                got.fds += len(a)
+                _close(a)
+        if not data:
+            raise ScriptError(f"{what}: connection closed after {len(got.data)} of {n} bytes")
+        got.data += data
+    return got
+
+
+def _expect_eof(sock: socket.socket, what: str) -> None:
+    try:
+        data = sock.recv(1 << 16)
+    except TimeoutError:
+        raise ScriptError(f"{what}: expected the other side to close, nothing came") from None
+    if data:
+        raise ScriptError(f"{what}: expected the other side to close, got {len(data)} more bytes")
+
+
+def play(scn: Scenario, connect_path: str, listener: socket.socket, starver: FdStarver | None = None,
+         timeout: float = 10.0) -> None:
+    """Run ``scn`` through the proxy listening at ``connect_path``, which forwards to ``listener``."""
+    if scn.needs_fd_starving and starver is None:
+        raise ValueError(f"{scn.name}: starving the proxy of fds needs a proxy process (RecordProcess)")
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server: socket.socket | None = None
+    try:
+        client.settimeout(timeout)
+        client.connect(connect_path)
+        listener.settimeout(timeout)
+        try:
+            server, _ = listener.accept()
+        except TimeoutError:
+            raise ScriptError(f"{scn.name}: the proxy never connected to the scripted server") from None
+        server.settimeout(timeout)
+        ends = {C2S: (client, server), S2C: (server, client)}
+        for i, st in enumerate(scn.steps):
+            what = f"{scn.name} step {i} ({st.dir} {st.how})"
+            src, dst = ends[st.dir]
+            if st.delay:
+                time.sleep(st.delay)
+            send, close = _make_fds(st.fds)
+            try:
+                if st.starve_fds:
+                    starver.starve_fds()  # type: ignore[union-attr]
+                try:
+                    if len(st.data) > _BIG:
+                        t = threading.Thread(target=_send_step, args=(src, st, send), daemon=True)
+                        t.start()
+                        _recv(dst, len(st.data), what)
+                        t.join(timeout)
+                    else:
+                        _send_step(src, st, send)
+                        if st.data:
+                            _recv(dst, len(st.data), what)
+                finally:
+                    if st.starve_fds:
+                        starver.feed_fds()  # type: ignore[union-attr]
+            finally:
+                _close(close)
+            if st.how in ("cut", "close"):
+                _expect_eof(dst, what)
+        closed = {st.dir for st in scn.steps if st.how in ("cut", "close")}
+        if C2S not in closed:
+            client.shutdown(socket.SHUT_WR)
+            _expect_eof(server, f"{scn.name} end")
+        if S2C not in closed:
+            server.shutdown(socket.SHUT_WR)
+            _expect_eof(client, f"{scn.name} end")
+    finally:
+        client.close()
+        if server is not None:
+            server.close()
