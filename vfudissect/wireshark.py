@@ -65,9 +65,10 @@ def plugin_file(directory: Path | None = None) -> Path:
 
 
 def _tshark(tshark_path: str | None) -> str:
-    path = tshark_path or shutil.which("tshark")
+    path = shutil.which(tshark_path or "tshark")
     if not path:
-        raise WiresharkError("tshark not found: install Wireshark's tshark (Debian: apt-get install tshark)")
+        raise WiresharkError(f"tshark not found{f' at {tshark_path}' if tshark_path else ''}: install Wireshark's "
+                             "tshark (Debian: apt-get install tshark)")
     return path
 
 

@@ -87,6 +87,18 @@ class Builder:
         self.ts += 0.001
         return self.event(ConnClosed(self.ts, self.conn if conn is None else conn, d))
 
+    def record(self, rec_type: int, payload: bytes = b"", *, d: str | None = C2S, flags: int = 0, msg_len: int = 0,
+               frag_off: int = 0, msg_seq: int = 0, version: int = spec.VFUC_VERSION, tlvs: bytes = b"",
+               vfuc_dir: int | None = None, conn: int | None = None) -> int:
+        """One hand-made record (for what the writer never produces: odd fragments, newer versions, new types)."""
+        self.ts += 0.001
+        prefix = vfuc.EXP_PREFIX_DIR[d] if d is not None else vfuc.EXP_PREFIX_DIR[C2S][:12] + b"\0\0\0\0"
+        dcode = vfuc_dir if vfuc_dir is not None else (spec.DIR_CODES[d] if d is not None else spec.VFUC_DIR_NONE)
+        hdr = spec.VFUC_FIXED.pack(spec.VFUC_MAGIC, version, rec_type, spec.VFUC_FIXED_SIZE + len(tlvs),
+                                   self.conn if conn is None else conn, dcode, flags, 0, msg_len, frag_off, msg_seq,
+                                   spec.VFUC_FD_ENTRY_SIZE, 0)
+        return self.write_records([prefix + hdr + tlvs + payload], d)
+
     def wait(self, seconds: float) -> None:
         self.ts += seconds
 
@@ -484,10 +496,35 @@ def sc_features(b: Builder) -> None:
     b.c2s(message(16, 16, b"\0\0\0"))
 
 
+def sc_records(b: Builder) -> None:
+    """Records only a damaged or newer writer makes: the reader's rules, followed by the plugin."""
+    _ready(b)
+    MSG, MORE = spec.RecType.MSG, spec.VF_MORE_FRAGMENTS
+    b.record(MSG, b"", flags=MORE, msg_seq=100)                           # empty fragments: an empty message
+    b.record(MSG, b"", msg_seq=100, frag_off=0)
+    b.record(MSG, b"abc", frag_off=8, msg_seq=101)                        # fragment without its start
+    part = region_read(60, 7)
+    b.record(MSG, part[:10], flags=MORE, msg_seq=102, msg_len=len(part))
+    b.record(MSG, part[12:], frag_off=12, msg_seq=102, msg_len=len(part))  # offset mismatch
+    b.record(MSG, part[:10], flags=MORE, msg_seq=103, msg_len=len(part))
+    b.record(MSG, part[10:], frag_off=10, msg_seq=103, msg_len=len(part))  # a good pair: a whole message
+    b.s2c(region_read_reply(60, 7))
+    tlv = spec.VFUC_TLV.pack(99, 3) + b"new\0"                             # unknown TLV, newer version
+    b.record(MSG, get_info(61), version=2, tlvs=tlv)
+    b.record(MSG, get_info(62), version=0)                                # version 0 on the fast path: read
+    b.record(MSG, get_info(63), version=0, tlvs=tlv)                      # general path: corrupt
+    b.record(MSG, get_info(64), vfuc_dir=7, tlvs=tlv)                     # no direction: corrupt
+    b.record(9, b"future record type")                                    # skipped, no event
+    b.record(spec.RecType.CONN_CLOSE, d=None, vfuc_dir=9)                 # close without direction
+    b.record(spec.RecType.RAW, b"x" * 5, flags=MORE, msg_seq=104)
+    b.record(spec.RecType.RAW, b"y" * 5, frag_off=5, msg_seq=104)         # reassembled raw bytes
+    b.record(MSG, region_read(65, 7)[:12], flags=MORE, msg_seq=105, msg_len=32)  # never completed
+
+
 CATALOGUE: list[Callable[[Builder], None]] = [
     sc_clean, sc_pairing, sc_timeout, sc_no_reply_close, sc_directions, sc_dma_collision, sc_negotiation,
     sc_bad_caps, sc_twin, sc_header, sc_big, sc_errors, sc_fds, sc_data, sc_dma, sc_dma_table, sc_irqs_queries,
-    sc_features,
+    sc_features, sc_records,
 ]
 
 

@@ -57,6 +57,13 @@ def test_a_new_spec_entry_reaches_the_plugin(monkeypatch):
     assert 'code = "TEST_ONLY_CODE"' in text and '[4000] = "ETESTONLY"' in text
 
 
+def test_an_unrelated_spec_addition_leaves_the_plugin_unchanged(monkeypatch):
+    before = lua.generate()
+    monkeypatch.setattr(spec, "SOME_NEW_CONSTANT", 1234, raising=False)
+    monkeypatch.setattr(spec, "SOME_NEW_TABLE", {1: "ONE"}, raising=False)
+    assert lua.generate() == before
+
+
 def test_a_template_naming_an_unknown_spec_table_is_refused(monkeypatch):
     monkeypatch.setattr(lua, "template_text", lambda: "--@SPEC@--\nlocal x = SPEC.C.NO_SUCH_CONSTANT\n")
     with pytest.raises(lua.LuaError, match="NO_SUCH_CONSTANT"):

@@ -176,7 +176,9 @@ def _struct_fields(st: struct.Struct, names: tuple[tuple[str, bool, str | None],
     return out
 
 
-def spec_tables() -> dict[str, Any]:
+def spec_tables(template: str | None = None) -> dict[str, Any]:
+    """Every table the plugin needs; with a template, only the constants, enums and sets it names (so an
+    unrelated addition to spec.py leaves the plugin unchanged)."""
     commands = {}
     for code, c in spec.COMMANDS.items():
         commands[code] = {
@@ -210,11 +212,18 @@ def spec_tables() -> dict[str, Any]:
         raise LuaError(f"struct and layout keys collide: {sorted(clash)}")
     if "member" in caps:
         raise LuaError("a capability named 'member' collides with vfio_user.caps.member")
+    constants, enums, sets = _constants(), _enums(), _sets()
+    if template is not None:
+        used = {name for table in list(layouts.values()) + list(structs.values()) for f in table["fields"]
+                for name in (f.get("values"), f.get("bits")) if name}
+        constants = _pick(constants, _names(template, r"\bC"), "C")
+        enums = _pick(enums, _names(template, r"\bE") | used, "E")
+        sets = _pick(sets, _names(template, r"\bSETS"), "SETS")
     return {
         "version": __version__,
-        "C": _constants(),
-        "enums": _enums(),
-        "sets": _sets(),
+        "C": constants,
+        "enums": enums,
+        "sets": sets,
         "dir_codes": dict(spec.DIR_CODES),
         "commands": commands,
         "layouts": layouts,
@@ -227,13 +236,24 @@ def spec_tables() -> dict[str, Any]:
     }
 
 
+def _names(template: str, prefix: str) -> set[str]:
+    return set(re.findall(prefix + r"\.([A-Za-z_][A-Za-z0-9_]*)", template))
+
+
+def _pick(table: dict[str, Any], names: set[str], what: str) -> dict[str, Any]:
+    missing = sorted(names - set(table))
+    if missing:
+        raise LuaError(f"template uses {what}.{missing[0]}, which spec.py does not define")
+    return {k: v for k, v in table.items() if k in names}
+
+
 # ----------------------------------------------------------------- generation
 def template_text() -> str:
     return resources.files("vfudissect.export").joinpath("template.lua").read_text(encoding="utf-8")
 
 
 def _check_references(template: str, tables: dict[str, Any]) -> None:
-    """Every SPEC.C.X / SPEC.enums.X / SPEC.sets.X / SPEC.structs.X the template names must exist."""
+    """Every SPEC.<table>.X the template names must exist."""
     for group in ("C", "enums", "sets", "structs", "layouts"):
         for name in sorted(set(re.findall(rf"SPEC\.{group}\.([A-Za-z_][A-Za-z0-9_]*)", template))):
             if name not in tables[group]:
@@ -245,7 +265,7 @@ def generate() -> str:
     template = template_text()
     if MARKER not in template:
         raise LuaError(f"template lacks the {MARKER} marker")
-    tables = spec_tables()
+    tables = spec_tables(template)
     _check_references(template, tables)
     body = template.replace(MARKER, "local SPEC = " + lua_value(tables), 1)
     return f"{HEADER}\n-- vfudissect {__version__}: vfio-user dissector for Wireshark 4.0+ (Lua 5.2)\n" + body

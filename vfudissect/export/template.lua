@@ -338,9 +338,119 @@ local function timeout_s()
 end
 
 -- ======================================================================
+-- Per-frame results.  Lua's collector walks every live table on each cycle, and a
+-- cycle comes every few hundred frames: results kept in one table entry per frame
+-- would make the cost per message grow with the capture.  So the two newest chunks
+-- of FS_CHUNK frames are tables and older chunks are sealed into one ByteArray each
+-- (its bytes live outside Lua's heap); a later write to a sealed frame goes to a
+-- small patch table.  Record fields: req, rtt (replies), resp (commands), fnd.
+-- ======================================================================
+local FS_CHUNK = 4096
+
+local function fs_new()
+  return {open = {}, sealed = {}, patch = {}, top = -1, ck = -1, cache = nil}
+end
+
+local function fs_seal(fs, k)
+  local chunk = fs.open[k]
+  fs.open[k] = nil
+  if chunk == nil then return end
+  local out = {}
+  for f, rec in pairs(chunk) do
+    local parts = {fmt("%d", f)}
+    if rec.req then parts[#parts + 1] = fmt("q%d", rec.req) end
+    if rec.rtt then parts[#parts + 1] = fmt("t%.17g", rec.rtt) end
+    if rec.resp then parts[#parts + 1] = fmt("r%d", rec.resp) end
+    if rec.fnd then parts[#parts + 1] = "F" .. concat(rec.fnd, "\2") end
+    out[#out + 1] = concat(parts, "\1")
+  end
+  -- a ByteArray keeps the bytes outside Lua's heap: the collector's work stays flat
+  fs.sealed[k] = ByteArray.new(concat(out, "\3"), true)
+end
+
+local function fs_decode(str)
+  local chunk = {}
+  for recs in string.gmatch(str, "[^\3]+") do
+    local rec, f = {}, nil
+    for item in string.gmatch(recs, "[^\1]+") do
+      local tag = byte(item, 1)
+      if f == nil then f = tonumber(item)
+      elseif tag == 113 then rec.req = tonumber(sub(item, 2))
+      elseif tag == 116 then rec.rtt = tonumber(sub(item, 2))
+      elseif tag == 114 then rec.resp = tonumber(sub(item, 2))
+      elseif tag == 70 then
+        local l = {}
+        for x in string.gmatch(sub(item, 2) .. "\2", "([^\2]*)\2") do l[#l + 1] = x end
+        rec.fnd = l
+      end
+    end
+    chunk[f] = rec
+  end
+  return chunk
+end
+
+-- the record of a frame, or nil (read only)
+local function fs_get(fs, f)
+  local k = floor(f / FS_CHUNK)
+  local rec
+  local c = fs.open[k]
+  if c ~= nil then
+    rec = c[f]
+  elseif fs.sealed[k] ~= nil then
+    if fs.ck ~= k then
+      fs.cache, fs.ck = fs_decode(fs.sealed[k]:raw()), k
+    end
+    rec = fs.cache[f]
+  end
+  local p = fs.patch[f]
+  if p ~= nil then
+    local merged = {}
+    if rec then for key, v in pairs(rec) do merged[key] = v end end
+    for key, v in pairs(p) do merged[key] = v end
+    rec = merged
+  end
+  return rec
+end
+
+-- a writable record for a frame (first pass: frames come in order)
+local function fs_put(fs, f)
+  local k = floor(f / FS_CHUNK)
+  if k > fs.top then
+    for old in pairs(fs.open) do
+      if old < k - 1 then fs_seal(fs, old) end
+    end
+    fs.top = k
+  end
+  local c = fs.open[k]
+  if c == nil then
+    if k < fs.top - 1 or fs.sealed[k] ~= nil then
+      local p = fs.patch[f]
+      if p == nil then
+        p = {}
+        fs.patch[f] = p
+      end
+      return p
+    end
+    c = {}
+    fs.open[k] = c
+  end
+  local rec = c[f]
+  if rec == nil then
+    rec = {}
+    c[f] = rec
+  end
+  return rec
+end
+
+-- ======================================================================
 -- Per-file state: built on the first pass, read on later passes
 -- ======================================================================
 local S
+
+local function fnd_of(frame)
+  local rec = fs_get(S.fs, frame)
+  return rec and rec.fnd
+end
 
 local function reset()
   S = {
@@ -350,11 +460,10 @@ local function reset()
     last_ts = 0,
     events = 0,              -- events seen on the first pass
     partial = {},            -- fragments being reassembled
-    fnd = {},                -- frame -> {code, text, ...} found when the frame was analysed
+    fs = fs_new(),           -- frame -> {req, rtt, resp, fnd = {code, text, ...}} (see above)
     late = {},               -- frame -> findings about it found later (REPLY_TIMEOUT, NO_REPLY at close)
     endf = {},               -- frame -> findings of the end of the capture (NO_REPLY, REPLY_TIMEOUT)
     end_at = -1,             -- S.events when endf was computed
-    req = {}, resp = {}, rtt = {},
     corrupt = {},            -- frame -> text, for records that are corrupt because of their sequence
     frag_in = {},            -- fragment frame -> frame that completes the message
     reasm = {},              -- completing frame -> {data, frames, flags, fds, msg_len}
@@ -1601,23 +1710,31 @@ local function check_reply(c, ev, cmd, f, decoded, plen, nfds, req, found)
   end
 end
 
+-- one decoder per layout, compiled once: a table constructor of reads (no rehash, no loop)
+local DECODE = {}
+do
+  local readers = {[1] = "byte", [2] = "rd16", [4] = "rd32", [8] = "rd64"}
+  local env = {byte = byte, rd16 = rd16, rd32 = rd32, rd64 = rd64}
+  for _, key in ipairs(SPEC.layout_order) do
+    local parts = {}
+    for _, fd in ipairs(LAYOUTS[key].fields) do
+      parts[#parts + 1] = fmt("[%q] = %s(s, %d)", fd.name, readers[fd.size], 17 + fd.offset)
+    end
+    DECODE[key] = assert(load("local s = ...\nreturn {" .. concat(parts, ", ") .. "}", "=decode_" .. key, "t", env))
+  end
+end
+
 local function decode_fields(key, s, n)
   local lay = LAYOUTS[key]
   if lay == nil or n - 16 < lay.size then return nil end
-  local f = {}
-  for _, fd in ipairs(lay.fields) do
-    local at = 17 + fd.offset
-    local sz = fd.size
-    if sz == 4 then f[fd.name] = rd32(s, at)
-    elseif sz == 8 then f[fd.name] = rd64(s, at)
-    elseif sz == 2 then f[fd.name] = rd16(s, at)
-    else f[fd.name] = byte(s, at) end
-  end
-  return f
+  return DECODE[key](s)
 end
 
 local function record_findings(frame, found)
-  if #found > 0 then S.fnd[frame] = found end
+  if #found > 0 then
+    for k = 2, #found, 2 do found[k] = safe(found[k]) end
+    fs_put(S.fs, frame).fnd = found
+  end
 end
 
 -- ev: frame, ts, rel, conn, dir, s (captured bytes), n, wire, nfds, vflags
@@ -1714,9 +1831,10 @@ local function analyze_message(ev)
     if band(flags, C.FLAG_NO_REPLY) ~= 0 then problem(found, "MISPLACED_FLAG", "No_reply flag set on a reply") end
     local req = match_reply(c, ev, msg_id, cmd, found)
     if req ~= nil then
-      S.req[ev.frame] = req.frame
-      S.rtt[ev.frame] = ev.rel - req.rel
-      if S.resp[req.frame] == nil then S.resp[req.frame] = ev.frame end
+      local rec = fs_put(S.fs, ev.frame)
+      rec.req, rec.rtt = req.frame, ev.rel - req.rel
+      local old = fs_get(S.fs, req.frame)
+      if old == nil or old.resp == nil then fs_put(S.fs, req.frame).resp = ev.frame end
     end
     if band(flags, C.FLAG_ERROR) ~= 0 then
       check_error_reply(c, cmd, err, plen, req, found)
@@ -2068,17 +2186,11 @@ local function display_message(tvb, base, s, pinfo, tree, ctx, want_tree, want_i
       if lay ~= nil and n - 16 >= lay.size then
         local pt
         if want_tree then pt = root:add(LAYOUT_T[key], tvb(base + 16, n - 16)) end
-        f = {}
-        for _, e in ipairs(LAYOUT_F[key]) do
-          local fd = e.spec
-          local at = 16 + fd.offset
-          local sz = fd.size
-          if sz == 4 then f[fd.name] = rd32(s, at + 1)
-          elseif sz == 8 then f[fd.name] = rd64(s, at + 1)
-          elseif sz == 2 then f[fd.name] = rd16(s, at + 1)
-          else f[fd.name] = byte(s, at + 1) end
-          if want_tree then
-            local r = tvb(base + at, sz)
+        f = DECODE[key](s)
+        if want_tree then
+          for _, e in ipairs(LAYOUT_F[key]) do
+            local fd = e.spec
+            local r = tvb(base + 16 + fd.offset, fd.size)
             local it = pt:add_le(e.pf, r)
             if e.bits then for _, b in ipairs(e.bits) do it:add_le(b, r) end end
             if cmd == 16 and fd.name == "flags" then pt:add_le(VF.feature, r) end
@@ -2094,9 +2206,10 @@ local function display_message(tvb, base, s, pinfo, tree, ctx, want_tree, want_i
         if lay ~= nil then pt:append_text(fmt(" (%d bytes, %s needs %d)", n - 16, lay.title, lay.size)) end
       end
     end
-    local rq, rs = frame and S.req[frame], frame and S.resp[frame]
+    local rec = frame and fs_get(S.fs, frame)
+    local rq, rs = rec and rec.req, rec and rec.resp
     if rs ~= nil and not pinfo.visited then rs = nil end
-    local rtt = rq and S.rtt[frame]
+    local rtt = rq and rec.rtt
     if want_tree then
       if rq ~= nil then
         root:add(VF.request_in, rq):set_generated()
@@ -2137,7 +2250,7 @@ local function display_message(tvb, base, s, pinfo, tree, ctx, want_tree, want_i
     end
   end
   if frame ~= nil and want_tree then
-    add_findings(root, S.fnd[frame])
+    add_findings(root, fnd_of(frame))
     if pinfo.visited then
       add_findings(root, S.late[frame])
       add_findings(root, S.endf[frame])
@@ -2153,24 +2266,26 @@ local REC_MSG, REC_OPEN, REC_CLOSE, REC_NOTE, REC_RAW = 0, 1, 2, 3, 4
 local VF_MORE = C.VF_MORE_FRAGMENTS
 
 -- parse the VFUC header as capture/vfuc.py does; r.err says why a record is corrupt
+local NO_FDS, NO_TLVS = {}, {}
+
 local function parse_record(s, n, p2p)
-  local r = {n = n}
   if n < C.VFUC_FIXED_SIZE then
-    r.err = fmt("record too short for a VFUC header (%d bytes)", n)
-    return r
+    return {n = n, err = fmt("record too short for a VFUC header (%d bytes)", n)}
   end
-  r.magic = sub(s, 1, 4)
-  r.version, r.rt, r.hdr_len = byte(s, 5), byte(s, 6), rd16(s, 7)
-  r.conn, r.d, r.flags, r.n_fds = rd32(s, 9), byte(s, 13), byte(s, 14), rd16(s, 15)
-  r.msg_len, r.frag_off, r.msg_seq = rd32(s, 17), rd32(s, 21), rd32(s, 25)
-  r.fd_ent_len, r.reserved = rd16(s, 29), rd16(s, 31)
+  -- one byte() call and one constructor: this runs for every record
+  local _, _, _, _, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b20, b21, b22, b23, b24,
+    b25, b26, b27, b28, b29, b30, b31, b32 = byte(s, 1, 32)
+  local r = {n = n, magic = sub(s, 1, 4), version = b5, rt = b6, hdr_len = b7 + b8 * 256,
+    conn = b9 + b10 * 256 + b11 * 65536 + b12 * 16777216, d = b13, flags = b14, n_fds = b15 + b16 * 256,
+    msg_len = b17 + b18 * 256 + b19 * 65536 + b20 * 16777216, frag_off = b21 + b22 * 256 + b23 * 65536 + b24 * 16777216,
+    msg_seq = b25 + b26 * 256 + b27 * 65536 + b28 * 16777216, fd_ent_len = b29 + b30 * 256, reserved = b31 + b32 * 256,
+    fast = false, dir = false, payload_off = 0, fds = NO_FDS, tlvs = NO_TLVS, err = false, fd_end = 0}
   -- the reader's fast path: a whole message behind the writer's direction prefix
-  if (p2p == 0 or p2p == 1) and r.magic == C.VFUC_MAGIC and r.rt == REC_MSG and r.hdr_len == C.VFUC_FIXED_SIZE
-      and r.n_fds == 0 and r.frag_off == 0 and band(r.flags, VF_MORE) == 0 then
+  if (p2p == 0 or p2p == 1) and b6 == REC_MSG and r.hdr_len == C.VFUC_FIXED_SIZE and r.n_fds == 0
+      and r.frag_off == 0 and band(b14, VF_MORE) == 0 and r.magic == C.VFUC_MAGIC then
     r.fast = true
     r.dir = p2p
     r.payload_off = C.VFUC_FIXED_SIZE
-    r.fds, r.tlvs = {}, {}
     return r
   end
   if r.magic ~= C.VFUC_MAGIC then
@@ -2214,7 +2329,7 @@ local function parse_record(s, n, p2p)
   r.fd_end = fd_end
   r.payload_off = r.hdr_len
   if r.d == 0 or r.d == 1 then r.dir = r.d end
-  if (r.rt == REC_MSG or r.rt == REC_RAW) and r.dir == nil then
+  if (r.rt == REC_MSG or r.rt == REC_RAW) and r.dir == false then
     r.err = "message record without direction"
   end
   return r
@@ -2348,7 +2463,7 @@ local function dissect_record(tvb, pinfo, tree)
     end
     if want_tree then
       root:add(RF.corrupt, safe(r.err)):set_generated()
-      add_findings(root, S.fnd[frame])
+      add_findings(root, fnd_of(frame))
     end
     if want_info then pinfo.cols.info = fmt("[%s]", safe(text)) end
     return
@@ -2382,8 +2497,9 @@ local function dissect_record(tvb, pinfo, tree)
             S.partial[key] = nil
             local fr = p.r
             local data = concat(p.parts)
-            S.reasm[frame] = {data = data, frames = p.frames, flags = band(bor(fr.flags, flags), bnot(VF_MORE)),
-              fds = fds_ctx(fr), msg_len = fr.msg_len ~= 0 and fr.msg_len or #data, note = tlv(fr, 4)}
+            S.reasm[frame] = {data = ByteArray.new(data, true), len = #data, frames = p.frames,
+              flags = band(bor(fr.flags, flags), bnot(VF_MORE)), fds = fds_ctx(fr),
+              msg_len = fr.msg_len ~= 0 and fr.msg_len or #data, note = tlv(fr, 4)}
             for _, f in ipairs(p.frames) do
               if f ~= frame then S.frag_in[f] = frame end
             end
@@ -2399,7 +2515,7 @@ local function dissect_record(tvb, pinfo, tree)
       if S.corrupt[frame] then
         if want_tree then
           root:add(RF.corrupt, sub(S.corrupt[frame], #CORRUPT_PREFIX + 1)):set_generated()
-          add_findings(root, S.fnd[frame])
+          add_findings(root, fnd_of(frame))
         end
         if want_info then pinfo.cols.info = fmt("[%s]", S.corrupt[frame]) end
         return
@@ -2421,21 +2537,22 @@ local function dissect_record(tvb, pinfo, tree)
       end
       -- the last fragment: the whole message
       if want_tree then
-        root:add(RF.reassembled_length, #ra.data):set_generated()
+        root:add(RF.reassembled_length, ra.len):set_generated()
         root:add(RF.fragment_count, #ra.frames):set_generated()
         for _, f in ipairs(ra.frames) do root:add(RF.fragment, f):set_generated() end
       end
       if rt == REC_MSG then
-        local mtvb = want_tree and ByteArray.new(ra.data, true):tvb("Reassembled vfio-user message") or nil
-        message_event(pinfo, tree, mtvb, 0, ra.data, r, frame, first, ts, rel, ra.msg_len, ra.flags, ra.fds,
-          want_tree, want_info)
+        local mtvb, mbase = tvb, n  -- an empty message: a zero-length range at the end of this record
+        if want_tree and ra.len > 0 then mtvb, mbase = ra.data:tvb("Reassembled vfio-user message"), 0 end
+        message_event(pinfo, tree, mtvb, mbase, ra.data:raw(), r, frame, first, ts, rel, ra.msg_len, ra.flags,
+          ra.fds, want_tree, want_info)
       else
         if first then
           event_time(ts)
           analyze_raw(frame, r.conn, r.dir, ra.note and ra.note.value or "")
         end
-        if want_tree then add_findings(root, S.fnd[frame]) end
-        if want_info then pinfo.cols.info = fmt("#%d %s raw %d bytes", r.conn, ARROW[r.dir], #ra.data) end
+        if want_tree then add_findings(root, fnd_of(frame)) end
+        if want_info then pinfo.cols.info = fmt("#%d %s raw %d bytes", r.conn, ARROW[r.dir], ra.len) end
       end
       return
     end
@@ -2452,7 +2569,7 @@ local function dissect_record(tvb, pinfo, tree)
       end
       if want_tree then
         if plen > 0 then root:add(RF.payload, tvb(poff, plen)) end
-        add_findings(root, S.fnd[frame])
+        add_findings(root, fnd_of(frame))
       end
       if want_info then pinfo.cols.info = fmt("#%d %s raw %d bytes", r.conn, ARROW[r.dir], plen) end
     end
@@ -2473,7 +2590,7 @@ local function dissect_record(tvb, pinfo, tree)
   elseif rt == REC_CLOSE then
     if first then
       event_time(ts)
-      analyze_close(frame, ts, r.conn, r.dir)
+      analyze_close(frame, ts, r.conn, r.dir or nil)
     end
     if want_info then pinfo.cols.info = fmt("#%d conn-close%s", r.conn, r.dir and (" " .. DIR_WORD[r.dir]) or "") end
   elseif rt == REC_NOTE then
@@ -2483,7 +2600,7 @@ local function dissect_record(tvb, pinfo, tree)
       event_time(ts)
       analyze_note(frame, text)
     end
-    if want_tree then add_findings(root, S.fnd[frame]) end
+    if want_tree then add_findings(root, fnd_of(frame)) end
     if want_info then pinfo.cols.info = fmt("#%d note: %s", r.conn, safe(text)) end
   elseif want_info then
     pinfo.cols.info = fmt("#%d record type %d (newer writer; skipped)", r.conn, rt)
