@@ -1,15 +1,20 @@
 """Benchmark of `vfudissect record` against a direct connection, same run, same peers; prints ratios.
 
-    .venv/bin/python bench/proxy_bench.py            # table
-    .venv/bin/python bench/proxy_bench.py --rounds 5 --markdown
+    .venv/bin/python bench/proxy_bench.py                 # table
+    .venv/bin/python bench/proxy_bench.py --blocks 40 --markdown
 
 Peers: the project's emulated server (`vfudissect serve`, its own process) and
-client (this process, blocking sockets, no timeouts).  The proxy is the real
-`vfudissect record` subprocess recording to a file in a temporary directory,
-its live view going to a file as well.  Each round measures direct, then each
-proxy variant; the medians over rounds are reported.  Targets (issue): a
-4-byte REGION_READ round trip at most 1.5x direct, 8 KiB and 1 MiB read
-throughput at least 0.5x direct.
+client (this process, blocking sockets, no timeouts).  Paths measured, each
+round in turn: direct; a naive relay (two blocking threads per connection,
+whatever recvmsg returns is sent on, fds included, nothing recorded: the
+issue's reference point); the real `vfudissect record` subprocess recording
+to a file in a temporary directory, its live view going to a file too, in
+four configurations.  All paths are open at once and the work is done in
+short blocks, each block of each workload running every path in a shuffled
+order, so that every path sees the same machine (on a shared machine the
+direct round trip alone drifts between 25 and 75 µs within minutes).  Means
+over all blocks are reported, with each proxy's CPU time per relayed message.  Targets (issue): a 4-byte REGION_READ round
+trip at most 1.5x direct, 8 KiB and 1 MiB read throughput at least 0.5x direct.
 """
 
 from __future__ import annotations
@@ -17,8 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,11 +35,35 @@ sys.path.insert(0, ROOT)
 from vfudissect.peers.client import Client  # noqa: E402
 
 WORKLOADS = (("rtt_4B", 0, 4, 20000), ("read_8KiB", 1, 8192, 5000), ("read_1MiB", 1, 1 << 20, 300))
-VARIANTS = {
+RECORD = ["-m", "vfudissect", "record", "--color", "never"]
+VARIANTS: dict[str, list[str] | None] = {
+    "naive relay (no recording)": None,
     "record": [],
     "record -q": ["-q"],
     "record --busy-poll 0": ["--busy-poll", "0"],
+    "record -q --busy-poll 0": ["-q", "--busy-poll", "0"],
 }
+NAIVE_RELAY = r"""
+import array, os, socket, sys, threading
+ANC = socket.CMSG_SPACE(253 * 4)
+def pump(src, dst):
+    try:
+        while True:
+            data, anc, _, _ = src.recvmsg(1 << 20, ANC)
+            if not data:
+                break
+            fds = [fd for _l, _t, b in anc for fd in array.array("i", b[:len(b) - len(b) % 4])]
+            dst.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else [])
+            for fd in fds:
+                os.close(fd)
+    except OSError:
+        pass
+ls = socket.socket(socket.AF_UNIX); ls.bind(sys.argv[1]); ls.listen(16)
+while True:
+    c, _ = ls.accept(); s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[2])
+    threading.Thread(target=pump, args=(c, s), daemon=True).start()
+    threading.Thread(target=pump, args=(s, c), daemon=True).start()
+"""
 
 
 def wait_path(path: str, proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -45,78 +74,107 @@ def wait_path(path: str, proc: subprocess.Popen, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def measure(path: str, scale: float) -> dict[str, float]:
-    """Mean seconds per read for each workload."""
-    out: dict[str, float] = {}
-    with Client(path, timeout=None) as c:
-        c.version()
-        for name, region, count, n in WORKLOADS:
-            n = max(int(n * scale), 20)
-            for _ in range(min(n // 10, 200)):
-                c.region_read(region, 0, count)
-            t = time.perf_counter()
-            for _ in range(n):
-                c.region_read(region, 0, count)
-            out[name] = (time.perf_counter() - t) / n
-    return out
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_block(c: Client, region: int, count: int, n: int) -> float:
+    t = time.perf_counter()
+    for _ in range(n):
+        c.region_read(region, 0, count)
+    return time.perf_counter() - t
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply the iteration counts")
+    ap.add_argument("--blocks", type=int, default=20, help="blocks per workload and path (default %(default)s)")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply the iterations per block")
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    rng = random.Random(args.seed)
     tmp = tempfile.mkdtemp(prefix="vfu-bench-")
     dev = os.path.join(tmp, "dev.sock")
     py = sys.executable
+    procs: dict[str, subprocess.Popen] = {}
+    clients: dict[str, Client] = {}
+    files = []
     server = subprocess.Popen([py, "-m", "vfudissect", "serve", "--socket", dev, "--bar1-size", str(2 << 20)],
                               cwd=ROOT, stderr=subprocess.DEVNULL)
-    results: dict[str, list[dict[str, float]]] = {"direct": []}
-    cap_sizes: dict[str, int] = {}
+    total: dict[tuple[str, str], float] = {}
+    count: dict[tuple[str, str], int] = {}
+    msgs: dict[str, int] = {}
+    cpu0: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     try:
         wait_path(dev, server)
-        for r in range(args.rounds):
-            results["direct"].append(measure(dev, args.scale))
-            for v in args.variants:
-                px = os.path.join(tmp, "px.sock")
-                cap = os.path.join(tmp, "bench.pcapng")
-                live = open(os.path.join(tmp, "live.txt"), "wb")
-                proc = subprocess.Popen([py, "-m", "vfudissect", "record", "--listen", px, "--connect", dev,
-                                         "-w", cap, "--color", "never", *VARIANTS[v]],
-                                        cwd=ROOT, stdout=live, stderr=subprocess.STDOUT)
-                try:
-                    wait_path(px, proc)
-                    results.setdefault(v, []).append(measure(px, args.scale))
-                finally:
-                    proc.terminate()
-                    proc.wait(timeout=60)
-                    live.close()
-                cap_sizes[v] = os.path.getsize(cap)
-            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+        paths = {"direct": dev}
+        for i, v in enumerate(args.variants):
+            px = os.path.join(tmp, f"px{i}.sock")
+            extra = VARIANTS[v]
+            argv = [py, "-c", NAIVE_RELAY, px, dev] if extra is None else [
+                py, *RECORD, "--listen", px, "--connect", dev, "-w", os.path.join(tmp, f"c{i}.pcapng"), *extra]
+            live = open(os.path.join(tmp, f"live{i}.txt"), "wb")
+            files.append(live)
+            procs[v] = subprocess.Popen(argv, cwd=ROOT, stdout=live, stderr=subprocess.STDOUT)
+            wait_path(px, procs[v])
+            paths[v] = px
+        for name, path in paths.items():
+            clients[name] = Client(path, timeout=None)
+            clients[name].version()
+            msgs[name] = 2
+            if name in procs:
+                cpu0[name] = cpu_seconds(procs[name].pid)
+        for wname, region, cnt, n in WORKLOADS:
+            per_block = max(int(n * args.scale / args.blocks), 5)
+            for c in clients.values():  # warm up
+                run_block(c, region, cnt, max(per_block // 4, 2))
+            for name in paths:
+                msgs[name] += 2 * max(per_block // 4, 2)
+            for b in range(args.blocks):
+                order = list(paths)
+                rng.shuffle(order)
+                for name in order:
+                    dt = run_block(clients[name], region, cnt, per_block)
+                    total[(name, wname)] = total.get((name, wname), 0.0) + dt
+                    count[(name, wname)] = count.get((name, wname), 0) + per_block
+                    msgs[name] += 2 * per_block
+            print(f"{wname} done", file=sys.stderr)
+        for name, p in procs.items():
+            cpu[name] = (cpu_seconds(p.pid) - cpu0[name]) / msgs[name]
     finally:
+        for c in clients.values():
+            c.close()
+        for p in procs.values():
+            p.terminate()
+            p.wait(timeout=120)
+        for f in files:
+            f.close()
         server.terminate()
         server.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
-    med = {v: {w: statistics.median(run[w] for run in runs) for w, *_ in WORKLOADS} for v, runs in results.items()}
-    base = med["direct"]
+    mean = {name: {w: total[(name, w)] / count[(name, w)] for w, *_ in WORKLOADS} for name in ["direct", *args.variants]}
+    base = mean["direct"]
     if args.json:
-        print(json.dumps({"median_seconds_per_read": med, "capture_bytes": cap_sizes}, indent=2))
+        print(json.dumps({"mean_seconds_per_read": mean, "proxy_cpu_seconds_per_message": cpu}, indent=2))
         return 0
     rows = []
-    for v, m in med.items():
+    for v, m in mean.items():
         rtt = m["rtt_4B"]
         tp8 = 8192 / m["read_8KiB"] / 1e6
         tp1 = (1 << 20) / m["read_1MiB"] / 1e6
+        c = f"{cpu[v] * 1e6:.0f} µs" if v in cpu else ""
         if v == "direct":
-            rows.append((v, f"{rtt * 1e6:.1f} µs", f"{tp8:.0f} MB/s", f"{tp1:.0f} MB/s"))
+            rows.append((v, f"{rtt * 1e6:.1f} µs", f"{tp8:.0f} MB/s", f"{tp1:.0f} MB/s", c))
         else:
             rows.append((v, f"{rtt * 1e6:.1f} µs ({rtt / base['rtt_4B']:.2f}x)",
                          f"{tp8:.0f} MB/s ({base['read_8KiB'] / m['read_8KiB']:.2f}x)",
-                         f"{tp1:.0f} MB/s ({base['read_1MiB'] / m['read_1MiB']:.2f}x)"))
-    head = ("path", "4-byte REGION_READ round trip", "8 KiB reads", "1 MiB reads")
+                         f"{tp1:.0f} MB/s ({base['read_1MiB'] / m['read_1MiB']:.2f}x)", c))
+    head = ("path", "4-byte REGION_READ round trip", "8 KiB reads", "1 MiB reads", "proxy CPU / message")
     if args.markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))

@@ -10,7 +10,7 @@ socket is ready, one event at a time.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Callable, Iterator
+from typing import Callable
 
 from ..capture.writer import CaptureWriter, Recordable
 from ..core.analyzer import Analyzer, AnalyzerConfig
@@ -82,8 +82,9 @@ class Recorder:
     """Writer + Analyzer + Stats + LiveView, driven one event at a time."""
 
     def __init__(self, writer: CaptureWriter | None, live: LiveView | None = None, timeout: float = 5.0,
-                 on_item: Callable[[Item], None] | None = None) -> None:
+                 on_item: Callable[[Item], None] | None = None, commit: Callable[[], None] | None = None) -> None:
         self.writer = writer
+        self._commit = commit
         self.live = live
         self.analyzer = Analyzer(AnalyzerConfig(timeout=timeout))
         self.stats = Stats()
@@ -93,28 +94,29 @@ class Recorder:
         self._on_item = on_item
         self._last_ts = 0.0
 
-    def steps(self, ev: Event) -> Iterator[None]:
-        """Record ev in three slices (capture write, analysis, view) so the relay can poll in between."""
+    def record(self, ev: Event) -> None:
+        """Write ev to the capture, feed the event as recorded to the engine, show what it says."""
         if not isinstance(ev, Tick):
             if self.writer is not None:
                 ev = self.writer.write(ev)  # type: ignore[arg-type]
-                yield
             self.events += 1
             if ev.ts > self._last_ts:
                 self._last_ts = ev.ts
         items = self.analyzer.feed(ev)
         if items:
-            yield
             self._items(items)
 
-    def record(self, ev: Event) -> None:
-        for _ in self.steps(ev):
-            pass
-
     def idle(self) -> None:
-        """Everything queued has been recorded: let the view catch up."""
+        """Everything queued has been recorded: let the view catch up, hand the capture to the kernel."""
         if self.live is not None:
             self.live.behind = False
+        self.commit()
+
+    def commit(self) -> None:
+        """Write out what is buffered (capture records, live-view lines)."""
+        if self._commit is not None:
+            self._commit()
+        if self.live is not None:
             self.live.flush()
 
     def finish(self, ts: float | None = None) -> None:

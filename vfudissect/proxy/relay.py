@@ -28,7 +28,7 @@ import struct
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable
 
 from .. import spec
 from ..core.events import ConnClosed, ConnOpened, Cred, Event, FdInfo, NoteIn, RawIn, Tick, make_message_in
@@ -46,6 +46,9 @@ _ERRMASK = select.EPOLLERR | select.EPOLLHUP
 _FIXED_MAX = spec.HEADER_SIZE + max(spec.LAYOUTS[k].size for k in ("region_access", "dma_access", "mig_data"))
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
 _CRED = struct.Struct("3i")
+_SNDBUF = 4 << 20  # room for a whole 1 MiB message per sendmsg (SO_SNDBUFFORCE when allowed, else capped)
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
+_BIG = 64 << 10  # larger messages: handed to the recorder without a copy, and no busy-polling after them
 
 # pump modes
 FRAMED, RAW, EOF, DONE = 0, 1, 2, 3
@@ -76,6 +79,16 @@ def _take_fds(ancdata: list[tuple[int, int, bytes]], out: list[int]) -> None:
             a = array.array("i")
             a.frombytes(blob[:len(blob) - len(blob) % 4])
             out.extend(a)
+
+
+def _widen(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, _SNDBUF)
+    except OSError:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
+        except OSError:
+            pass
 
 
 def _close_all(fds: list[int]) -> None:
@@ -181,7 +194,6 @@ class Relay:
         self.queue: deque[tuple[Event, int]] = deque()
         self._queued_bytes = 0
         self._partial: set[Pump] = set()
-        self._step: Iterator[None] | None = None
         self._stopping = False
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         listener.setblocking(False)
@@ -190,6 +202,7 @@ class Relay:
         self._register(self.wake_r, _IN)
         self._entries[self.wake_r] = "wake"
         self.messages = 0
+        self._spin_ok = True  # busy-poll only after small messages: bulk transfers need the CPU elsewhere
         self.base_limit = spec.DEFAULT_MAX_DATA_XFER_SIZE + _FIXED_MAX + spec.FRAMING_SLACK
 
     # ------------------------------------------------------------ public
@@ -219,13 +232,13 @@ class Relay:
                     while queue and self._queued_bytes > cfg.max_backlog // 2:
                         self._record_one()
                     continue
-                if queue or self._step is not None:
+                if queue:
                     evs = poll(0)
                     if not evs:
-                        self._record_step()
+                        self._record_one()
                         last_active = mono()  # spin on after recording too: traffic is still flowing
                         continue
-                elif now - last_active < busy:
+                elif now - last_active < busy and self._spin_ok:
                     evs = poll(0)
                     if not evs:
                         continue
@@ -302,32 +315,16 @@ class Relay:
         self.queue.append((ev, cost))
         self._queued_bytes += cost
 
-    def _record_step(self) -> None:
-        """One slice of recording work: the next stage of the event in hand, or start the next event."""
-        step = self._step
-        if step is None:
-            ev, cost = self.queue.popleft()
-            self._queued_bytes -= cost
-            step = self._step = self.recorder.steps(ev)
-            if self.recorder.live is not None and len(self.queue) > self.cfg.live_lag:
-                self.recorder.live.behind = True
-        try:
-            next(step)
-        except StopIteration:
-            self._step = None
-            if not self.queue:
-                self.recorder.idle()
-
     def _record_one(self) -> None:
-        """Record a whole event (draining: backlog over its bound, or shutdown)."""
-        if self._step is not None:
-            for _ in self._step:
-                pass
-            self._step = None
-        if self.queue:
-            ev, cost = self.queue.popleft()
-            self._queued_bytes -= cost
-            self.recorder.record(ev)
+        """Record the oldest queued event (capture write, analysis, live view)."""
+        ev, cost = self.queue.popleft()
+        self._queued_bytes -= cost
+        live = self.recorder.live
+        if live is not None and len(self.queue) > self.cfg.live_lag:
+            live.behind = True
+        self.recorder.record(ev)
+        if not self.queue:
+            self.recorder.idle()
 
     # ------------------------------------------------------------ connections
     def _accept(self) -> None:
@@ -369,6 +366,7 @@ class Relay:
                   limit: int | None = None) -> Conn:
         for s in (client, server):
             s.setblocking(False)
+            _widen(s)
         conn = Conn(cid, self.label, client, server, limit or self.base_limit, twin_of)
         self.conns[cid] = conn
         self._by_sock[client.fileno()] = (conn.c2s, conn.s2c)
@@ -462,9 +460,11 @@ class Relay:
             if p.got < p.size:
                 p.progress = time.monotonic()
                 self._partial.add(p)
+                if p.size > _BIG:
+                    self._spin_ok = False
                 continue
-            data = bytes(p.body)  # type: ignore[arg-type]
-            self._deliver(p, data)
+            body = p.body
+            self._deliver(p, bytes(body) if p.size <= _BIG else body)  # type: ignore[arg-type]
             return
 
     def _read_raw(self, p: Pump) -> bool:
@@ -514,6 +514,7 @@ class Relay:
             twin = self._version(p, data, fds)
         infos = self._send(p, data, fds, infos)
         self.messages += 1
+        self._spin_ok = len(data) <= _BIG
         self._enqueue(make_message_in(ts, p.conn.id, p.dir, data, infos, 0, -1, flags), len(data) + 64)
         if twin is not None:
             self._open_twin(p.conn, *twin)
@@ -709,6 +710,7 @@ class Relay:
 
     # ------------------------------------------------------------ timers and shutdown
     def _timers(self, now: float) -> None:
+        self.recorder.commit()  # traffic that never pauses still reaches the capture file every tick
         stall = self.cfg.stall_timeout
         for p in [p for p in self._partial if now - p.progress > stall]:
             if p.mode == FRAMED and p.partial:
@@ -720,7 +722,7 @@ class Relay:
     def _shutdown(self) -> None:
         for conn in list(self.conns.values()):
             self._teardown(conn)
-        while self.queue or self._step is not None:
+        while self.queue:
             self._record_one()
         self.recorder.finish(time.time())
         for fd in (self.wake_r, self.wake_w):

@@ -12,7 +12,7 @@ from ..capture.writer import CaptureWriter
 from .listener import Intercept, PathError, check_server, intercept, listen_at, same_file
 from .recorder import LiveView, Recorder
 from .relay import Relay, RelayConfig
-from .sinks import ThreadSink, open_sink
+from .sinks import BufferedSink, ThreadSink, open_sink
 
 
 @dataclass
@@ -79,10 +79,12 @@ class ProxySession:
         live_sink = open_sink(live_fd, drop=True, close_fd=False, name="live")
         self._live_sink = live_sink
         self._cap_sink = cap_sink
-        writer = CaptureWriter(cap_sink, comment=o.comment, if_name=f"vfio-user:{label}",  # type: ignore[arg-type]
-                               snaplen=o.snaplen)
+        buffered = BufferedSink(cap_sink)
+        writer = CaptureWriter(buffered, comment=o.comment, if_name=f"vfio-user:{label}",  # type: ignore[arg-type]
+                               snaplen=o.snaplen, flush=False)
+        buffered.commit()  # the file header right away: a reader (Wireshark on a pipe) can start
         live = LiveView(live_sink, o.color, o.quiet)
-        self.recorder = Recorder(writer, live, o.timeout)
+        self.recorder = Recorder(writer, live, o.timeout, commit=buffered.commit)
         self.relay = Relay(listener, target, self.recorder, o.relay, socket_label=label, error=self.error)
 
     def _capture_sink(self):  # type: ignore[no-untyped-def]
