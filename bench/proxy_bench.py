@@ -38,10 +38,10 @@ WORKLOADS = (("rtt_4B", 0, 4, 20000), ("read_8KiB", 1, 8192, 5000), ("read_1MiB"
 RECORD = ["-m", "vfudissect", "record", "--color", "never"]
 VARIANTS: dict[str, list[str] | None] = {
     "naive relay (no recording)": None,
-    "record": [],
-    "record -q": ["-q"],
     "record --busy-poll 0": ["--busy-poll", "0"],
     "record -q --busy-poll 0": ["-q", "--busy-poll", "0"],
+    "record --busy-poll 200": ["--busy-poll", "200"],
+    "record -q --busy-poll 200": ["-q", "--busy-poll", "200"],
 }
 NAIVE_RELAY = r"""
 import array, os, socket, sys, threading

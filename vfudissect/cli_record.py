@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -33,11 +34,12 @@ examples:
   vfudissect record --listen /tmp/p.sock --connect /run/gpio.sock -w - | wireshark -k -i -
   (for Wireshark to decode: vfudissect lua --install)
 
-Performance: the relay polls without sleeping for --busy-poll microseconds
-after traffic (one CPU busy while messages flow) because waking a sleeping
-process costs ~30 us per hop on many machines; --busy-poll 0 saves that CPU
-at the price of latency.  Recording never sits between a message and its
-forwarding.
+Performance: recording never sits between a message and its forwarding
+(it is done when no socket is ready).  With --busy-poll the relay keeps
+polling instead of sleeping for that long after small messages: one CPU is
+busy while messages flow, and a process wake-up (tens of microseconds on
+virtual machines) is saved per hop.  It is on by default only with 4 or more
+CPUs: on fewer, the spinning relay takes the CPU the peers need.
 """
 
 
@@ -59,6 +61,14 @@ def _positive(text: str) -> float:
     if v < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
     return v
+
+
+def default_busy_poll() -> float:
+    """Seconds of busy-polling by default: only where a spinning relay does not take a CPU from the peers.
+
+    Measured (bench/README.md): on a 2-CPU machine the spinning relay competes with client and server and
+    is no faster; it pays off when a CPU is to spare and wake-ups are what costs."""
+    return 200e-6 if (os.cpu_count() or 1) >= 4 else 0.0
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -91,9 +101,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     tune.add_argument("--stall-timeout", type=_positive, default=0.5, metavar="SECONDS",
                       help="a message whose bytes stop arriving this long is forwarded as far as it came and "
                            "that direction is relayed raw (default %(default)s)")
-    tune.add_argument("--busy-poll", type=_positive, default=200.0, metavar="USEC",
-                      help="keep polling this long after traffic instead of sleeping (default %(default)g us, "
-                           "0 = never)")
+    tune.add_argument("--busy-poll", type=_positive, default=None, metavar="USEC",
+                      help="keep polling this long after traffic instead of sleeping (default: 200 us on "
+                           "machines with 4 or more CPUs, 0 = never, below that)")
     p.set_defaults(func=cmd_record)
     return p
 
@@ -110,6 +120,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     opts = ProxyOptions(
         write=args.write, listen=args.listen, connect=args.connect, intercept=args.intercept, mode=args.mode,
         snaplen=args.snaplen, quiet=args.quiet, color=use_color(args.color, live_stream), timeout=args.timeout,
-        relay=RelayConfig(stall_timeout=args.stall_timeout, busy_poll=args.busy_poll / 1e6),
+        relay=RelayConfig(stall_timeout=args.stall_timeout, busy_poll=default_busy_poll() if args.busy_poll is None
+                          else args.busy_poll / 1e6),
         comment="vfudissect " + " ".join(shlex.quote(a) for a in sys.argv[1:]), summary=not args.no_summary)
     return run_proxy(opts)

@@ -6,11 +6,13 @@ body (recvmsg on every read, so each fd is tied to the message whose
 bytes carried it), and forwards the whole message with ONE sendmsg carrying
 its fds, then describes and closes its copies of the fds.  Recording
 (capture write, analysis, live view) is queued and done by the same thread
-only when no socket is ready, one event at a time, so it never sits
-between a message and its forwarding.  After traffic the loop keeps polling
-without sleeping for ``busy_poll`` seconds: on this class of machine a
-sleeping relay costs two scheduler wake-ups (~30 us each) per round trip,
-which is the whole difference between a 1.8x and a 1.0x round trip.
+only when no socket is ready, one event at a time (a poll between events),
+so it never sits between a message and its forwarding.  Optionally the loop
+keeps polling without sleeping for ``busy_poll`` seconds after a small
+message: a sleeping relay costs a scheduler wake-up per hop (~30 us on the
+VM this was measured on), which a spinning one saves when it has a CPU of
+its own (measured 1.79x -> 0.96x round trip); on a 2-CPU machine it competes
+with the peers instead, so the CLI enables it only with 4 or more CPUs.
 Backlog is bounded: past ``max_backlog`` queued bytes the loop records
 before it reads again, so a slow capture consumer slows the peers instead
 of growing memory.
@@ -57,7 +59,7 @@ FRAMED, RAW, EOF, DONE = 0, 1, 2, 3
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
     stall_timeout: float = 0.5  # seconds without progress inside a message before it is forwarded raw
-    busy_poll: float = 200e-6  # seconds to keep polling after activity (0 = always sleep in epoll)
+    busy_poll: float = 0.0  # seconds to keep polling after activity (0 = always sleep in epoll)
     tick_interval: float = 0.1  # how often the engine hears the time (live REPLY_TIMEOUT)
     max_backlog: int = 64 << 20  # bytes queued for recording before reading pauses
     read_budget: int = 64  # messages read from one socket before others get a turn
