@@ -204,9 +204,8 @@ MIG_STATES: Mapping[int, str] = {
 MIG_STATE_STOP, MIG_STATE_RUNNING, MIG_STATE_STOP_COPY, MIG_STATE_RESUMING, MIG_STATE_PRE_COPY = 1, 2, 3, 4, 6
 MIG_STATES_SETTABLE = frozenset({1, 2, 3, 4, 6})
 MIG_V1_STATE_BITS: Mapping[int, str] = {0x1: "RUNNING", 0x2: "SAVING", 0x4: "RESUMING"}
-# Legacy migration v1: region of type 3 / subtype 1 (libvfio-user index 9) starts with
+# Legacy migration v1: region of type 3 / subtype 1 (libvfio-user: index PCI_NUM_REGIONS) starts with
 # vfio_device_migration_info (fact sheet 10.2), driven by REGION_READ/WRITE.
-MIG_V1_REGION_INDEX = 9
 MIG_V1_INFO = struct.Struct("<IIQQQ")  # device_state, reserved, pending_bytes, data_offset, data_size (32)
 
 # --------------------------------------------------------------------------

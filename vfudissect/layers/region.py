@@ -12,6 +12,7 @@ from .. import spec
 from .base import VfuPacket
 from .fields import DerivedField, EntryListField, LEFlagsField, layout_fields, named_struct_fields, struct_fields
 
+LEGACY_MIGRATION_REGION = spec.PCI_NUM_REGIONS  # the first device-specific index, where libvfio-user put it
 _MIG_V1_NAMES = ("device_state", "reserved", "pending_bytes", "data_offset", "data_size")
 
 
@@ -37,7 +38,7 @@ _V1_MEMBERS = _v1_members()
 def migration_v1_view(pkt: Packet) -> dict[str, Any] | None:
     """For an access to the legacy migration region (index 9) within its 32-byte header: each header
     member the access covers, with its value when the message carries the data (else None)."""
-    if pkt.getfieldval("region") != spec.MIG_V1_REGION_INDEX:
+    if pkt.getfieldval("region") != LEGACY_MIGRATION_REGION:
         return None
     offset = pkt.getfieldval("offset") or 0
     count = pkt.getfieldval("count") or 0
