@@ -26,13 +26,9 @@ tshark:
 	fi
 	@tshark --version | head -1
 
+# emulated device + QEMU-shaped client through the recording proxy; writes captures/demo*.pcapng
 demo: $(STAMP)
-	@if $(VENV)/bin/vfudissect demo --help >/dev/null 2>&1; then \
-	  $(VENV)/bin/vfudissect demo; \
-	else \
-	  $(VENV)/bin/vfudissect read captures/qemu-10.2-gpio-pci-idio-16.pcapng && \
-	  $(VENV)/bin/vfudissect stats captures/libvfio-user-sample-client-server.pcapng; \
-	fi
+	$(VENV)/bin/vfudissect demo
 
 test: $(STAMP) tshark
 	$(PY) -m pytest -q

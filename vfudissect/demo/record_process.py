@@ -30,12 +30,13 @@ class RecordProcess:
     def __init__(self, listen: str, connect: str, write: str, *, cwd: str | None = None,
                  timeout: float | None = None, snaplen: int | None = None, color: str = "never",
                  stdout: IO[bytes] | IO[str] | None = None, extra: tuple[str, ...] = ()) -> None:
-        self.argv = ["record", "--listen", listen, "--connect", connect, "-w", write, "--color", color]
+        self.argv = ["record", "--listen", listen, "--connect", connect, "-w", write]
         if timeout is not None:
             self.argv += ["--timeout", f"{timeout:g}"]
         if snaplen is not None:
             self.argv += ["--snaplen", str(snaplen)]
         self.argv += list(extra)
+        self.color = color
         self.cwd = cwd
         self.listen = os.path.join(cwd or "", listen)
         self.capture = os.path.join(cwd or "", write)
@@ -45,6 +46,7 @@ class RecordProcess:
 
     @property
     def command(self) -> str:
+        """The command line, as a user would type it (without the --color the caller chose)."""
         return "vfudissect " + " ".join(self.argv)
 
     @property
@@ -58,7 +60,8 @@ class RecordProcess:
             os.unlink(self.capture)
         except FileNotFoundError:
             pass
-        self.proc = subprocess.Popen([sys.executable, "-m", "vfudissect", *self.argv], cwd=self.cwd,
+        argv = [sys.executable, "-m", "vfudissect", *self.argv, "--color", self.color]
+        self.proc = subprocess.Popen(argv, cwd=self.cwd,
                                      stdout=self.stdout, stderr=subprocess.STDOUT if self.stdout else None,
                                      stdin=subprocess.DEVNULL)
         end = time.monotonic() + wait
