@@ -9,7 +9,7 @@ import struct
 from typing import Any
 
 from hypothesis import strategies as st
-from scapy.fields import ConditionalField, Field, FlagValue, StrFixedLenField
+from scapy.fields import ConditionalField, Field, FlagValue, StrField, StrFixedLenField
 from scapy.packet import NoPayload, Packet
 from scapy.utils import rdpcap
 
@@ -29,7 +29,7 @@ def int_width(f: Field[Any, Any]) -> tuple[int, int]:
 
 
 def is_int_field(f: Field[Any, Any]) -> bool:
-    if isinstance(f, (DerivedField, EntryListField, StrFixedLenField)) or f.islist:
+    if isinstance(f, (DerivedField, EntryListField, StrField)) or f.islist:
         return False
     return isinstance(f, LEFlagsField) or f.fmt[-1] in "bBhHiIqQ"
 
@@ -64,7 +64,7 @@ def _layers(pkt: Packet, explicit: bool) -> list[dict[str, Any]]:
         for f in p.fields_desc:
             if isinstance(f, DerivedField) or (explicit and f.name not in p.fields):
                 continue
-            if isinstance(f, ConditionalField) and f.name not in p.fields and not f._evalcond(p):
+            if isinstance(f, ConditionalField) and not f._evalcond(p):
                 continue
             row[f.name] = _plain(p.getfieldval(f.name), explicit)
         out.append(row)

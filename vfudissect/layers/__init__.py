@@ -27,7 +27,7 @@ from .device import (
     VfuRegionCap, VfuRegionInfo, VfuRegionIoFds, VfuSparseArea,
 )
 from .dma import (
-    DMA_LAYOUT_QEMU, DMA_LAYOUT_SPEC, VfuDirtyPages, VfuDmaAccess, VfuDmaAccessQemu, VfuDmaMap, VfuDmaUnmap,
+    DMA_LAYOUT_QEMU, DMA_LAYOUT_SPEC, DMA_LAYOUT_SPEC_12, VfuDirtyPages, VfuDmaAccess, VfuDmaAccessQemu, VfuDmaMap, VfuDmaUnmap,
     choose_dma_access, dma_layout,
 )
 from .feature import (
@@ -83,7 +83,7 @@ bind_layers(VfuCap, VfioUser, rec_type=int(spec.RecType.MSG))
 conf.l2types.register(spec.LINKTYPE_WIRESHARK_UPPER_PDU, ExportedPdu)
 
 __all__ = [
-    "CommandCode", "DMA_LAYOUT_QEMU", "DMA_LAYOUT_SPEC", "ExportedPdu", "ExportedPduDir", "ExportedPduName",
+    "CommandCode", "DMA_LAYOUT_QEMU", "DMA_LAYOUT_SPEC", "DMA_LAYOUT_SPEC_12", "ExportedPdu", "ExportedPduDir", "ExportedPduName",
     "ExportedPduTlv", "FeatureFlags", "HeaderFlags", "LAYOUT_CLASSES", "PAYLOADS", "VfioUser", "VfuCap", "VfuCapFd",
     "VfuCapSparseMmap", "VfuCapTlv", "VfuCapTlvCred", "VfuCapTlvErrno", "VfuCapTlvFdPath", "VfuCapTlvText",
     "VfuCapTlvTwinOf", "VfuCapType", "VfuDeviceFeature", "VfuDeviceInfo", "VfuDirtyPages", "VfuDmaAccess",

@@ -3,7 +3,8 @@ chain, GET_REGION_IO_FDS (6) entries, GET_IRQ_INFO (7), SET_IRQS (8)."""
 
 from __future__ import annotations
 
-from scapy.fields import ByteEnumField, ConditionalField, FieldListField, StrField, StrLenField
+from scapy.config import conf
+from scapy.fields import ByteEnumField, ConditionalField, FieldListField, StrField
 from scapy.packet import Packet
 
 from .. import spec
@@ -95,36 +96,47 @@ def _known_cap_size(cid: int, s: bytes, off: int) -> int | None:
     return None
 
 
+def _cap_starts(s: bytes, first: int) -> list[int]:
+    """Offsets (relative to ``s``) of the caps on the chain that begins at ``first``; loop-safe."""
+    starts: list[int] = []
+    off = first
+    while 0 <= off <= len(s) - _CAP_HEAD.size and off not in starts:
+        starts.append(off)
+        nxt = _CAP_HEAD.unpack_from(s, off)[2] - _FIXED
+        if nxt < 0:
+            break
+        off = nxt
+    return starts
+
+
 class RegionCapsField(EntryListField):
-    """The capabilities after the fixed region info, in byte order.  Each cap spans up to the offset its
-    ``next`` names (when that lies ahead), else its known size, else the rest; so every byte belongs to
-    one cap and the payload round-trips.  The chain order is :meth:`VfuRegionInfo.cap_chain`."""
+    """The bytes after the fixed region info: the capabilities found by walking the chain from
+    ``cap_offset`` (or from the first byte after the fixed part), in byte order, with any bytes no cap
+    covers kept as Raw entries in between; so every payload round-trips.  Each cap spans its known size
+    (sparse mmap: 16 + 16 * nr_areas, type: 16), or up to the next cap of the chain.  The chain order is
+    :meth:`VfuRegionInfo.cap_chain`."""
 
     def __init__(self, name: str) -> None:
         super().__init__(name, VfuRegionCap)
 
     def getfield(self, pkt: Packet, s: bytes) -> tuple[bytes, list[Packet]]:  # type: ignore[override]
-        base = _FIXED + len(pkt.getfieldval("cap_gap") or b"")
+        first = (pkt.getfieldval("cap_offset") or 0) - _FIXED
+        starts = sorted(_cap_starts(s, first) or _cap_starts(s, 0))
         out: list[Packet] = []
-        off = 0
-        while off < len(s):
-            rem = len(s) - off
-            if rem < _CAP_HEAD.size:
-                out.append(VfuRegionCap(s[off:], _internal=1, _underlayer=pkt))
-                break
-            cid, _ver, nxt = _CAP_HEAD.unpack_from(s, off)
-            here = base + off
-            known = _known_cap_size(cid, s, off)
-            span = nxt - here if nxt > here else known if known is not None else rem
-            span = min(max(span, _CAP_HEAD.size), rem)
-            out.append(CAP_CLASSES.get(cid, VfuRegionCap)(s[off:off + span], _internal=1, _underlayer=pkt))
-            off += span
+        pos = 0
+        for i, start in enumerate(starts):
+            if start > pos:
+                out.append(conf.raw_layer(s[pos:start], _internal=1, _underlayer=pkt))
+            limit = starts[i + 1] if i + 1 < len(starts) else len(s)
+            cid = _CAP_HEAD.unpack_from(s, start)[0]
+            known = _known_cap_size(cid, s, start)
+            end = min(limit, start + known) if known is not None else limit
+            end = max(end, min(start + _CAP_HEAD.size, limit))
+            out.append(CAP_CLASSES.get(cid, VfuRegionCap)(s[start:end], _internal=1, _underlayer=pkt))
+            pos = end
+        if pos < len(s):
+            out.append(conf.raw_layer(s[pos:], _internal=1, _underlayer=pkt))
         return b"", out
-
-
-def _cap_gap_len(pkt: Packet) -> int:
-    off = pkt.getfieldval("cap_offset") or 0
-    return off - _FIXED if off > _FIXED else 0
 
 
 def _chain_text(chain: list[tuple[int, Packet]]) -> str:
@@ -136,34 +148,36 @@ def _chain_text(chain: list[tuple[int, Packet]]) -> str:
 
 class VfuRegionInfo(VfuPacket):
     """DEVICE_GET_REGION_INFO request and reply; the reply's capabilities follow the 32 fixed bytes
-    (``cap_gap`` holds any bytes between them and ``cap_offset``)."""
+    (``caps``: the caps in byte order, Raw entries for bytes outside every cap; ``chain``: the order
+    ``cap_offset`` and the ``next`` links give)."""
 
     name = "vfio-user DEVICE_GET_REGION_INFO"
     layout_key = "region_info"
     fields_desc = layout_fields("region_info") + [
-        StrLenField("cap_gap", b"", length_from=_cap_gap_len),
         RegionCapsField("caps"),
         DerivedField("chain", lambda p: p.cap_chain(), _chain_text),
     ]
 
     def caps_by_offset(self) -> dict[int, Packet]:
         """Each capability by its offset in the payload."""
-        off = _FIXED + len(self.getfieldval("cap_gap") or b"")
+        off = _FIXED
         out = {}
         for cap in self.getfieldval("caps") or []:
-            out[off] = cap
+            if isinstance(cap, VfuPacket):
+                out[off] = cap
             off += len(cap)
         return out
 
     def cap_chain(self) -> list[tuple[int, Packet]]:
-        """(offset, cap) in chain order from ``cap_offset`` along ``next``; stops at 0, a gap or a loop."""
+        """(offset, cap) in chain order from ``cap_offset`` along ``next``; stops at 0, a gap or a loop.
+        Empty when the CAPS flag is clear."""
         if not flag_value(self.getfieldval("flags")) & spec.REGION_FLAG_CAPS:
             return []
         by_off = self.caps_by_offset()
         out: list[tuple[int, Packet]] = []
         seen: set[int] = set()
         off = self.getfieldval("cap_offset") or 0
-        while off and off in by_off and off not in seen:
+        while off in by_off and off not in seen:
             seen.add(off)
             cap = by_off[off]
             out.append((off, cap))
@@ -191,14 +205,15 @@ _ENTRY_SIZES = (spec.IO_FD_ENTRY_SPEC.size, spec.IO_FD_ENTRY_LVU.size)
 
 
 def io_fd_stride(pkt: Packet, avail: int) -> int:
-    """Entry stride: (argsz - 16) / count (the consistent formula), the spec's (argsz - 32) / count, or the
-    bytes present / count; a known entry size (40, 48) wins, then any exact division, else 40."""
+    """Entry stride: the entry bytes present / count when that divides exactly; else (argsz - 16) / count
+    (the consistent formula) or the spec's (argsz - 32) / count, a known entry size (40, 48) first; else 40."""
     count = pkt.getfieldval("count") or 0
     argsz = pkt.getfieldval("argsz") or 0
     if count <= 0:
         return spec.IO_FD_ENTRY_SPEC.size
-    exact = [(total // count) for total in (argsz - _IO_FD_HEAD, argsz - 32, avail)
-             if total > 0 and total % count == 0]
+    if avail > 0 and avail % count == 0:
+        return avail // count
+    exact = [(total // count) for total in (argsz - _IO_FD_HEAD, argsz - 32) if total > 0 and total % count == 0]
     for stride in exact:
         if stride in _ENTRY_SIZES:
             return stride
