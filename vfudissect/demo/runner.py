@@ -222,9 +222,9 @@ def run_faulty(work: str, opts: DemoOptions, out: _Out) -> RunResult:
             out(r.finding_line(f, standalone=True))
     try:
         where = fault_frames(res.events)
-    except (StopIteration, IndexError):
+    except LookupError as exc:
         where = {}
-        res.problems.append("the capture does not hold the messages the faults were injected into")
+        res.problems.append(str(exc))
     out("")
     out("  Each injected fault, flagged once on its frame:")
     for inj in FAULTS:

@@ -80,6 +80,8 @@ class Step:
             raise ValueError(f"unknown finding code {self.flag!r}")
         if self.how in ("whole", "split") and len(self.data) < spec.HEADER_SIZE:
             raise ValueError(f"a {self.how} step needs at least a 16-byte header (use how='cut' for less)")
+        if self.how == "split" and len(self.data) == spec.HEADER_SIZE:
+            raise ValueError("a split step needs a body after the header (the fds go with it)")
         if self.how == "close" and (self.data or self.fds):
             raise ValueError("a close step carries no bytes or fds")
         if self.how == "cut" and self.fds:
@@ -172,6 +174,8 @@ def model(scn: Scenario, socket_path: str = "scripted.sock") -> list[Recorded]:
             closed.add(d)
             continue
         if d in raw:
+            if st.how == "split":
+                raise ValueError(f"step {i}: a split step in a raw direction is read in timing-dependent pieces")
             add(RawIn(ts, 1, d, st.data, fds, flags=fd_flags), i)
         else:
             hdr_ok = len(st.data) >= spec.HEADER_SIZE

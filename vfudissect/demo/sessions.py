@@ -216,7 +216,10 @@ def version_refused(c: DemoClient) -> str:
 
 # ------------------------------------------------------------------ where each fault must be flagged
 def fault_frames(events: list[Event]) -> dict[str, tuple[int, ...]]:
-    """For each FAULTS label (and each consequence code), the frames its finding must carry, from raw messages."""
+    """For each FAULTS label (and each consequence code), the frames its finding must carry, from raw messages.
+
+    LookupError when the capture is not one of the faulty session's.
+    """
     msgs = [e for e in events if isinstance(e, MessageIn) and len(e.data) >= spec.HEADER_SIZE]
 
     def hdr(e: MessageIn) -> tuple[int, int, bool]:
@@ -230,17 +233,22 @@ def fault_frames(events: list[Event]) -> dict[str, tuple[int, ...]]:
         mid = hdr(req)[0]
         return next(e for e in msgs if e.conn == req.conn and e.dir == spec.S2C and hdr(e)[2] and hdr(e)[0] == mid)
 
-    reads, writes = requests(1, C.REGION_READ), requests(1, C.REGION_WRITE)
-    client_ids = {hdr(e)[0] for e in msgs if e.conn == 1 and e.dir == spec.C2S}
-    stray = next(e for e in msgs if e.conn == 1 and e.dir == spec.S2C and hdr(e)[2] and hdr(e)[0] not in client_ids)
-    v_req = requests(2, C.VERSION)[0]
-    v_rep = reply_to(v_req)
-    wrong_cmd = reply_to(reads[1])
+    try:
+        reads, writes = requests(1, C.REGION_READ), requests(1, C.REGION_WRITE)
+        client_ids = {hdr(e)[0] for e in msgs if e.conn == 1 and e.dir == spec.C2S}
+        stray = next(e for e in msgs
+                     if e.conn == 1 and e.dir == spec.S2C and hdr(e)[2] and hdr(e)[0] not in client_ids)
+        v_req = requests(2, C.VERSION)[0]
+        v_rep = reply_to(v_req)
+        wrong_cmd = reply_to(reads[1])
+        write = writes[0]
+    except (StopIteration, IndexError):
+        raise LookupError("the capture does not hold the messages the demo's faults are injected into") from None
     return {
         "late reply": (reads[0].frame,),
         "wrong command": (wrong_cmd.frame, reads[1].frame),
         "wrong id": (stray.frame,),
         "incompatible major": (v_rep.frame, v_req.frame),
         "malformed capabilities": (v_rep.frame,),
-        "NO_REPLY": (writes[0].frame,),
+        "NO_REPLY": (write.frame,),
     }
