@@ -215,7 +215,8 @@ def run_faulty(work: str, opts: DemoOptions, out: _Out) -> RunResult:
     for s in seen:
         out(f"    {s}")
     out("")
-    out(f"  Offline: vfudissect read --timeout {opts.timeout:g} -s warning {os.path.join(opts.out_dir, FAULTY)}")
+    out(f"  The offline analysis of {os.path.join(opts.out_dir, FAULTY)} (warnings and errors, "
+        f"--timeout {opts.timeout:g}):")
     r = Renderer(opts.color)
     for f in res.findings:
         if f.severity != "note":
