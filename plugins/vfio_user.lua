@@ -1737,7 +1737,9 @@ vf("flags_type", ProtoField.uint32("vfio_user.flags.type", "Type", base.DEC, E.M
 vf("flags_no_reply", ProtoField.bool("vfio_user.flags.no_reply", "No_reply", 32, nil, C.FLAG_NO_REPLY))
 vf("flags_error", ProtoField.bool("vfio_user.flags.error", "Error", 32, nil, C.FLAG_ERROR))
 vf("flags_reserved", ProtoField.uint32("vfio_user.flags.reserved", "Reserved", base.HEX, nil, C.FLAG_RESERVED_MASK))
-vf("error", ProtoField.uint32("vfio_user.error", "Error (errno)", base.DEC, E.ERRNO_NAMES))
+local ERRNO_VS = {[0] = "none"}
+for k, v in pairs(E.ERRNO_NAMES) do ERRNO_VS[k] = v end
+vf("error", ProtoField.uint32("vfio_user.error", "Error (errno)", base.DEC, ERRNO_VS))
 vf("request_in", ProtoField.framenum("vfio_user.request_in", "Request in", base.NONE, frametype.REQUEST))
 vf("response_in", ProtoField.framenum("vfio_user.response_in", "Response in", base.NONE, frametype.RESPONSE))
 vf("time", ProtoField.relative_time("vfio_user.time", "Response time"))
