@@ -7,7 +7,9 @@ Peers: the project's emulated server (`vfudissect serve`, its own process) and
 client (this process, blocking sockets, no timeouts).  Paths measured, each
 round in turn: direct; a naive relay (two blocking threads per connection,
 whatever recvmsg returns is sent on, fds included, nothing recorded: the
-issue's reference point); the real `vfudissect record` subprocess recording
+issue's reference point); the same relay in ~50 lines of C, compiled on the
+spot when a C compiler is there (a floor for any relay on the machine); the
+real `vfudissect record` subprocess recording
 to a file in a temporary directory, its live view going to a file too, in
 four configurations.  All paths are open at once and the work is done in
 short blocks, each block of each workload running every path in a shuffled
@@ -38,6 +40,7 @@ WORKLOADS = (("rtt_4B", 0, 4, 20000), ("read_8KiB", 1, 8192, 5000), ("read_1MiB"
 RECORD = ["-m", "vfudissect", "record", "--color", "never"]
 VARIANTS: dict[str, list[str] | None] = {
     "naive relay (no recording)": None,
+    "C relay (no recording)": ["<c>"],
     "record --busy-poll 0": ["--busy-poll", "0"],
     "record -q --busy-poll 0": ["-q", "--busy-poll", "0"],
     "record --busy-poll 200": ["--busy-poll", "200"],
@@ -64,6 +67,67 @@ while True:
     threading.Thread(target=pump, args=(c, s), daemon=True).start()
     threading.Thread(target=pump, args=(s, c), daemon=True).start()
 """
+
+
+C_RELAY = r"""#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+struct pair { int src, dst; };
+static void *pump(void *arg) {
+    struct pair *p = arg;
+    static __thread char buf[1 << 20];
+    char cbuf[CMSG_SPACE(253 * sizeof(int))];
+    for (;;) {
+        struct iovec iov = { buf, sizeof buf };
+        struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf, .msg_controllen = sizeof cbuf };
+        ssize_t n = recvmsg(p->src, &m, 0);
+        if (n <= 0) break;
+        struct msghdr o = { .msg_iov = &iov, .msg_iovlen = 1 };
+        iov.iov_len = n;
+        if (m.msg_controllen) { o.msg_control = cbuf; o.msg_controllen = m.msg_controllen; }
+        if (sendmsg(p->dst, &o, 0) < 0) break;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c; c = CMSG_NXTHDR(&m, c)) {
+            int *fds = (int *)CMSG_DATA(c); int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (int i = 0; i < k; i++) close(fds[i]);
+        }
+    }
+    shutdown(p->dst, SHUT_WR);
+    return NULL;
+}
+int main(int argc, char **argv) {
+    int ls = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);
+    bind(ls, (void *)&a, sizeof a); listen(ls, 16);
+    for (;;) {
+        int c = accept(ls, NULL, NULL);
+        int s = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct sockaddr_un b = { .sun_family = AF_UNIX };
+        strncpy(b.sun_path, argv[2], sizeof b.sun_path - 1);
+        if (connect(s, (void *)&b, sizeof b) < 0) { close(c); close(s); continue; }
+        struct pair *p1 = malloc(sizeof *p1), *p2 = malloc(sizeof *p2);
+        *p1 = (struct pair){ c, s }; *p2 = (struct pair){ s, c };
+        pthread_t t; pthread_create(&t, NULL, pump, p1); pthread_create(&t, NULL, pump, p2);
+    }
+}
+"""
+
+
+def build_c_relay(tmp: str) -> str | None:
+    """Compile the C calibration relay (same job as NAIVE_RELAY, in C); None without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    src, exe = os.path.join(tmp, "relay.c"), os.path.join(tmp, "c-relay")
+    with open(src, "w") as f:
+        f.write(C_RELAY)
+    r = subprocess.run([cc, "-O2", "-pthread", "-o", exe, src], capture_output=True)
+    return exe if r.returncode == 0 else None
 
 
 def wait_path(path: str, proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -116,8 +180,17 @@ def main() -> int:
         for i, v in enumerate(args.variants):
             px = os.path.join(tmp, f"px{i}.sock")
             extra = VARIANTS[v]
-            argv = [py, "-c", NAIVE_RELAY, px, dev] if extra is None else [
-                py, *RECORD, "--listen", px, "--connect", dev, "-w", os.path.join(tmp, f"c{i}.pcapng"), *extra]
+            if extra == ["<c>"]:
+                exe = build_c_relay(tmp)
+                if exe is None:
+                    print("no C compiler: skipping the C relay", file=sys.stderr)
+                    continue
+                argv = [exe, px, dev]
+            elif extra is None:
+                argv = [py, "-c", NAIVE_RELAY, px, dev]
+            else:
+                argv = [py, *RECORD, "--listen", px, "--connect", dev, "-w", os.path.join(tmp, f"c{i}.pcapng"),
+                        *extra]
             live = open(os.path.join(tmp, f"live{i}.txt"), "wb")
             files.append(live)
             procs[v] = subprocess.Popen(argv, cwd=ROOT, stdout=live, stderr=subprocess.STDOUT)
@@ -157,7 +230,7 @@ def main() -> int:
         server.terminate()
         server.wait(timeout=10)
         shutil.rmtree(tmp, ignore_errors=True)
-    mean = {name: {w: total[(name, w)] / count[(name, w)] for w, *_ in WORKLOADS} for name in ["direct", *args.variants]}
+    mean = {name: {w: total[(name, w)] / count[(name, w)] for w, *_ in WORKLOADS} for name in paths}
     base = mean["direct"]
     if args.json:
         print(json.dumps({"mean_seconds_per_read": mean, "proxy_cpu_seconds_per_message": cpu}, indent=2))
