@@ -223,6 +223,11 @@ def _vfuc_tlv_class(typ: int, length: int) -> type[Packet]:
     return VfuCapTlv
 
 
+def _fd_stride(pkt: Packet, avail: int) -> int:
+    """fd_ent_len; one below the v1 entry size is malformed and read as v1 entries."""
+    return max(pkt.getfieldval("fd_ent_len") or 0, spec.VFUC_FD_ENTRY_SIZE)
+
+
 def _tlvs_len(pkt: Packet) -> int:
     hdr_len = pkt.getfieldval("hdr_len") or 0
     used = spec.VFUC_FIXED_SIZE + sum(len(fd) for fd in pkt.getfieldval("fds") or [])
@@ -246,7 +251,7 @@ class VfuCap(VfuPacket):
     name = "VFUC capture record"
     fields_desc = _vfuc_fixed() + [
         EntryListField("fds", VfuCapFd, count_from=lambda p: p.getfieldval("n_fds") or 0,
-                       stride_from=lambda p, n: p.getfieldval("fd_ent_len") or 0),
+                       stride_from=_fd_stride, length_from=lambda p: (p.getfieldval("hdr_len") or 0) - spec.VFUC_FIXED_SIZE),
         TlvListField("tlvs", VfuCapTlv, spec.VFUC_TLV, pad4=True, length_from=_tlvs_len, dispatch=_vfuc_tlv_class),
     ]
 

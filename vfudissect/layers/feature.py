@@ -46,6 +46,8 @@ class FeatureFlags(FlagValue):
                     out |= _FEATURE_CODES[tok]
                 elif tok in _OP_CODES:
                     out |= _OP_CODES[tok]
+                elif tok.startswith("feature") and tok[7:].isdigit():
+                    out |= int(tok[7:]) & spec.FEATURE_MASK
                 elif tok:
                     out |= int(tok, 0)
             return out
