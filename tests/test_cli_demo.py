@@ -19,3 +19,10 @@ def test_a_timeout_the_late_reply_would_not_exceed_is_refused_in_one_line() -> N
     p = run("demo", "--timeout", "2")
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.count("\n") == 1 and "--timeout" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_an_unwritable_output_directory_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "file").write_text("x")
+    p = run("demo", "-o", str(tmp_path / "file" / "sub"))
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
+    assert "vfudissect: error: demo:" in p.stderr and "file" in p.stderr

@@ -35,9 +35,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .cli import use_color
+    from .demo.record_process import ProxyError
     from .demo.runner import DemoOptions, run
+    from .peers.client import ReplyTimeout, VfuError
+    from .peers.wire import ProtocolError
 
     if not 0 < args.timeout < 1.0:
         sys.stderr.write("vfudissect: error: --timeout must be above 0 and below the late reply's 1 s\n")
         return 2
-    return run(DemoOptions(out_dir=args.out_dir, timeout=args.timeout, color=use_color(args.color, sys.stdout)))
+    try:
+        return run(DemoOptions(out_dir=args.out_dir, timeout=args.timeout, color=use_color(args.color, sys.stdout)))
+    except (ProxyError, ProtocolError, VfuError, ReplyTimeout) as exc:
+        sys.stderr.write(f"vfudissect: error: demo: {exc}\n")
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        sys.stderr.write(f"vfudissect: error: demo: {exc.strerror or exc}{where}\n")
+    return 1

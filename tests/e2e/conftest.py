@@ -21,7 +21,7 @@ from vfudissect import cli
 from vfudissect.capture.reader import read_events
 from vfudissect.core.events import Event
 from vfudissect.demo.record_process import RecordProcess, live_findings
-from vfudissect.demo.scripted import Scenario, findings_key, play
+from vfudissect.demo.scripted import Scenario, findings_key, model, play
 from vfudissect.proxy.relay import RelayConfig
 from vfudissect.proxy.session import ProxyOptions, ProxySession
 
@@ -99,6 +99,11 @@ def capture_shape(capture: str) -> list[tuple[str, str | None, int]]:
 
 def _shape(ev: Event) -> tuple[str, str | None, int]:
     return type(ev).__name__, getattr(ev, "dir", None), getattr(ev, "frame", 0)
+
+
+def model_shape(scn: Scenario) -> list[tuple[str, str | None, int]]:
+    """(event type, direction, frame) of every record the model says the proxy writes for ``scn``."""
+    return [_shape(r.event) for r in model(scn)]
 
 
 @dataclass

@@ -19,9 +19,9 @@ import pytest
 
 from vfudissect import spec
 from vfudissect.demo.catalogue import EXCLUDED, SCENARIOS
-from vfudissect.demo.scripted import expected, findings_key, model, step_frames
+from vfudissect.demo.scripted import expected, findings_key, step_frames
 
-from .conftest import Outcome, run_as_process, run_in_process
+from .conftest import Outcome, model_shape, run_as_process, run_in_process
 
 IN_PROCESS = sorted(code for code, scn in SCENARIOS.items() if not scn.needs_fd_starving)
 AS_PROCESS = sorted(code for code, scn in SCENARIOS.items() if scn.needs_fd_starving)
@@ -41,8 +41,7 @@ def _check(code: str, out: Outcome) -> None:
     pb = expected(scn)
     want = findings_key(pb.findings())
     # the proxy recorded exactly the records the model says, in order
-    assert out.shape == [(type(r.event).__name__, getattr(r.event, "dir", None), r.event.frame)  # type: ignore[union-attr]
-                         for r in model(scn)]
+    assert out.shape == model_shape(scn)
     assert out.live == want, "live findings differ from the Playbook"
     assert out.read == want, "`read --json` findings differ from the Playbook"
     frames = step_frames(scn)

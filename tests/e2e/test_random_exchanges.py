@@ -4,7 +4,6 @@ live findings, `read --json` and the sans-io Playbook agree on every code and fr
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 
@@ -13,11 +12,11 @@ from hypothesis import strategies as st
 
 from vfudissect import spec
 from vfudissect.demo.catalogue import READY
-from vfudissect.demo.scripted import Scenario, Step, expected, findings_key, model
+from vfudissect.demo.scripted import Scenario, Step, expected, findings_key
 from vfudissect.testing import (device_reset, dma_map, dma_read, dma_unmap, dma_write, get_info, message,
                                 region_read, region_read_reply, region_write, reply, set_irqs, version)
 
-from .conftest import run_in_process
+from .conftest import model_shape, run_in_process
 
 ids = st.integers(0, 40)
 regions = st.sampled_from([0, 1, 2, 7, 12])
@@ -83,7 +82,6 @@ def test_any_exchange_is_recorded_and_judged_the_same_live_offline_and_sans_io(t
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     want = findings_key(expected(scn).findings())
-    assert out.shape == [(type(r.event).__name__, getattr(r.event, "dir", None), r.event.frame)  # type: ignore[union-attr]
-                         for r in model(scn)]
+    assert out.shape == model_shape(scn)
     assert out.live == want
     assert out.read == want

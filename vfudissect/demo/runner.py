@@ -33,7 +33,8 @@ from ..peers.server import DeviceServer
 from ..render import Renderer
 from .peers import DemoClient
 from .record_process import RecordProcess, live_findings
-from .sessions import CONSEQUENCES, FAULTS, clean_session, fault_frames, fault_schedules, faulty_session, version_refused
+from .sessions import (CONSEQUENCES, FAULTS, clean_session, fault_frames, fault_schedules, faulty_session,
+                       version_refused)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 DEVICE_SOCK, PROXY_SOCK = "gpio.sock", "vfio-user.sock"

@@ -87,7 +87,8 @@ def clean_session(c: DemoClient) -> CleanReport:
     rep = CleanReport()
     c.version(QEMU_VERSION_JSON)
     ram = c.add_memory(0x0, RAM_SIZE, shared=True, name="memory-backend-memfd")
-    rom = c.add_memory(ROM_ADDR, ROM_SIZE, shared=False)
+    rom = c.add_memory(ROM_ADDR, ROM_SIZE, shared=False)  # like QEMU's ROM ranges: mapped without an fd
+    rom.mem[:16] = b"vfudissect-ROM\0\0"
     assert ram.fd is not None
     ids = c.send_pipelined([
         (C.DMA_MAP, pack("dma_map", argsz=32, flags=3, address=0, size=RAM_SIZE), (ram.fd,)),
