@@ -183,6 +183,14 @@ def test_version_major_mismatch_and_refused():
     assert pb.codes() == [("VERSION_MAJOR_MISMATCH", (rep, req))]
 
 
+def test_truncated_version_reply_is_reported_not_raised():
+    pb = Playbook()
+    pb.c2s(version(0))
+    full = version_reply(0)
+    rep = pb.s2c(full[:18], msg_len=len(full), flags=spec.VF_TRUNCATED)  # recorded bytes stop inside major
+    assert pb.codes() == [("CAPTURE_TRUNCATED", (rep,))]
+
+
 def test_version_minor_too_high():
     pb = Playbook()
     req = pb.c2s(version(0, minor=0))

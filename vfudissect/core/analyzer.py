@@ -778,7 +778,7 @@ class Analyzer:
         caps = self._check_version(c, ev, True, f, found)
         vr = c.version_req or {}
         ok = True
-        if f and vr.get("major") is not None:
+        if f.get("major") is not None and vr.get("major") is not None:  # absent in a truncated reply
             if f["major"] != vr["major"]:
                 found.append(("VERSION_MAJOR_MISMATCH", f"server answered major {f['major']}, client proposed "
                               f"{vr['major']}", (req.frame,)))
