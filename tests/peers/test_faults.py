@@ -78,6 +78,7 @@ def test_matching_by_command_kind_and_nth() -> None:
     assert len(inj.outgoing(region_read_reply(1, 7))) == 1  # another command: not counted
     assert inj.outgoing(rep) == []  # second matching: dropped
     assert len(inj.outgoing(rep)) == 1
+    assert [f.action for f in inj.fired] == ["drop"]  # what fired, for a demo to report
     every = Faults(Fault("drop", nth=0)).injector()
     assert every.outgoing(rep) == [] and every.outgoing(rep) == []
     with pytest.raises(ValueError, match="unknown fault action"):

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from .. import spec
 from .device import (
-    BAR1, DB_DMA_FROM_DEVICE, DB_DMA_TO_DEVICE, DB_FORCE_MESSAGES, DB_IRQ, IRQ_COUNTS, REG_DMA_ADDR,
+    DB_DMA_FROM_DEVICE, DB_DMA_TO_DEVICE, DB_FORCE_MESSAGES, DB_IRQ, IRQ_COUNTS, REG_DMA_ADDR,
     REG_DMA_LEN, REG_DMA_OFF, REG_IRQ_SEL, REG_STATUS, Device, DeviceConfig, DeviceError,
 )
 from .faults import FaultInjector, Faults, deliver

@@ -8,6 +8,7 @@ header, then exactly the body, collecting fds on every read.
 from __future__ import annotations
 
 import array
+import json
 import os
 import socket
 import struct
@@ -107,14 +108,6 @@ def unpack(key: str, payload: bytes) -> dict[str, int]:
     return dict(zip((f.name for f in spec.LAYOUTS[key].fields), st.unpack_from(payload)))
 
 
-def version_payload(major: int, minor: int, json_text: bytes | None) -> bytes:
-    return STRUCTS["version"].pack(major, minor) + (json_text or b"")
-
-
-def fixed_size(key: str) -> int:
-    return STRUCTS[key].size
-
-
 # ------------------------------------------------------------------ socket I/O
 def send_message(sock: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
     """One sendmsg with the whole message and its fds (the rest only if the kernel took part of it)."""
@@ -164,16 +157,6 @@ def recv_message(sock: socket.socket, max_size: int = spec.LVU_SERVER_MAX_MSG_SI
     return Message(msg_id, cmd, size, flags, err, head + body, fds)
 
 
-def describe(msg: Message | bytes) -> str:
-    """``COMMAND kind id=N`` for error messages."""
-    data = msg.data if isinstance(msg, Message) else msg
-    if len(data) < spec.HEADER_SIZE:
-        return f"{len(data)} bytes"
-    mid, cmd, _size, flags, _err = _HDR.unpack_from(data)
-    kind = spec.MSG_TYPE_NAMES.get(flags & spec.FLAG_TYPE_MASK, "?")
-    return f"{spec.command_name(cmd)} {kind} id={mid}"
-
-
 def caps_json(obj: Any) -> bytes:
     """libvfio-user (json-c) style JSON text with its terminating NUL: ``{ "a": 1 }``."""
     def enc(v: Any) -> str:
@@ -190,5 +173,4 @@ def caps_json(obj: Any) -> bytes:
 
 
 def _jstr(s: str) -> str:
-    import json
     return json.dumps(s)

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
-from ..capture.writer import CaptureWriter, Recordable
+from ..capture.writer import CaptureWriter
 from ..core.analyzer import Analyzer, AnalyzerConfig
 from ..core.events import Event, Tick
-from ..core.records import ConnRecord, Finding, Item, MessageRecord
+from ..core.records import Finding, Item, MessageRecord
 from ..render import Renderer
 from ..stats import Stats
 from .sinks import Sink
@@ -82,7 +82,7 @@ class Recorder:
     """Writer + Analyzer + Stats + LiveView, driven one event at a time."""
 
     def __init__(self, writer: CaptureWriter | None, live: LiveView | None = None, timeout: float = 5.0,
-                 on_item: Callable[[Item], None] | None = None, commit: Callable[[], None] | None = None) -> None:
+                 commit: Callable[[], None] | None = None) -> None:
         self.writer = writer
         self._commit = commit
         self.live = live
@@ -91,7 +91,6 @@ class Recorder:
         self.finding_codes: Counter[str] = Counter()
         self.findings: list[Finding] = []  # the first 10,000, for tests and the summary
         self.events = 0
-        self._on_item = on_item
         self._last_ts = 0.0
 
     def record(self, ev: Event) -> None:
@@ -133,13 +132,9 @@ class Recorder:
                 self.finding_codes[it.code] += 1
                 if len(self.findings) < 10000:
                     self.findings.append(it)
-            if self._on_item is not None:
-                self._on_item(it)
         if self.live is not None:
             self.live.show(items)
 
     def summary(self, color: bool = False) -> str:
         return self.stats.render(color)
 
-
-__all__ = ["LiveView", "Recorder", "Recordable", "ConnRecord"]
