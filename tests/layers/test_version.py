@@ -36,6 +36,7 @@ def test_any_version_data_decodes_without_raising(raw: bytes) -> None:
     assert "json_error" in text
     if p.capabilities is not None:
         assert isinstance(p.capabilities, dict) and p.json_error is None
+    assert p.nul_terminated == (raw.endswith(b"\0") if raw else None)
 
 
 def test_bad_json_is_reported_not_raised() -> None:
@@ -45,7 +46,8 @@ def test_bad_json_is_reported_not_raised() -> None:
     not_object = L.VfuVersion(version_data=b"[1, 2]\0")
     assert not_object.version_json == [1, 2] and "not an object" in not_object.json_error
     no_nul = L.VfuVersion(version_data=b'{"capabilities": {}}')
-    assert no_nul.capabilities == {} and "NUL" in no_nul.json_error
+    assert no_nul.capabilities == {} and no_nul.json_error is None and no_nul.nul_terminated is False
+    assert L.VfuVersion(version_data=b"{}\0").nul_terminated is True
     assert L.VfuVersion().json_error is None and L.VfuVersion().capabilities is None
 
 

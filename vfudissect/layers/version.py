@@ -12,8 +12,8 @@ from ..core.capabilities import parse_version_data
 from .base import VfuPacket
 from .fields import DerivedField, layout_fields
 
-# problem codes that mean "the JSON could not be used" (the others are schema notes for the analyzer)
-_PARSE_ERRORS = frozenset({"CAPS_MALFORMED", "CAPS_NOT_OBJECT", "CAPS_NOT_NUL_TERMINATED", "CAPS_EMBEDDED_NUL"})
+# problem codes that mean "the JSON could not be used" (the others are notes for the analyzer)
+_PARSE_ERRORS = frozenset({"CAPS_MALFORMED", "CAPS_NOT_OBJECT"})
 
 
 def version_data_bytes(document: Any) -> bytes:
@@ -38,13 +38,19 @@ def _json_error(pkt: Packet) -> str | None:
     return "; ".join(problems) if problems else None
 
 
+def _nul_terminated(pkt: Packet) -> bool | None:
+    raw = _raw(pkt)
+    return raw.endswith(b"\0") if raw else None
+
+
 def _compact(value: Any) -> str:
     return "None" if value is None else json.dumps(value, separators=(",", ":"))
 
 
 class VfuVersion(VfuPacket):
     """VERSION request and reply: ``version_data`` is the raw text (JSON + NUL); ``capabilities`` the
-    decoded object, ``version_json`` the whole document, ``json_error`` why it is unusable (else None)."""
+    decoded object, ``version_json`` the whole document, ``json_error`` why it is unusable (else None),
+    ``nul_terminated`` whether the terminating NUL is there (None without version data)."""
 
     name = "vfio-user VERSION"
     layout_key = "version"
@@ -53,6 +59,7 @@ class VfuVersion(VfuPacket):
         DerivedField("version_json", _document, _compact),
         DerivedField("capabilities", _capabilities, _compact),
         DerivedField("json_error", _json_error, lambda v: "None" if v is None else str(v)),
+        DerivedField("nul_terminated", _nul_terminated, str),
     ]
 
     def key_fields(self) -> list[str]:
