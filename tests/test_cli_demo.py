@@ -16,7 +16,7 @@ def test_help_names_the_captures_it_writes() -> None:
 
 
 def test_a_timeout_the_late_reply_would_not_exceed_is_refused_in_one_line() -> None:
-    p = run("demo", "--timeout", "2")
+    p = run("demo", "--timeout", "6")
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.count("\n") == 1 and "--timeout" in p.stderr and "Traceback" not in p.stderr
 

@@ -37,11 +37,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .cli import use_color
     from .demo.record_process import ProxyError
     from .demo.runner import DemoOptions, run
+    from .demo.sessions import LATE_BY
     from .peers.client import ReplyTimeout, VfuError
     from .peers.wire import ProtocolError
 
-    if not 0 < args.timeout < 1.0:
-        sys.stderr.write("vfudissect: error: --timeout must be above 0 and below the late reply's 1 s\n")
+    if not 0 < args.timeout < LATE_BY:
+        sys.stderr.write(f"vfudissect: error: --timeout must be above 0 and below the late reply's {LATE_BY:g} s\n")
         return 2
     try:
         return run(DemoOptions(out_dir=args.out_dir, timeout=args.timeout, color=use_color(args.color, sys.stdout)))

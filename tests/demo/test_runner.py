@@ -71,9 +71,11 @@ def test_the_clean_session_is_shaped_like_qemus_and_has_no_warning_or_error(capt
                                                       "DMA_UNMAP", "DMA_UNMAP"]
 
 
-def test_each_injected_fault_is_flagged_once_on_its_frame(captures: pathlib.Path) -> None:
+@pytest.mark.parametrize("timeout", [FAULT_TIMEOUT, spec.DEFAULT_REPLY_TIMEOUT])
+def test_each_injected_fault_is_flagged_once_on_its_frame(captures: pathlib.Path, timeout: float) -> None:
+    """With the proxy's threshold and with read's default (the late reply is later than both)."""
     path = captures / "demo-faults.pcapng"
-    msgs, findings, _ = read_json(path, FAULT_TIMEOUT)
+    msgs, findings, _ = read_json(path, timeout)
     where = fault_frames(list(open_capture(str(path))))
     by_frame = {m["frame"]: m for m in msgs}
     # the located messages are what the faults were put into

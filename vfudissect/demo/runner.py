@@ -33,7 +33,7 @@ from ..peers.server import DeviceServer
 from ..render import Renderer
 from .peers import DemoClient
 from .record_process import RecordProcess, live_findings
-from .sessions import (CONSEQUENCES, FAULTS, clean_session, fault_frames, fault_schedules, faulty_session,
+from .sessions import (CONSEQUENCES, FAULTS, LATE_BY, clean_session, fault_frames, fault_schedules, faulty_session,
                        version_refused)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -198,13 +198,15 @@ def run_faulty(work: str, opts: DemoOptions, out: _Out) -> RunResult:
     out("  The server's fault schedule (vfudissect serve --fault does the same):")
     for f in FAULTS:
         out(f"    {f.label:<24} -> {f.code:<24} on {f.on}")
+    out(f"  The late reply is held back {LATE_BY:g} s, longer than QEMU's own {spec.DEFAULT_REPLY_TIMEOUT:g} s "
+        f"x-msg-timeout: the proxy flags it after {opts.timeout:g} s, while the request still waits.")
     seen: list[str] = []
 
     def drive(proxy: str, capture: str) -> None:
-        with DemoClient(proxy, timeout=10.0) as c:
+        with DemoClient(proxy, timeout=LATE_BY + 5.0) as c:
             seen.extend(faulty_session(c))
         _wait_closed(capture)
-        with DemoClient(proxy, timeout=10.0) as c:
+        with DemoClient(proxy, timeout=LATE_BY + 5.0) as c:
             seen.append(version_refused(c))
 
     path, lines = record_run(work, FAULTY, opts.timeout, opts.color, out, drive, fault_schedules())
@@ -278,8 +280,7 @@ def run(opts: DemoOptions, stream: TextIO | None = None) -> int:
     out("")
     out("  Decode them here:")
     out(f"    vfudissect read {clean.capture}")
-    out(f"    vfudissect read --timeout {opts.timeout:g} {faulty.capture}   "
-        f"(the threshold the proxy used; the default is QEMU's {spec.DEFAULT_REPLY_TIMEOUT:g} s)")
+    out(f"    vfudissect read {faulty.capture}")
     out("  Open them in Wireshark with the vfio-user plugin:")
     out(f"    wireshark -X lua_script:{opts.plugin} {clean.capture}")
     out(f"    wireshark -X lua_script:{opts.plugin} {faulty.capture}")
