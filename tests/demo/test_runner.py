@@ -129,3 +129,17 @@ def test_the_demo_prints_the_live_view_the_analysis_and_how_to_open_wireshark(fr
     assert f"wireshark -X lua_script:plugins/vfio_user.lua {out / 'demo.pcapng'}" in text
     assert "vfudissect lua --install" in text
     assert {f.name for f in out.iterdir()} == {"demo.pcapng", "demo-faults.pcapng"}
+
+
+@pytest.mark.tshark
+@pytest.mark.parametrize("name", ["demo.pcapng", "demo-faults.pcapng"])
+def test_wireshark_with_the_plugin_flags_what_read_flags_on_the_same_frames(name: str) -> None:
+    """The command the demo ends with works: tshark with plugins/vfio_user.lua, default preferences."""
+    from collections import Counter
+
+    from tests.export.tshark_run import run_tshark
+
+    _msgs, findings, _ = read_json(CAPTURES / name)
+    frames = run_tshark(CAPTURES / name)
+    plugin = Counter((code, n) for n, fr in frames.items() for code, k in fr.findings.items() for _ in range(k))
+    assert plugin == Counter((f["finding"], f["frames"][0]) for f in findings)
