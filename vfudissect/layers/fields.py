@@ -1,9 +1,10 @@
 """scapy fields for vfio-user: spec.Layout -> fields_desc, derived (computed) fields, entry and TLV lists.
 
 Everything numeric is derived from ``spec``: :func:`layout_fields` turns a
-``spec.Layout`` into a ``fields_desc`` list, :func:`struct_fields` does the same
-for the ``struct.Struct`` formats spec.py gives for variable tails (widths from
-the format, names from the caller or from a spec layout).
+``spec.Layout`` into a ``fields_desc`` list; :func:`named_struct_fields` does the
+same for the variable-tail structs (widths from spec.py's ``struct.Struct``
+formats, member names from the struct table the Wireshark plugin uses, so the
+scapy and Wireshark field names agree); :func:`struct_fields` is the general form.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from scapy.config import conf
 from scapy.fields import (
-    ByteEnumField, ByteField, EnumField, Field, FlagsField, FlagValue, LEIntEnumField, LEIntField,
+    ByteEnumField, ByteField, Field, FlagsField, FlagValue, LEIntEnumField, LEIntField,
     LELongEnumField, LELongField, LEShortEnumField, LEShortField, StrFixedLenField, XByteField,
     XLEIntField, XLELongField, XLEShortField,
 )
@@ -171,7 +172,7 @@ class EntryListField(Field[list[Packet], list[Packet]]):
     of entries; bytes after the last entry are left to the packet's payload.
     """
 
-    __slots__ = ["cls", "count_from", "stride_from", "cls_from", "length_from"]
+    __slots__ = ["cls", "count_from", "stride_from", "cls_from", "length_from", "_size"]
     islist = 1
     holds_packets = 1
 
@@ -185,6 +186,7 @@ class EntryListField(Field[list[Packet], list[Packet]]):
         self.stride_from = stride_from
         self.cls_from = cls_from
         self.length_from = length_from
+        self._size: int | None = None
 
     def i2m(self, pkt: Packet | None, x: Any) -> list[Packet]:
         return [] if x is None else x
@@ -205,7 +207,12 @@ class EntryListField(Field[list[Packet], list[Packet]]):
         if self.length_from is not None:
             n = max(0, self.length_from(pkt))
             s, rest = s[:n], s[n:]
-        stride = self.stride_from(pkt, len(s)) if self.stride_from else len(self.cls())
+        if self.stride_from is not None:
+            stride = self.stride_from(pkt, len(s))
+        else:
+            if self._size is None:
+                self._size = len(self.cls())
+            stride = self._size
         stride = max(1, stride)
         count = self.count_from(pkt) if self.count_from else None
         cls = self.cls_from(pkt, stride) if self.cls_from else self.cls
