@@ -313,6 +313,36 @@ LOGGING_RANGE = struct.Struct("<QQ")  # iova, length
 LOGGING_REPORT = struct.Struct("<QQQ")  # iova, length, page_size
 WRITE_MULTI_MAX = 200  # QEMU's limit
 
+# Variable-tail sub-structures: py gives their struct formats; these are
+# the field names (from the spec / kernel headers), display base and value names.
+# key -> (struct, ((name, hex, enum name or None), ...)); each becomes vfio_user.<key>.<name>
+SUB_STRUCTS: Mapping[str, tuple[struct.Struct, tuple[tuple[str, bool, str | None], ...]]] = {
+    "region_cap": (REGION_CAP_HEADER, (("id", False, "REGION_CAP_IDS"), ("version", False, None),
+                                            ("next", False, None))),
+    "sparse_mmap": (SPARSE_MMAP_HEAD, (("nr_areas", False, None), ("reserved", True, None))),
+    "sparse_area": (SPARSE_AREA, (("offset", True, None), ("size", True, None))),
+    "region_type": (REGION_TYPE_CAP, (("type", True, "REGION_TYPES"), ("subtype", False, None))),
+    "io_fd": (IO_FD_ENTRY_SPEC, (("offset", True, None), ("size", True, None), ("fd_index", False, None),
+                                      ("type", False, "IO_FD_TYPES"), ("flags", True, None),
+                                      ("padding", True, None), ("datamatch", True, None))),
+    "io_fd_lvu": (IO_FD_ENTRY_LVU, (("gpa_offset", True, None), ("size", True, None),
+                                         ("fd_index", False, None), ("type", False, "IO_FD_TYPES"),
+                                         ("flags", True, None), ("shadow_fd_index", False, None),
+                                         ("shadow_offset", True, None), ("datamatch", True, None))),
+    "write_multi_entry": (WRITE_MULTI_ENTRY, (("offset", True, None), ("region", False, "PCI_REGIONS"),
+                                                   ("count", False, None), ("data", False, None))),
+    "unmap_bitmap": (UNMAP_BITMAP, (("pgsize", True, None), ("size", False, None))),
+    "dirty_bitmap": (DIRTY_BITMAP_RANGE, (("iova", True, None), ("size", True, None), ("pgsize", True, None),
+                                               ("bitmap_size", False, None))),
+    "qemu_dma_access": (QEMU_DMA_ACCESS, (("address", True, None), ("count", False, None))),
+    "mig_state": (MIG_STATE_DATA, (("device_state", False, "MIG_STATES"), ("data_fd", False, None))),
+    "dma_logging": (LOGGING_HEAD, (("page_size", True, None), ("num_ranges", False, None),
+                                        ("reserved", True, None))),
+    "dma_logging_range": (LOGGING_RANGE, (("iova", True, None), ("length", True, None))),
+    "dma_logging_report": (LOGGING_REPORT, (("iova", True, None), ("length", True, None),
+                                                 ("page_size", True, None))),
+}
+
 # --------------------------------------------------------------------------
 # Errno names (Linux): error replies carry a UNIX errno (SPEC "Header").
 # --------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from scapy.fields import (
 from scapy.packet import Packet
 
 from .. import spec
-from ..export.lua import STRUCTS
+from ..spec import SUB_STRUCTS as STRUCTS
 
 _PLAIN: Mapping[int, type[Field[Any, Any]]] = {1: ByteField, 2: LEShortField, 4: LEIntField, 8: LELongField}
 _HEX: Mapping[int, type[Field[Any, Any]]] = {1: XByteField, 2: XLEShortField, 4: XLEIntField, 8: XLELongField}
