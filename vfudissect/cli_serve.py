@@ -118,18 +118,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if os.path.lexists(path):
         sys.stderr.write(f"vfudissect: error: {path} exists; remove it first\n")
         return 2
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before the socket exists: a signal then still cleans up
+        signal.signal(sig, lambda *_: done.set())
     server = DeviceServer(path, cfg, faults, log)
     try:
         server.bind()
     except OSError as exc:
         sys.stderr.write(f"vfudissect: error: cannot listen on {path}: {exc.strerror or exc}\n")
         return 2
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
     server.start()
     sys.stderr.write(f"vfudissect serve: emulated vfio-user device listening on {path}\n")
     sys.stderr.flush()
-    done.wait()
+    # a timed wait: the kernel may hand SIGTERM to a server thread, and Python runs its handler only
+    # when the main thread wakes up; an untimed wait could sleep through it for ever
+    while not done.wait(0.2):
+        pass
     server.stop()
     return 0

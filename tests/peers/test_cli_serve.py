@@ -36,6 +36,20 @@ def test_serves_on_a_socket_path_until_sigterm(sockdir: str) -> None:
     assert not os.path.exists(path)
 
 
+def test_sigterm_ends_it_even_when_no_client_ever_came(sockdir: str) -> None:
+    path = os.path.join(sockdir, "idle.sock")
+    for _ in range(5):  # the signal may land on the accept thread: it must still end the program
+        proc = subprocess.Popen([sys.executable, "-m", "vfudissect", "serve", "--socket", path], cwd=ROOT,
+                                stderr=subprocess.DEVNULL)
+        end = time.monotonic() + 10
+        while not os.path.exists(path):
+            assert time.monotonic() < end and proc.poll() is None
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+        assert not os.path.exists(path)
+
+
 def test_serves_one_client_on_an_inherited_fd() -> None:
     mine, theirs = socket.socketpair()
     proc = subprocess.Popen([sys.executable, "-m", "vfudissect", "serve", "--fd", str(theirs.fileno())], cwd=ROOT,

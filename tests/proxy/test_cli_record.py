@@ -156,3 +156,14 @@ def test_help_explains_both_ways_in() -> None:
     assert r.returncode == 0
     for words in ("--intercept", "--listen", "wireshark -k -i -", "--busy-poll", "restored"):
         assert words in r.stdout
+
+
+def test_a_signal_right_after_the_takeover_still_puts_the_socket_back(sockdir: str, device: DeviceServer) -> None:
+    ino = os.stat(device.path).st_ino
+    for _ in range(5):  # SIGTERM as soon as the socket is ours: the earliest moment a user could send it
+        proc = record("--intercept", device.path, "-w", os.path.join(sockdir, "c.pcapng"), "-q")
+        wait_for(lambda: os.path.lexists(device.path + MOVED_SUFFIX), what="the interception")
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        assert os.stat(device.path).st_ino == ino and not os.path.lexists(device.path + MOVED_SUFFIX)

@@ -44,6 +44,8 @@ class ProxySession:
         self.intercepted: Intercept | None = None
         self.listen_path = ""
         self._ready = threading.Event()
+        self._stop_requested = False
+        self._old_handlers: dict[int, object] = {}
 
     def _default_error(self, text: str) -> None:
         try:
@@ -110,16 +112,24 @@ class ProxySession:
         return self._ready.wait(timeout)
 
     def stop(self) -> None:
+        self._stop_requested = True
         if self.relay is not None:
             self.relay.stop()
+
+    def install_signals(self) -> None:
+        """SIGTERM / SIGINT / SIGHUP stop the session (call before setup(): a signal that comes while the
+        paths are being set up must still lead to their restoration)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                self._old_handlers[sig] = signal.signal(sig, lambda *_: self.stop())
 
     def run(self, install_signals: bool = True) -> int:
         """Relay until stopped; always restores the paths and closes the capture. Returns the exit status."""
         assert self.relay is not None and self.recorder is not None
-        old: dict[int, object] = {}
-        if install_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                old[sig] = signal.signal(sig, lambda *_: self.stop())
+        if install_signals and not self._old_handlers:
+            self.install_signals()
+        if self._stop_requested:
+            self.relay.stop()
         self._ready.set()
         try:
             self.relay.run()
@@ -133,14 +143,16 @@ class ProxySession:
                 if getattr(sinfo, "broken", False):
                     self.error("the capture output broke off (closed pipe?); the capture is incomplete")
             self._live_sink.close()
-            for sig, handler in old.items():
+            for sig, handler in self._old_handlers.items():
                 signal.signal(sig, handler)  # type: ignore[arg-type]
+            self._old_handlers.clear()
         return 0
 
 
 def run_proxy(opts: ProxyOptions) -> int:
     """`vfudissect record`: exit 0 after a clean stop, 2 when a path, permission or peer is unusable."""
     s = ProxySession(opts)
+    s.install_signals()
     try:
         s.setup()
     except PathError as exc:
