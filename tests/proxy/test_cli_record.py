@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -167,3 +168,29 @@ def test_a_signal_right_after_the_takeover_still_puts_the_socket_back(sockdir: s
         proc.communicate(timeout=20)
         assert proc.returncode == 0
         assert os.stat(device.path).st_ino == ino and not os.path.lexists(device.path + MOVED_SUFFIX)
+
+
+PLUGIN = os.path.join(ROOT, "plugins", "vfio_user.lua")
+
+
+@pytest.mark.tshark
+@pytest.mark.skipif(shutil.which("tshark") is None or not os.path.exists(PLUGIN), reason="needs tshark and the plugin")
+def test_the_capture_streams_live_into_tshark(sockdir: str, device: DeviceServer) -> None:
+    px = os.path.join(sockdir, "p.sock")
+    proc = record("--listen", px, "--connect", device.path, "-w", "-", "-q")
+    ts = subprocess.Popen(["tshark", "-l", "-i", "-", "-X", f"lua_script:{PLUGIN}", "-T", "fields",
+                           "-e", "frame.number", "-e", "vfio_user.command"], stdin=proc.stdout,
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None and ts.stdout is not None
+    proc.stdout.close()
+    wait_for(lambda: os.path.exists(px), what="the proxy socket")
+    with Client(px) as c:
+        c.version()
+        c.get_info()
+    lines = [ts.stdout.readline().split() for _ in range(5)]  # arrives while the proxy still runs
+    assert proc.poll() is None
+    assert lines == [["1"], ["2", "1"], ["3", "1"], ["4", "4"], ["5", "4"]]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    rest, _ = ts.communicate(timeout=30)
+    assert ts.returncode == 0 and len(rest.splitlines()) == 2  # the two directions' close records
