@@ -90,3 +90,11 @@ def test_truncate_message_keeps_fixed_fields():
     cut = vfuc.truncate_message(m, 8)
     assert cut == m[:16 + 16 + 8]
     assert dataclasses.replace(MessageIn(1.0, 1, "c2s", cut), msg_len=len(m)).wire_len == len(m)
+
+
+def test_truncate_message_keeps_control_payloads_whole():
+    from vfudissect.testing import region_info_reply, version
+    v = version(0)
+    assert vfuc.truncate_message(v, 0) == v  # VERSION's JSON is not bulk data
+    ri = region_info_reply(1, 1, 0x1000, caps=b"\0" * 64)
+    assert vfuc.truncate_message(ri, 0) == ri

@@ -216,17 +216,25 @@ def cred_from(v: bytes | None) -> Cred | None:
     return Cred(*_CRED.unpack_from(v))
 
 
+_BULK_TAILS = frozenset({"data", "bitmap", "dirty"})  # guest memory and device data; the rest is control data
+
+
 def truncate_message(data: bytes, snaplen: int) -> bytes:
-    """Keep the header, the command's fixed fields and the first ``snaplen`` bytes of bulk data."""
+    """Keep the header, the command's fixed fields and the first ``snaplen`` bytes of bulk data.
+
+    Only bulk tails (region/DMA/migration data, dirty bitmaps) are cut; control
+    payloads such as VERSION's JSON or a region's capability chain are kept whole.
+    """
     if len(data) < spec.HEADER_SIZE:
         return data
     _mid, cmd, _size, flags, _err = spec.HEADER.unpack_from(data)
     info = spec.COMMANDS.get(cmd)
-    fixed = 0
-    if info is not None:
-        is_reply = (flags & spec.FLAG_TYPE_MASK) == spec.MSG_TYPE_REPLY
-        key = info.reply_layout if is_reply else info.request_layout
-        lay = spec.LAYOUTS.get(key) if key else None
-        fixed = lay.size if lay is not None else 0
-    keep = spec.HEADER_SIZE + fixed + max(snaplen, 0)
+    if info is None:
+        return data
+    is_reply = (flags & spec.FLAG_TYPE_MASK) == spec.MSG_TYPE_REPLY
+    key = info.reply_layout if is_reply else info.request_layout
+    lay = spec.LAYOUTS.get(key) if key else None
+    if lay is None or lay.tail not in _BULK_TAILS:
+        return data
+    keep = spec.HEADER_SIZE + lay.size + max(snaplen, 0)
     return data if len(data) <= keep else data[:keep]
