@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
+import tempfile
+from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -21,3 +24,11 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 @pytest.fixture(params=[QEMU, LVU], ids=["qemu", "libvfio-user"])
 def real_capture(request: pytest.FixtureRequest) -> pathlib.Path:
     return request.param
+
+
+@pytest.fixture
+def sockdir() -> Iterator[str]:
+    """A short directory for AF_UNIX socket paths (108-byte limit), removed afterwards."""
+    d = tempfile.mkdtemp(prefix="vfu", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

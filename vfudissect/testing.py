@@ -162,6 +162,19 @@ def mig_data_write(msg_id: int, data: bytes) -> bytes:
                    + data)
 
 
+def handshake_steps(caps: Any = QEMU_CAPS, reply_caps: Any = LVU_CAPS,
+                    device: bool = True) -> list[tuple[str, bytes]]:
+    """A clean start as (direction, message): VERSION exchange and, with ``device``, GET_INFO plus region and
+    IRQ info for BAR0 (4 KiB), BAR1 (64 KiB), CONFIG (256 B) and MSI (4 vectors)."""
+    steps = [(spec.C2S, version(0, caps=caps)), (spec.S2C, version_reply(0, caps=reply_caps))]
+    if device:
+        steps += [(spec.C2S, get_info(1)), (spec.S2C, get_info_reply(1))]
+        for i, (idx, size) in enumerate(((0, 0x1000), (1, 0x10000), (7, 0x100))):
+            steps += [(spec.C2S, region_info(2 + i, idx)), (spec.S2C, region_info_reply(2 + i, idx, size))]
+        steps += [(spec.C2S, irq_info(5, 1)), (spec.S2C, irq_info_reply(5, 1, 4))]
+    return steps
+
+
 class Playbook:
     """Feeds hand-made events to an Analyzer, numbering frames like a capture would."""
 
@@ -218,17 +231,9 @@ class Playbook:
         self.items.extend(self.analyzer.finish(self.ts))
 
     def handshake(self, caps: Any = QEMU_CAPS, reply_caps: Any = LVU_CAPS, device: bool = True) -> None:
-        """VERSION exchange (and, with ``device``, GET_INFO plus region/IRQ info for BAR0, BAR1, CONFIG, MSI)."""
-        self.c2s(version(0, caps=caps))
-        self.s2c(version_reply(0, caps=reply_caps))
-        if device:
-            self.c2s(get_info(1))
-            self.s2c(get_info_reply(1))
-            for i, (idx, size) in enumerate(((0, 0x1000), (1, 0x10000), (7, 0x100))):
-                self.c2s(region_info(2 + i, idx))
-                self.s2c(region_info_reply(2 + i, idx, size))
-            self.c2s(irq_info(5, 1))
-            self.s2c(irq_info_reply(5, 1, 4))
+        """The steps of :func:`handshake_steps`, fed in order."""
+        for d, data in handshake_steps(caps, reply_caps, device):
+            self.send(d, data)
 
     # ------------------------------------------------------------ views
     def findings(self) -> list[Finding]:

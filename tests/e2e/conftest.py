@@ -6,16 +6,12 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Iterator
 
-import pytest
 
 from vfudissect import cli
 from vfudissect.capture.reader import read_events
@@ -26,14 +22,6 @@ from vfudissect.proxy.relay import RelayConfig
 from vfudissect.proxy.session import ProxyOptions, ProxySession
 
 Key = list[tuple[str, tuple[int, ...]]]
-
-
-@pytest.fixture
-def sockdir() -> Iterator[str]:
-    """A short directory for AF_UNIX paths (108-byte limit)."""
-    d = tempfile.mkdtemp(prefix="vfe", dir="/tmp")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 class InProcessProxy:

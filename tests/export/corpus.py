@@ -18,7 +18,7 @@ from vfudissect.capture import vfuc
 from vfudissect.capture.reader import read_events
 from vfudissect.capture.writer import PcapngWriter
 from vfudissect.core.events import ConnClosed, ConnOpened, Cred, FdInfo, MessageIn, NoteIn, RawIn
-from vfudissect.testing import (EVENTFD, LVU_CAPS, MEMFD, QEMU_CAPS, device_feature, device_reset, dma_map,
+from vfudissect.testing import (EVENTFD, LVU_CAPS, MEMFD, QEMU_CAPS, handshake_steps, device_feature, device_reset, dma_map,
                                 dma_read, dma_read_reply, dma_unmap, dma_write, get_info, get_info_reply, irq_info,
                                 irq_info_reply, layout, message, mig_data_read, mig_data_write, region_info,
                                 region_info_reply, region_read, region_read_reply, region_write,
@@ -103,16 +103,8 @@ class Builder:
         self.ts += seconds
 
     def handshake(self, caps: Any = QEMU_CAPS, reply_caps: Any = LVU_CAPS, device: bool = True) -> None:
-        self.c2s(version(0, caps=caps))
-        self.s2c(version_reply(0, caps=reply_caps))
-        if device:
-            self.c2s(get_info(1))
-            self.s2c(get_info_reply(1))
-            for i, (idx, size) in enumerate(((0, 0x1000), (1, 0x10000), (7, 0x100))):
-                self.c2s(region_info(2 + i, idx))
-                self.s2c(region_info_reply(2 + i, idx, size))
-            self.c2s(irq_info(5, 1))
-            self.s2c(irq_info_reply(5, 1, 4))
+        for d, data in handshake_steps(caps, reply_caps, device):
+            (self.c2s if d == C2S else self.s2c)(data)
 
     def close_file(self) -> None:
         self.f.close()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import array
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,14 +19,6 @@ from vfudissect.proxy.relay import RelayConfig
 from vfudissect.proxy.session import ProxyOptions, ProxySession
 
 ANC = socket.CMSG_SPACE(253 * 4)
-
-
-@pytest.fixture
-def sockdir() -> Iterator[str]:
-    """A short directory for AF_UNIX paths (108-byte limit)."""
-    d = tempfile.mkdtemp(prefix="vfu", dir="/tmp")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 class Proxy:

@@ -8,7 +8,7 @@ import threading
 from typing import BinaryIO
 
 from .. import __version__, spec
-from ..core.events import ConnClosed, ConnOpened, MessageIn, NoteIn, RawIn
+from ..core.events import ConnClosed, ConnOpened, MessageIn, NoteIn, RawIn, make_message_in
 from . import vfuc
 
 _SHB_MAGIC = 0x1A2B3C4D
@@ -121,6 +121,8 @@ class CaptureWriter:
                 last = i == len(recs) - 1
                 frame = self._w.write_record(ts_ns, rec, direction,
                                              len(rec) + origlen_extra if last else None)
+            if isinstance(ev, MessageIn):  # the relay's hot path: the cheap constructor, same frozen object
+                return make_message_in(ev.ts, ev.conn, ev.dir, ev.data, ev.fds, frame, ev.msg_len, ev.flags)
             return dataclasses.replace(ev, frame=frame)
 
     def close(self) -> None:
