@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .. import spec
 from ..core.events import Event, MessageIn
-from ..peers.client import QEMU_VERSION_JSON, VfuError
+from ..peers.client import QEMU_VERSION_JSON, VfuError, pattern
 from ..peers.device import (BAR0, BAR1, CONFIG, DB_DMA_FROM_DEVICE, DB_DMA_TO_DEVICE, DB_FORCE_MESSAGES, DB_IRQ,
                             DEVICE_ID_VALUE, REG_CHECKSUM, REG_DMA_ADDR, REG_DMA_LEN, REG_DMA_OFF, REG_DOORBELL,
                             REG_ID, REG_IRQ_SEL, REG_SCRATCH, REG_STATUS)
@@ -63,15 +63,6 @@ class CleanReport:
             f"DMA guest memory -> BAR1 by DMA_READ messages, checksum verified: {tick[self.dma_to_device_ok]}",
             f"DMA BAR1 -> guest memory by DMA_WRITE messages, bytes verified: {tick[self.dma_from_device_ok]}",
         ]
-
-
-def _pattern(seed: int, n: int) -> bytes:
-    out = bytearray()
-    x = seed
-    while len(out) < n:
-        x = zlib.crc32(struct.pack("<I", x))
-        out += struct.pack("<I", x)
-    return bytes(out[:n])
 
 
 def _eventfd_fired(fd: int, timeout: float = 2.0) -> bool:
@@ -132,7 +123,7 @@ def clean_session(c: DemoClient) -> CleanReport:
             if _eventfd_fired(fd):
                 rep.interrupts.append(name)
         # DMA round trip: guest memory -> BAR1 by DMA_READ messages, BAR1 -> guest memory by DMA_WRITE
-        a = _pattern(1, 4096)
+        a = pattern(1, 4096)
         ram.mem[0x10000:0x11000] = a
         _program_dma(c, 0x10000, 4096, 0x2000)
         c.write32(BAR0, REG_DOORBELL, DB_DMA_TO_DEVICE | DB_FORCE_MESSAGES)

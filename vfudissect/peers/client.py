@@ -388,7 +388,8 @@ class SessionReport:
                     self.dma_rom_ok, self.bar1_mmap_ok, self.config_ok, self.migration_ok is not False))
 
 
-def _pattern(seed: int, n: int) -> bytes:
+def pattern(seed: int, n: int) -> bytes:
+    """Deterministic test data (a CRC32 chain): what DMA round trips write and verify."""
     out = bytearray()
     x = seed
     while len(out) < n:
@@ -451,7 +452,7 @@ def run_session(client: Client, *, ram_size: int = 1 << 21, migration: bool = Fa
             client.write32(BAR0, REG_DOORBELL, DB_IRQ)
             rep.interrupts_seen += 1 if _wait_eventfd(fd, 2.0) else 0
         # DMA: our memory -> BAR1 by DMA_READ messages
-        a = _pattern(1, 4096)
+        a = pattern(1, 4096)
         ram.mem[0x10000:0x11000] = a
         _program_dma(client, 0x10000, 4096, 0x2000)
         client.write32(BAR0, REG_DOORBELL, DB_DMA_TO_DEVICE | DB_FORCE_MESSAGES)
@@ -465,7 +466,7 @@ def run_session(client: Client, *, ram_size: int = 1 << 21, migration: bool = Fa
                     with mmap.mmap(bar1.fd, size, offset=bar1.offset + off) as mm:
                         rep.bar1_mmap_ok = mm[0x2000 - off:0x3000 - off] == a
         # BAR1 -> our memory by DMA_WRITE messages, then by the server's mmap of our memfd
-        b = _pattern(2, 4096)
+        b = pattern(2, 4096)
         client.region_write(BAR1, 0x3000, b)
         _program_dma(client, 0x20000, 4096, 0x3000)
         client.write32(BAR0, REG_DOORBELL, DB_DMA_FROM_DEVICE | DB_FORCE_MESSAGES)

@@ -587,16 +587,7 @@ class Relay:
         self._eof(p)
 
     def _shut_dst(self, p: Pump) -> None:
-        p.mode = DONE
-        try:
-            p.dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        other = p.conn.s2c if p is p.conn.c2s else p.conn.c2s
-        if other.mode == DONE:
-            self._teardown(p.conn)
-        else:
-            self._update(p.dst)
+        self._half_done(p, p.dst, socket.SHUT_WR)
 
     # ------------------------------------------------------------ writing
     def _send(self, p: Pump, data: bytes, fds: list[int],
@@ -670,16 +661,20 @@ class Relay:
         p.fds = []
         if p.mode < EOF:
             self._enqueue(ConnClosed(time.time(), p.conn.id, p.dir))
+        self._half_done(p, p.src, socket.SHUT_RD)
+
+    def _half_done(self, p: Pump, sock: socket.socket, how: int) -> None:
+        """One direction is finished: shut its socket half; tear the connection down once both are."""
         p.mode = DONE
         try:
-            p.src.shutdown(socket.SHUT_RD)
+            sock.shutdown(how)
         except OSError:
             pass
         other = p.conn.s2c if p is p.conn.c2s else p.conn.c2s
         if other.mode == DONE:
             self._teardown(p.conn)
         else:
-            self._update(p.src)
+            self._update(sock)
 
     # ------------------------------------------------------------ VERSION and the twin socket
     def _version(self, p: Pump, data: bytes, fds: list[int]) -> tuple[socket.socket, socket.socket] | None:
