@@ -320,6 +320,18 @@ def test_framing_lost_once_per_direction():
     assert pb.codes() == [("FRAMING_LOST", (a,))]
 
 
+def test_an_unframeable_header_is_framing_lost_on_its_own_frame_and_waits_for_no_reply():
+    pb = ready()
+    a = pb.c2s(struct.pack("<HHIII", 7, 9, 3, 0, 0), flags=spec.VF_FRAMING_ERROR)
+    b = pb.s2c(struct.pack("<HHIII", 8, 9, 1 << 30, 0, 0), flags=spec.VF_FRAMING_ERROR)
+    pb.raw(C2S, b"the rest, relayed raw")
+    pb.raw(S2C, b"more")
+    pb.close()
+    assert pb.codes() == [("BAD_SIZE", (a,)), ("FRAMING_LOST", (a,)),
+                          ("MESSAGE_TOO_LARGE", (b,)), ("FRAMING_LOST", (b,))]
+    assert "header size 3 is below 16" in next(f for f in pb.findings() if f.code == "FRAMING_LOST").text
+
+
 # ---------------------------------------------------------------- fds
 def test_fds_unexpected_and_missing():
     pb = ready()

@@ -272,6 +272,7 @@ def sc_header(b: Builder) -> None:
     b.c2s(device_reset(24)[:8] + struct.pack("<II", 0, 0), msg_len=16)
     b.raw(C2S, b"garbage", "size 3 below 16")                            # FRAMING_LOST
     b.raw(C2S, b"more garbage")
+    b.s2c(spec.HEADER.pack(30, 9, 1 << 30, 1, 0), flags=spec.VF_FRAMING_ERROR)  # TOO_LARGE; FRAMING_LOST
     b.raw(S2C, b"")
     b.note("proxy: peer stalled", C2S)
     b.note("corrupt record: made up by the test")                         # CAPTURE_CORRUPT

@@ -191,6 +191,18 @@ def test_garbage_header_is_relayed_unchanged_and_the_rest_goes_raw(sockdir: str,
     assert "BAD_SIZE" in found and "FRAMING_LOST" in found
 
 
+def test_a_lone_unframeable_header_is_framing_lost_by_itself(sockdir: str, rawserver: RawServer) -> None:
+    px = Proxy(sockdir, rawserver.path)
+    head = struct.pack("<HHIII", 3, spec.Command.DEVICE_GET_INFO, 8, 0, 0)  # size 8: nothing can follow it
+    cli = connect(px.path)
+    cli.sendall(head)
+    assert bytes(rawserver.wait_bytes(0, 16).data) == head
+    cli.close()
+    rawserver.wait_eof(0)
+    # the header alone says it all: no raw bytes needed to follow, and it is not a request waiting for a reply
+    assert codes(px.events()) == ["BAD_SIZE", "FRAMING_LOST"]
+
+
 def test_oversized_header_is_forwarded_at_once_not_waited_for(sockdir: str, rawserver: RawServer) -> None:
     px = Proxy(sockdir, rawserver.path)
     head = struct.pack("<HHIII", 5, spec.Command.REGION_WRITE, 0xFFFFFF00, 0, 0)

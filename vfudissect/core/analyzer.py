@@ -243,6 +243,16 @@ class Analyzer:
             codes = ("FRAMING_LOST",)
         out.append(ConnRecord(ev.frame, ev.ts, ev.conn, "raw", f"{len(ev.data)} raw bytes", ev.dir, codes))
 
+    @staticmethod
+    def _framing_lost(c: _Conn, ev: MessageIn, size: int,
+                      found: list[tuple[str, str, tuple[int, ...]]]) -> None:
+        """A header the recorder could not frame: FRAMING_LOST here, and no command checks or reply wait."""
+        why = "below 16" if size < 16 else "beyond what can be framed"
+        if ev.dir not in c.raw_dirs:
+            c.raw_dirs.add(ev.dir)
+            found.append(("FRAMING_LOST", f"{ev.dir} stream could not be framed: header size {size} is {why}; "
+                                          "relayed raw from here on", ()))
+
     def _unpend(self, p: _Pending) -> None:
         key = (p.conn, p.dir, p.msg_id)
         q = self._pending.get(key)
@@ -275,10 +285,13 @@ class Analyzer:
         mtype = flags & _FLAG_TYPE
         is_reply = mtype == 1
         nfds = len(ev.fds)
+        ev_flags = ev.flags
         # ---- header (7.1)
         if size != wire:
             if size < 16:
                 found.append(("BAD_SIZE", f"size {size} is below the 16-byte header", ()))
+            elif ev_flags & spec.VF_FRAMING_ERROR:
+                pass  # the recorder did not wait for a body it could not frame: not an incomplete message
             elif size > wire:
                 found.append(("MESSAGE_INCOMPLETE", f"size says {size} bytes, only {wire} arrived", ()))
             else:
@@ -290,8 +303,11 @@ class Analyzer:
                 found.append(("BAD_TYPE", f"flags type {mtype} is neither command (0) nor reply (1)", ()))
             if flags & spec.FLAG_RESERVED_MASK:
                 found.append(("RESERVED_FLAGS", f"reserved flag bits 0x{flags & spec.FLAG_RESERVED_MASK:x} set", ()))
-        ev_flags = ev.flags
         if ev_flags:
+            if ev_flags & spec.VF_FRAMING_ERROR:
+                self._framing_lost(c, ev, size, found)
+                self._emit(out, ev, c, msg_id, cmd, size, flags, err, {}, None, None, found)
+                return
             if ev_flags & spec.VF_FDS_CTRUNC:
                 found.append(("FDS_TRUNCATED", "the kernel truncated the passed fds (MSG_CTRUNC)", ()))
             if ev_flags & spec.VF_FDS_NOT_AT_MSG_START:

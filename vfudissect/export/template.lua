@@ -1755,9 +1755,12 @@ local function analyze_message(ev)
   local mtype = band(flags, C.FLAG_TYPE_MASK)
   local is_reply = mtype == 1
   local nfds = ev.nfds
+  local vflags = ev.vflags
   if size ~= wire then
     if size < 16 then
       problem(found, "BAD_SIZE", fmt("size %d is below the 16-byte header", size))
+    elseif band(vflags, C.VF_FRAMING_ERROR) ~= 0 then
+      -- the recorder did not wait for a body it could not frame: not an incomplete message
     elseif size > wire then
       problem(found, "MESSAGE_INCOMPLETE", fmt("size says %d bytes, only %d arrived", size, wire))
     else
@@ -1775,8 +1778,16 @@ local function analyze_message(ev)
       problem(found, "RESERVED_FLAGS", fmt("reserved flag bits 0x%x set", band(flags, C.FLAG_RESERVED_MASK)))
     end
   end
-  local vflags = ev.vflags
   if vflags ~= 0 then
+    if band(vflags, C.VF_FRAMING_ERROR) ~= 0 then
+      if not c.raw_dirs[d] then
+        c.raw_dirs[d] = true
+        problem(found, "FRAMING_LOST", fmt("%s stream could not be framed: header size %d is %s; relayed raw "
+          .. "from here on", DIR_WORD[d], size, size < 16 and "below 16" or "beyond what can be framed"))
+      end
+      record_findings(ev.frame, found)
+      return
+    end
     if band(vflags, C.VF_FDS_CTRUNC) ~= 0 then
       problem(found, "FDS_TRUNCATED", "the kernel truncated the passed fds (MSG_CTRUNC)")
     end
