@@ -243,6 +243,11 @@ def test_twin_socket_negotiation():
     pb2.c2s(version(0, caps={"capabilities": {"twin_socket": {"supported": True}}}))
     rep = pb2.s2c(version_reply(0, caps=good))  # no fd at fd_index 0
     assert pb2.codes("warning") == [("TWIN_SOCKET_BAD", (rep,))]
+    pb3 = Playbook()
+    pb3.c2s(version(0, caps={"capabilities": {"twin_socket": {"supported": True}}}))
+    rep = pb3.s2c(version_reply(0, caps=good), [EVENTFD])  # fd_index 0 is an eventfd
+    assert pb3.codes("warning") == [("TWIN_SOCKET_BAD", (rep,))]
+    assert "fd_index 0 is not a socket (kind eventfd)" in next(f.text for f in pb3.findings() if f.severity != "note")
 
 
 def test_fds_on_version_reply_without_twin_socket():

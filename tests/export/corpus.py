@@ -249,6 +249,9 @@ def sc_twin(b: Builder) -> None:
     b.c2s(version(0, caps={"capabilities": {"twin_socket": {"supported": True}}}))
     b.s2c(version_reply(0, caps=good))                                    # TWIN_SOCKET_BAD: no fd
     b.open()
+    b.c2s(version(0, caps={"capabilities": {"twin_socket": {"supported": True}}}))
+    b.s2c(version_reply(0, caps=good), [EVENTFD])                         # TWIN_SOCKET_BAD: not a socket
+    b.open()
     b.c2s(version(0))
     b.s2c(version_reply(0, caps=good), [SOCKET])                          # not asked
     b.open()

@@ -818,6 +818,9 @@ class Analyzer:
                 found.append(("TWIN_SOCKET_BAD", "twin_socket.supported in the reply but the client did not ask", ()))
             elif not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < nfds:
                 found.append(("TWIN_SOCKET_BAD", f"twin_socket.fd_index {idx!r} but the reply carries {nfds} fds", ()))
+            elif ev.fds[idx].kind not in ("socket", "unknown"):
+                found.append(("TWIN_SOCKET_BAD",
+                              f"twin_socket.fd_index {idx} is not a socket (kind {ev.fds[idx].kind})", ()))
             else:
                 c.twin_negotiated = True
         elif nfds:

@@ -1596,6 +1596,10 @@ local function version_reply(c, ev, f, nfds, req, found)
     elseif idx == nil or idx.t ~= "int" or not (idx.v >= 0 and idx.v < nfds) then
       problem(found, "TWIN_SOCKET_BAD", fmt("twin_socket.fd_index %s but the reply carries %d fds",
         idx and json_text(idx, 20) or "None", nfds))
+    elseif (E.FD_KINDS[ev.fds[idx.v + 1].kind] or "unknown") ~= "socket"
+        and (E.FD_KINDS[ev.fds[idx.v + 1].kind] or "unknown") ~= "unknown" then
+      problem(found, "TWIN_SOCKET_BAD", fmt("twin_socket.fd_index %d is not a socket (kind %s)", idx.v,
+        E.FD_KINDS[ev.fds[idx.v + 1].kind]))
     else
       c.twin_negotiated = true
     end
@@ -2442,7 +2446,7 @@ local function message_event(pinfo, tree, mtvb, base, s, r, frame, first, ts, re
   if first then
     event_time(ts)
     analyze_message({frame = frame, ts = ts, rel = rel, conn = r.conn, dir = r.dir, s = s, n = #s, wire = wire,
-      nfds = #fds, vflags = vflags})
+      nfds = #fds, fds = fds, vflags = vflags})
   end
   if want_tree or want_info then
     local info = display_message(mtvb, base, s, pinfo, tree, {frame = frame, conn = r.conn, dir = r.dir, fds = fds,
