@@ -8,6 +8,8 @@ import shutil
 import subprocess
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vfudissect import spec
 from vfudissect.capture.reader import iter_records, read_events
@@ -67,3 +69,18 @@ def test_tshark_reads_the_written_file(tmp_path):
     assert len(rows) == 2 + 4  # open, 4 fragments of the 200 kB message, close
     assert all(r[1] == "vfucap" for r in rows)
     assert rows[1][2] == "0"  # client -> server is "sent"
+
+
+@given(data=st.binary(max_size=300), conn=st.integers(0, 2**32 - 1), d=st.sampled_from(["c2s", "s2c"]),
+       flags=st.integers(0, 255), extra=st.integers(-1, 5000), ts=st.floats(0, 2e9, allow_nan=False),
+       max_record=st.integers(60, 400))
+def test_the_fast_message_path_writes_the_same_bytes_as_the_general_one(data, conn, d, flags, extra, ts,
+                                                                         max_record):
+    outs = []
+    for snaplen in (None, 1 << 40):  # any snaplen takes the general path; this one cuts nothing
+        buf = io.BytesIO()
+        w = CaptureWriter(buf, snaplen=snaplen, max_record=max_record)
+        evs = [w.write(MessageIn(ts + i, conn, d, data, (), 0, -1 if extra < 0 else len(data) + extra, flags))
+               for i in range(2)]
+        outs.append((buf.getvalue(), evs))
+    assert outs[0] == outs[1]

@@ -99,6 +99,10 @@ class CaptureWriter:
         return self._w.records
 
     def write(self, ev: Recordable) -> Recordable:
+        if type(ev) is MessageIn and not ev.fds and self._snaplen is None:
+            fast = self._write_message_fast(ev)
+            if fast is not None:
+                return fast
         with self._lock:
             ts_ns = max(int(round(ev.ts * 1e9)), self._last_ns)  # clamped non-decreasing
             self._last_ns = ts_ns
@@ -125,6 +129,45 @@ class CaptureWriter:
                 return make_message_in(ev.ts, ev.conn, ev.dir, ev.data, ev.fds, frame, ev.msg_len, ev.flags)
             return dataclasses.replace(ev, frame=frame)
 
+    def _write_message_fast(self, ev: MessageIn) -> MessageIn | None:
+        """The proxy's hot path: a message without fds in one record, packed in one go (same bytes as the
+        general path: tests/capture/test_writer.py compares them)."""
+        data = ev.data
+        n = len(data)
+        reclen = _FAST_OVER + n
+        if reclen > self._max_record:
+            return None
+        with self._lock:
+            ts_ns = max(int(round(ev.ts * 1e9)), self._last_ns)
+            self._last_ns = ts_ns
+            d = ev.dir
+            key = (ev.conn, d)
+            seq = self._seq.get(key, 0)
+            self._seq[key] = seq + 1
+            pad = -reclen % 4
+            total = _FAST_EPB_OVER + reclen + pad
+            msg_len = ev.msg_len if ev.msg_len >= 0 else n
+            head = _FAST_HEAD.pack(_BT_EPB, total, 0, ts_ns >> 32 & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, reclen, reclen)
+            vh = _FIXED.pack(spec.VFUC_MAGIC, spec.VFUC_VERSION, spec.RecType.MSG, spec.VFUC_FIXED_SIZE, ev.conn,
+                             spec.DIR_CODES[d], ev.flags, 0, msg_len, 0, seq, spec.VFUC_FD_ENTRY_SIZE, 0)
+            w = self._w
+            w._write(b"".join((head, vfuc.EXP_PREFIX_DIR[d], vh, data, _PADS[pad], _FAST_TAIL[d],
+                               _U32.pack(total))))
+            w.records += 1
+            return make_message_in(ev.ts, ev.conn, d, data, (), w.records, ev.msg_len, ev.flags)
+
     def close(self) -> None:
         with self._lock:
             self._w.close()
+
+
+_FIXED = spec.VFUC_FIXED
+_U32 = struct.Struct("<I")
+_FAST_HEAD = struct.Struct("<IIIIIII")
+_FAST_OVER = len(vfuc.EXP_PREFIX_DIR[spec.C2S]) + spec.VFUC_FIXED_SIZE  # record bytes before the message
+_PADS = (b"", b"\0", b"\0\0", b"\0\0\0")
+_FAST_TAIL = {  # the EPB flags option (direction) and end of options, as PcapngWriter.write_record writes them
+    d: _opt(_EPB_FLAGS, struct.pack("<I", spec.EPB_DIR_OUTBOUND if d == spec.C2S else spec.EPB_DIR_INBOUND))
+    + _opt(_OPT_END, b"") for d in (spec.C2S, spec.S2C)
+}
+_FAST_EPB_OVER = _FAST_HEAD.size + len(_FAST_TAIL[spec.C2S]) + 4  # EPB bytes around the record and its padding
