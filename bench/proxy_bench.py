@@ -157,9 +157,14 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the iterations per block")
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--pin", metavar="CPUS", default="",
+                    help="run everything (client, server, relays) on these CPUs, e.g. 0: peers and relay then "
+                         "hand over on one CPU instead of waking each other across CPUs")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, {int(c) for c in args.pin.split(",")})  # inherited by every child
     rng = random.Random(args.seed)
     tmp = tempfile.mkdtemp(prefix="vfu-bench-")
     dev = os.path.join(tmp, "dev.sock")

@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 
 
@@ -19,42 +18,9 @@ from vfudissect.core.events import Event
 from vfudissect.demo.record_process import RecordProcess, live_findings
 from vfudissect.demo.scripted import Scenario, findings_key, model, play
 from vfudissect.proxy.relay import RelayConfig
-from vfudissect.proxy.session import ProxyOptions, ProxySession
+from tests.proxy_harness import Proxy
 
 Key = list[tuple[str, tuple[int, ...]]]
-
-
-class InProcessProxy:
-    """The proxy `vfudissect record` runs (ProxySession), in a thread of this process; live view to a file."""
-
-    def __init__(self, workdir: str, connect: str, *, timeout: float, snaplen: int | None = None) -> None:
-        self.listen = os.path.join(workdir, "proxy.sock")
-        self.capture = os.path.join(workdir, "capture.pcapng")
-        self.live_path = os.path.join(workdir, "live.txt")
-        self._live_fd = os.open(self.live_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self.errors: list[str] = []
-        opts = ProxyOptions(write=self.capture, listen=self.listen, connect=connect, timeout=timeout,
-                            snaplen=snaplen, relay=RelayConfig(busy_poll=0.0))
-        self.session = ProxySession(opts, stdout_fd=self._live_fd, stderr_fd=self._live_fd,
-                                    error=self.errors.append)
-        self.session.setup()
-        self._thread = threading.Thread(target=self.session.run, kwargs={"install_signals": False}, daemon=True)
-        self._thread.start()
-        assert self.session.wait_ready(), "proxy never became ready"
-        self.stopped = False
-
-    def stop(self) -> None:
-        if not self.stopped:
-            self.stopped = True
-            self.session.stop()
-            self._thread.join(timeout=20)
-            assert not self._thread.is_alive(), "proxy did not stop"
-            os.close(self._live_fd)
-
-    def live_key(self) -> Key:
-        self.stop()
-        assert self.session.recorder is not None
-        return findings_key(self.session.recorder.findings)
 
 
 def read_key(capture: str, timeout: float) -> Key:
@@ -114,14 +80,16 @@ def listening(path: str) -> socket.socket:
 def run_in_process(scn: Scenario, workdir: str) -> Outcome:
     """``scn`` through the proxy running in this process."""
     listener = listening(os.path.join(workdir, "dev.sock"))
-    px = InProcessProxy(workdir, os.path.join(workdir, "dev.sock"), timeout=scn.timeout, snaplen=scn.snaplen)
+    px = Proxy(workdir, os.path.join(workdir, "dev.sock"), stall=RelayConfig().stall_timeout, timeout=scn.timeout,
+               snaplen=scn.snaplen)
     try:
-        play(scn, px.listen, listener)
+        play(scn, px.path, listener)
     finally:
         px.stop()
         listener.close()
     assert px.errors == []
-    return Outcome(px.live_key(), read_key(px.capture, scn.timeout), capture_shape(px.capture), px.capture)
+    assert px.session.recorder is not None
+    return Outcome(findings_key(px.session.recorder.findings), read_key(px.capture, scn.timeout), capture_shape(px.capture), px.capture)
 
 
 def run_as_process(scn: Scenario, workdir: str) -> Outcome:
