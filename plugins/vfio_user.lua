@@ -64,6 +64,9 @@ local SPEC = {
     VF_FDS_CTRUNC = 4,
     VF_FRAMING_ERROR = 16,
     VF_FDS_NOT_AT_MSG_START = 32,
+    VF_CONTEXT = 64,
+    NOTE_CORRUPT_PREFIX = "corrupt record: ",
+    NOTE_CONTINUED_PREFIX = "capture continues in ",
   },
   enums = {
     MSG_TYPE_NAMES = {[0] = "command", [1] = "reply"},
@@ -294,6 +297,7 @@ local SPEC = {
       [8] = "INJECTED",
       [16] = "FRAMING_ERROR",
       [32] = "FDS_NOT_AT_MSG_START",
+      [64] = "CONTEXT",
     },
     TLV_NAMES = {
       [1] = "SOCKET_PATH",
@@ -1532,7 +1536,7 @@ local TWO32 = 4294967296
 local TWO53 = 9007199254740992
 local HI_EXACT = 2097152 -- 2^21: hi words below this give values below 2^53
 local TWO64 = {TWO32, 0}
-local CORRUPT_PREFIX = "corrupt record: "
+local CORRUPT_PREFIX = C.NOTE_CORRUPT_PREFIX
 
 -- ======================================================================
 -- Exact unsigned integers.  A value below 2^53 is a Lua number; larger ones
@@ -1969,6 +1973,7 @@ local function reset()
     late = {},               -- frame -> findings about it found later (REPLY_TIMEOUT, NO_REPLY at close)
     endf = {},               -- frame -> findings of the end of the capture (NO_REPLY, REPLY_TIMEOUT)
     end_at = -1,             -- S.events when endf was computed
+    continued = false,       -- a rotated capture's part: the traffic goes on in the next file (no NO_REPLY at its end)
     corrupt = {},            -- frame -> text, for records that are corrupt because of their sequence
     frag_in = {},            -- fragment frame -> frame that completes the message
     reasm = {},              -- completing frame -> {data, frames, flags, fds, msg_len}
@@ -2565,9 +2570,9 @@ local function finish()
       for _, p in ipairs(out_list(c.out[d])) do
         if not p.timed_out then
           local code, text
-          if timeout > 0 and last - p.ts > timeout then
+          if timeout > 0 and last - p.ts > timeout and not p.context then
             code, text = "REPLY_TIMEOUT", fmt("%s id=%d unanswered after %g s", cmd_name(p.command), p.msg_id, timeout)
-          elseif p.in_pend then
+          elseif p.in_pend and not S.continued then
             code, text = "NO_REPLY", fmt("%s id=%d got no reply before the capture ended (%.3f s)",
               cmd_name(p.command), p.msg_id, last - p.ts)
           end
@@ -2914,11 +2919,11 @@ local function track_request(c, ev, msg_id, cmd, flags, f, found)
   local no_reply = band(flags, C.FLAG_NO_REPLY) ~= 0
   local p = {frame = ev.frame, ts = ev.ts, rel = ev.rel, conn = ev.conn, dir = ev.dir, msg_id = msg_id,
     command = cmd, no_reply = no_reply, fields = f, seq = S.seq, answered = false, timed_out = false,
-    in_out = false, in_pend = true}
+    in_out = false, in_pend = true, context = band(ev.vflags, C.VF_CONTEXT) ~= 0}
   q[#q + 1] = p
   if not no_reply then
     out_add(c.out[ev.dir], p)
-    if timeout_s() > 0 then
+    if timeout_s() > 0 and not p.context then  -- a copy's time ran in its own file
       local dl = S.dl
       dl.t = dl.t + 1
       dl[dl.t] = p
@@ -3365,7 +3370,9 @@ local function analyze_message(ev)
         info.reply_min))
     end
   end
-  record_findings(ev.frame, found)
+  if band(vflags, C.VF_CONTEXT) == 0 then  -- a CONTEXT copy was judged in the file where it was traffic
+    record_findings(ev.frame, found)
+  end
 end
 
 local function analyze_open(frame, conn, twin_of)
@@ -3412,6 +3419,7 @@ local function analyze_raw(frame, conn, d, note)
 end
 
 local function analyze_note(frame, text)
+  if sub(text, 1, #C.NOTE_CONTINUED_PREFIX) == C.NOTE_CONTINUED_PREFIX then S.continued = true end
   if sub(text, 1, #CORRUPT_PREFIX) == CORRUPT_PREFIX then
     record_findings(frame, {"CAPTURE_CORRUPT", text})
   end
@@ -3758,6 +3766,7 @@ local function display_message(tvb, base, s, pinfo, tree, ctx, want_tree, want_i
         if kf ~= "" then parts[#parts + 1] = kf end
       end
       if ctx.vflags and band(ctx.vflags, C.VF_TRUNCATED) ~= 0 then parts[#parts + 1] = "[truncated]" end
+      if ctx.vflags and band(ctx.vflags, C.VF_CONTEXT) ~= 0 then parts[#parts + 1] = "[context]" end
       if rq ~= nil then
         local tt
         if rtt < 1e-3 then tt = fmt("%.0fµs", rtt * 1e6)

@@ -17,14 +17,14 @@ class Proxy:
 
     def __init__(self, sockdir: str, connect: str | None = None, *, intercept: str | None = None,
                  stall: float = 0.3, timeout: float = 5.0, snaplen: int | None = None, quiet: bool = False,
-                 busy_poll: float = 0.0) -> None:
+                 busy_poll: float = 0.0, rotate_size: int | None = None) -> None:
         self.listen = None if intercept else os.path.join(sockdir, "proxy.sock")
         self.capture = os.path.join(sockdir, "capture.pcapng")
         self.live_path = os.path.join(sockdir, "live.txt")
         self._live_fd = os.open(self.live_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self.errors: list[str] = []
         opts = ProxyOptions(write=self.capture, listen=self.listen, connect=connect, intercept=intercept,
-                            timeout=timeout, snaplen=snaplen, quiet=quiet,
+                            timeout=timeout, snaplen=snaplen, quiet=quiet, rotate_size=rotate_size,
                             relay=RelayConfig(stall_timeout=stall, busy_poll=busy_poll))
         self.session = ProxySession(opts, stdout_fd=self._live_fd, stderr_fd=self._live_fd, error=self.errors.append)
         self.session.setup()

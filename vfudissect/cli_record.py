@@ -63,6 +63,22 @@ def _positive(text: str) -> float:
     return v
 
 
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _size(text: str) -> int:
+    """A byte count with an optional k/M/G suffix (powers of 1024): 500000, 64k, 100M, 2G."""
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = t[-1:] if t[-1:] in ("k", "m", "g") else ""
+    try:
+        v = float(t[:-1] if unit else t) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 100M)") from None
+    if v < 4096:
+        raise argparse.ArgumentTypeError(f"too small: {text!r} (at least 4k)")
+    return int(v)
+
+
 def default_busy_poll() -> float:
     """Seconds of busy-polling by default: only where a spinning relay does not take a CPU from the peers.
 
@@ -89,6 +105,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                           "goes to stderr)")
     out.add_argument("--snaplen", type=int, metavar="N",
                      help="keep only N bytes of bulk data per message (headers and fixed fields always kept)")
+    out.add_argument("--rotate-size", type=_size, metavar="SIZE",
+                     help="start a new file when the capture reaches SIZE (e.g. 100M): FILE, then FILE-2, "
+                          "FILE-3 ...; each begins with the connections' state (VERSION, device info, DMA "
+                          "mappings, requests awaiting replies) as CONTEXT records, so it reads on its own")
     view = p.add_argument_group("live view")
     view.add_argument("-q", "--quiet", action="store_true",
                       help="no line per message: only findings and the summary")
@@ -117,9 +137,12 @@ def cmd_record(args: argparse.Namespace) -> int:
     if args.snaplen is not None and args.snaplen < 0:
         sys.stderr.write("vfudissect: error: --snaplen must not be negative\n")
         return 2
+    if args.rotate_size is not None and args.write == "-":
+        sys.stderr.write("vfudissect: error: --rotate-size needs a capture file, not - (stdout)\n")
+        return 2
     opts = ProxyOptions(
         write=args.write, listen=args.listen, connect=args.connect, intercept=args.intercept, mode=args.mode,
-        snaplen=args.snaplen, quiet=args.quiet, color=use_color(args.color, live_stream), timeout=args.timeout,
+        snaplen=args.snaplen, rotate_size=args.rotate_size, quiet=args.quiet, color=use_color(args.color, live_stream), timeout=args.timeout,
         relay=RelayConfig(stall_timeout=args.stall_timeout, busy_poll=default_busy_poll() if args.busy_poll is None
                           else args.busy_poll / 1e6),
         comment="vfudissect " + " ".join(shlex.quote(a) for a in sys.argv[1:]), summary=not args.no_summary)

@@ -124,6 +124,8 @@ class Renderer:
             parts.append(kf)
         if rec.truncated:
             parts.append("[truncated]")
+        if rec.context:
+            parts.append("[context]")
         if rec.request_frame is not None:
             t = f"← {rec.request_frame}"
             if rec.rtt is not None:
@@ -166,7 +168,7 @@ def message_json(rec: MessageRecord) -> dict[str, Any]:
                 for fd in rec.fds],
         "request_frame": rec.request_frame, "response_frame": rec.response_frame,
         "rtt": None if rec.rtt is None else round(rec.rtt, 9), "findings": list(rec.findings),
-        "fields": fields, "truncated": rec.truncated,
+        "fields": fields, "truncated": rec.truncated, "context": rec.context,
     }
 
 

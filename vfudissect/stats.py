@@ -97,6 +97,8 @@ class Stats:
 
     def add(self, it: Item) -> None:
         if isinstance(it, MessageRecord):
+            if it.context:  # a copy from an earlier part of a rotated capture, counted there
+                return
             cs = self._conns.get(it.conn) or self._conn(it.conn)
             cs.messages += 1
             cs.bytes += it.wire_len

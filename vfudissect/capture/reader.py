@@ -20,7 +20,7 @@ from . import vfuc
 
 _CHUNK = 1 << 20
 _MAX_BLOCK = 16 << 20
-CORRUPT_NOTE_PREFIX = "corrupt record: "
+CORRUPT_NOTE_PREFIX = spec.NOTE_CORRUPT_PREFIX
 
 
 class CaptureError(Exception):

@@ -125,6 +125,7 @@ class Analyzer:
         self._seq = 0
         self._last_ts = 0.0
         self._finished = False
+        self._continued = False  # a rotated capture's part: its traffic goes on in the next file
 
     # ------------------------------------------------------------------ API
     def feed(self, ev: Event) -> list[Item]:
@@ -154,8 +155,9 @@ class Analyzer:
             self._raw(ev, out)
         elif isinstance(ev, NoteIn):
             codes: tuple[str, ...] = ()
-            from ..capture.reader import CORRUPT_NOTE_PREFIX
-            if ev.text.startswith(CORRUPT_NOTE_PREFIX):
+            if ev.text.startswith(spec.NOTE_CONTINUED_PREFIX):
+                self._continued = True
+            if ev.text.startswith(spec.NOTE_CORRUPT_PREFIX):
                 out.append(self._finding("CAPTURE_CORRUPT", ev.conn, (ev.frame,), ev.text, ts))
                 codes = ("CAPTURE_CORRUPT",)
             out.append(ConnRecord(ev.frame, ts, ev.conn, "note", ev.text, ev.dir, codes))
@@ -177,7 +179,7 @@ class Analyzer:
         end = self._last_ts if ts is None else max(ts, self._last_ts)
         if self._deadlines:
             self._expire(end, out)
-        for q in self._pending.values():
+        for q in self._pending.values() if not self._continued else ():
             for p in q:
                 if not p.answered and not p.no_reply and not p.timed_out:
                     out.append(self._finding(
@@ -371,13 +373,16 @@ class Analyzer:
               err: int, fields: dict[str, Any], request_frame: int | None, rtt: float | None,
               found: list[tuple[str, str, tuple[int, ...]]]) -> None:
         mtype = flags & _FLAG_TYPE
+        context = bool(ev.flags & spec.VF_CONTEXT)
+        if context:  # judged in the file where it was traffic; here it only restores state
+            found = []
         codes = tuple([code for code, _t, _x in found]) if found else ()
         wire = ev.msg_len if ev.msg_len >= 0 else len(ev.data)
         out.append(make_message_record(
             ev.frame, ev.ts, ev.conn, ev.dir, msg_id, cmd, _NAMES.get(cmd) or f"CMD_{cmd}",
             _MSG_TYPES[mtype] if mtype < 2 else f"type{mtype}",
             size, flags, err, wire, ev.fds, fields, request_frame, rtt, codes,
-            bool(ev.flags & spec.VF_TRUNCATED), bool(flags & spec.FLAG_NO_REPLY)))
+            bool(ev.flags & spec.VF_TRUNCATED), bool(flags & spec.FLAG_NO_REPLY), context))
         for code, text, extra in found:
             out.append(Finding(code, _SEV[code], ev.conn, (ev.frame,) + extra, text, ev.ts))
 
@@ -407,7 +412,7 @@ class Analyzer:
         q.append(p)
         if not no_reply:
             c.outstanding[ev.dir][self._seq] = p
-            if self.config.timeout > 0:
+            if self.config.timeout > 0 and not ev.flags & spec.VF_CONTEXT:  # a copy's time ran in its own file
                 self._deadlines.append(p)
         elif len(q) > 64:  # no_reply commands are kept only to spot replies to them
             q.popleft()

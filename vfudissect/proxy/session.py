@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..capture.rotate import RotatingCaptureWriter
 from ..capture.writer import CaptureWriter
 from .listener import Intercept, PathError, check_server, intercept, listen_at, same_file
 from .recorder import LiveView, Recorder
@@ -23,6 +24,7 @@ class ProxyOptions:
     intercept: str | None = None
     mode: int = 0o600
     snaplen: int | None = None
+    rotate_size: int | None = None  # bytes per file of a rotated capture (None: one file)
     quiet: bool = False
     color: bool = False
     timeout: float = 5.0
@@ -72,7 +74,12 @@ class ProxySession:
             listener, target, self.listen_path = listen_at(o.listen, o.mode), o.connect, o.listen
             label = o.connect
         try:
-            cap_sink = self._capture_sink()
+            if o.rotate_size is not None and o.write == "-":
+                raise PathError("--rotate-size needs a capture file, not - (stdout)")
+            cap_sink = None if o.rotate_size is not None else self._capture_sink()
+            rotating = None if o.rotate_size is None else RotatingCaptureWriter(
+                o.write, o.rotate_size, self._part_sink, comment=o.comment, if_name=f"vfio-user:{label}",
+                snaplen=o.snaplen, on_rotate=self._rotated, error=self.error)
         except PathError:
             listener.close()
             self._release_paths()
@@ -80,13 +87,17 @@ class ProxySession:
         live_fd = self._stderr if o.write == "-" else self._stdout
         live_sink = open_sink(live_fd, drop=True, close_fd=False, name="live")
         self._live_sink = live_sink
-        self._cap_sink = cap_sink
-        buffered = BufferedSink(cap_sink)
-        writer = CaptureWriter(buffered, comment=o.comment, if_name=f"vfio-user:{label}",  # type: ignore[arg-type]
-                               snaplen=o.snaplen, flush=False)
-        buffered.commit()  # the file header right away: a reader (Wireshark on a pipe) can start
         live = LiveView(live_sink, o.color, o.quiet)
-        self.recorder = Recorder(writer, live, o.timeout, commit=buffered.commit)
+        if rotating is not None:
+            self._cap_sink = rotating
+            self.recorder = Recorder(rotating, live, o.timeout, commit=rotating.commit)  # type: ignore[arg-type]
+        else:
+            self._cap_sink = cap_sink
+            buffered = BufferedSink(cap_sink)  # type: ignore[arg-type]
+            writer = CaptureWriter(buffered, comment=o.comment, if_name=f"vfio-user:{label}",  # type: ignore[arg-type]
+                                   snaplen=o.snaplen, flush=False)
+            buffered.commit()  # the file header right away: a reader (Wireshark on a pipe) can start
+            self.recorder = Recorder(writer, live, o.timeout, commit=buffered.commit)
         self.relay = Relay(listener, target, self.recorder, o.relay, socket_label=label, error=self.error)
 
     def _capture_sink(self):  # type: ignore[no-untyped-def]
@@ -98,6 +109,19 @@ class ProxySession:
         except OSError as exc:
             raise PathError(f"cannot write the capture {o.write}: {exc.strerror or exc}") from None
         return open_sink(fd, close_fd=True, name="capture")
+
+    def _part_sink(self, path: str) -> BufferedSink:
+        """A file of a rotated capture (raises PathError when it cannot be created)."""
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise PathError(f"cannot write the capture {path}: {exc.strerror or exc}") from None
+        return BufferedSink(open_sink(fd, close_fd=True, name="capture"))
+
+    def _rotated(self, path: str, context: int) -> None:
+        if self.recorder is not None and self.recorder.live is not None and not self.opts.quiet:
+            self.recorder.live.text(f"── the capture continues in {path} (its frames start at 1; "
+                                    f"{context} records of connection state first)\n")
 
     def _release_paths(self) -> None:
         if self.intercepted is not None:

@@ -148,6 +148,7 @@ class BufferedSink:
     def __init__(self, inner: Sink, limit: int = 1 << 20) -> None:
         self.inner = inner
         self.limit = limit
+        self.written = 0  # bytes accepted so far (committed or not)
         self._chunks: list[bytes] = []
         self._size = 0
 
@@ -156,6 +157,7 @@ class BufferedSink:
         return self.inner.broken
 
     def write(self, data: bytes) -> int:
+        self.written += len(data)
         if len(data) >= 1 << 15:  # big records go through as they are: joining would only copy them again
             self.commit()
             return self.inner.write(data)
