@@ -40,9 +40,10 @@ from .recorder import Recorder
 C2S, S2C = spec.C2S, spec.S2C
 _HDR = spec.HEADER
 _ANC = socket.CMSG_SPACE(253 * 4)
-_DONTWAIT = socket.MSG_DONTWAIT
-_RECV_FLAGS = socket.MSG_DONTWAIT | getattr(socket, "MSG_CMSG_CLOEXEC", 0)
-_CTRUNC = socket.MSG_CTRUNC
+# plain ints: socket.MSG_* are enum members, and `int & member` runs enum code (~2.5 us per message measured)
+_DONTWAIT = int(socket.MSG_DONTWAIT)
+_RECV_FLAGS = int(socket.MSG_DONTWAIT) | int(getattr(socket, "MSG_CMSG_CLOEXEC", 0))
+_CTRUNC = int(socket.MSG_CTRUNC)
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _ERRMASK = select.EPOLLERR | select.EPOLLHUP
 _FIXED_MAX = spec.HEADER_SIZE + max(spec.LAYOUTS[k].size for k in ("region_access", "dma_access", "mig_data"))
