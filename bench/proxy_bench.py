@@ -45,7 +45,12 @@ VARIANTS: dict[str, list[str] | None] = {
     "record -q --busy-poll 0": ["-q", "--busy-poll", "0"],
     "record --busy-poll 200": ["--busy-poll", "200"],
     "record -q --busy-poll 200": ["-q", "--busy-poll", "200"],
+    # on request (--variants): calibration paths behind bench/README.md's analysis
+    "spinning Python relay (no recording)": ["<spin>"],
+    "record --busy-poll 0, proxy on CPU 0": ["<cpu0>", "--busy-poll", "0"],
+    "record --busy-poll 0, proxy on CPU 1": ["<cpu1>", "--busy-poll", "0"],
 }
+DEFAULT_VARIANTS = [v for v in VARIANTS if "spinning" not in v and "proxy on CPU" not in v]
 NAIVE_RELAY = r"""
 import array, os, socket, sys, threading
 ANC = socket.CMSG_SPACE(253 * 4)
@@ -66,6 +71,30 @@ while True:
     c, _ = ls.accept(); s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[2])
     threading.Thread(target=pump, args=(c, s), daemon=True).start()
     threading.Thread(target=pump, args=(s, c), daemon=True).start()
+"""
+
+SPIN_RELAY = r"""
+import array, os, select, socket, sys
+ANC = socket.CMSG_SPACE(253 * 4)
+ls = socket.socket(socket.AF_UNIX); ls.bind(sys.argv[1]); ls.listen(16); ls.setblocking(False)
+ep = select.epoll(); ep.register(ls.fileno(), select.EPOLLIN)
+pairs = {}
+buf = memoryview(bytearray(1 << 20))
+while True:
+    for fd, _ in ep.poll(0):  # never sleeps
+        if fd == ls.fileno():
+            c, _ = ls.accept(); s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[2])
+            pairs[c.fileno()], pairs[s.fileno()] = (c, s), (s, c)
+            ep.register(c.fileno(), select.EPOLLIN); ep.register(s.fileno(), select.EPOLLIN)
+            continue
+        src, dst = pairs[fd]
+        n, anc, _, _ = src.recvmsg_into([buf], ANC, socket.MSG_DONTWAIT)
+        if not n:
+            ep.unregister(fd); dst.shutdown(socket.SHUT_WR); continue
+        fds = [f for _l, _t, b in anc for f in array.array("i", b[:len(b) - len(b) % 4])]
+        dst.sendmsg([buf[:n]], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else [])
+        for f in fds:
+            os.close(f)
 """
 
 
@@ -155,7 +184,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--blocks", type=int, default=20, help="blocks per workload and path (default %(default)s)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the iterations per block")
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, choices=list(VARIANTS),
+                    help="paths besides direct (default: all but the calibration ones)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pin", metavar="CPUS", default="",
                     help="run everything (client, server, relays) on these CPUs, e.g. 0: peers and relay then "
@@ -193,6 +223,11 @@ def main() -> int:
                 argv = [exe, px, dev]
             elif extra is None:
                 argv = [py, "-c", NAIVE_RELAY, px, dev]
+            elif extra == ["<spin>"]:
+                argv = [py, "-c", SPIN_RELAY, px, dev]
+            elif extra[0] in ("<cpu0>", "<cpu1>"):
+                argv = ["taskset", "-c", extra[0][4], py, *RECORD, "--listen", px, "--connect", dev, "-w",
+                        os.path.join(tmp, f"c{i}.pcapng"), *extra[1:]]
             else:
                 argv = [py, *RECORD, "--listen", px, "--connect", dev, "-w", os.path.join(tmp, f"c{i}.pcapng"),
                         *extra]
