@@ -246,6 +246,22 @@ def test_a_body_that_never_completes_is_forwarded_after_the_stall_timeout(sockdi
     assert any("no progress for 0.3 s" in e.text for e in events if isinstance(e, NoteIn))
 
 
+def test_a_header_whose_body_never_starts_is_forwarded_after_the_stall_timeout(sockdir: str,
+                                                                              rawserver: RawServer) -> None:
+    # libvfio-user's own test_negotiate.py::test_long_write: a VERSION header of 1 MiB + 33 bytes, no body; the
+    # server must see the header to refuse it (found running that suite through the proxy: it hung)
+    px = Proxy(sockdir, rawserver.path, stall=0.3)
+    head = HDR.pack(1, spec.Command.VERSION, (1 << 20) + 33, 0, 0)
+    cli = connect(px.path)
+    t0 = time.monotonic()
+    cli.sendall(head)
+    assert bytes(rawserver.wait_bytes(0, 16, timeout=3).data) == head
+    assert 0.25 <= time.monotonic() - t0 < 1.5
+    cli.close()
+    found = codes(px.events())
+    assert "MESSAGE_INCOMPLETE" in found
+
+
 def test_a_client_killed_mid_message_leaves_a_valid_capture(sockdir: str, rawserver: RawServer) -> None:
     px = Proxy(sockdir, rawserver.path)
     code = (f"import socket, struct, time\n"

@@ -458,6 +458,8 @@ class Relay:
                 body = bytearray(size)
                 body[:spec.HEADER_SIZE] = p.hbuf
                 p.body, p.bview, p.size, p.got = body, memoryview(body), size, spec.HEADER_SIZE
+                p.progress = time.monotonic()  # a header whose body never comes must stall out too
+                self._partial.add(p)
                 continue
             p.got += n
             if p.got < p.size:
