@@ -282,6 +282,22 @@ def test_a_client_killed_mid_message_leaves_a_valid_capture(sockdir: str, rawser
     assert "MESSAGE_INCOMPLETE" in codes(events)
 
 
+def test_a_reply_to_a_client_that_left_is_recorded_before_the_note_that_it_went_nowhere(
+        sockdir: str, rawserver: RawServer) -> None:
+    # libvfio-user's suite does this (test_dma_map_busy_reply_fail): the reply comes after the client closed
+    px = Proxy(sockdir, rawserver.path)
+    cli = connect(px.path)
+    cli.sendall(region_read(7, 7))
+    rawserver.wait_bytes(0, 32)
+    cli.close()
+    rawserver.wait_eof(0)
+    rawserver.conns[0].sendall(region_read_reply(7, 7))
+    events = px.events()
+    s2c = [type(e).__name__ for e in events if getattr(e, "dir", None) == "s2c"]
+    assert s2c == ["MessageIn", "NoteIn", "ConnClosed"]  # received, could not be forwarded, direction done
+    assert codes(events) == ["VERSION_NOT_FIRST"]  # the reply answers its request: no NO_REPLY, UNMATCHED_REPLY
+
+
 def test_a_server_killed_mid_reply_ends_the_client_cleanly(sockdir: str) -> None:
     dev = os.path.join(sockdir, "dev.sock")
     server = subprocess.Popen([sys.executable, "-m", "vfudissect", "serve", "--socket", dev,

@@ -146,7 +146,7 @@ class Pump:
 
     __slots__ = ("conn", "dir", "src", "dst", "mode", "hbuf", "hview", "hgot", "body", "bview", "size", "got",
                  "fds", "late",
-                 "ctrunc", "progress", "out", "out_fds", "out_close", "shut_pending", "raw_note")
+                 "ctrunc", "progress", "out", "out_fds", "out_close", "shut_pending", "raw_note", "gone")
 
     def __init__(self, conn: Conn, d: str, src: socket.socket, dst: socket.socket) -> None:
         self.conn = conn
@@ -170,6 +170,7 @@ class Pump:
         self.out_close: list[int] = []  # fds to close once `out` is gone
         self.shut_pending = False  # src hit EOF while output was pending: shut dst down after it drains
         self.raw_note = ""
+        self.gone: OSError | None = None  # the last forward found the receiver gone (handled once recorded)
 
     @property
     def partial(self) -> bool:
@@ -490,6 +491,7 @@ class Relay:
         infos = self._send(p, data, fds)
         self._enqueue(RawIn(time.time(), p.conn.id, p.dir, data, infos, 0, p.raw_note, fl), len(data) + 64)
         p.raw_note = ""
+        self._after_send(p)
         return True
 
     def _reset_msg(self, p: Pump) -> None:
@@ -522,7 +524,12 @@ class Relay:
         self._spin_ok = len(data) <= _BIG
         self._enqueue(make_message_in(ts, p.conn.id, p.dir, data, infos, 0, -1, flags), len(data) + 64)
         if twin is not None:
-            self._open_twin(p.conn, *twin)
+            if p.gone is None:
+                self._open_twin(p.conn, *twin)
+            else:  # the client is gone: nobody will use the twin channel
+                for sock in twin:
+                    sock.close()
+        self._after_send(p)
 
     def _unframeable(self, p: Pump, size: int) -> None:
         """A header that cannot be framed: forward it at once and relay this direction raw from now on."""
@@ -537,6 +544,7 @@ class Relay:
         self._enqueue(NoteIn(time.time(), p.conn.id, f"{p.dir} {why}: relaying raw from here", p.dir))
         p.mode = RAW
         p.raw_note = why
+        self._after_send(p)
 
     def _incomplete(self, p: Pump, why: str) -> None:
         """Forward and record what arrived of the message in hand (stall, EOF or teardown mid-message)."""
@@ -561,6 +569,7 @@ class Relay:
                                 flags), len(data) + 64)
             what = f"{p.dir} partial header of {len(data)} bytes ({why})"
         self._enqueue(NoteIn(now, p.conn.id, what, p.dir))
+        self._after_send(p)
 
     def _stall(self, p: Pump) -> None:
         self._incomplete(p, f"no progress for {self.cfg.stall_timeout:g} s; forwarded as far as it came, "
@@ -610,8 +619,7 @@ class Relay:
             infos = tuple(describe_fd(fd) for fd in fds) if fds else ()
         if gone is not None or p.mode >= DONE:
             _close_all(fds)
-            if gone is not None:
-                self._dst_gone(p, gone)
+            p.gone = gone  # the caller records the message first, then _after_send() says it went nowhere
             return infos
         if sent == len(data):
             _close_all(fds)
@@ -624,6 +632,12 @@ class Relay:
         self._update(p.src)
         self._update(p.dst)
         return infos
+
+    def _after_send(self, p: Pump) -> None:
+        """After recording a message: if its forward found the receiver gone, stop this direction now."""
+        if p.gone is not None:
+            exc, p.gone = p.gone, None
+            self._dst_gone(p, exc)
 
     def _flush_out(self, p: Pump) -> None:
         assert p.out is not None
