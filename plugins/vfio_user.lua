@@ -2895,7 +2895,7 @@ local function check_request(c, ev, cmd, f, decoded, plen, nfds, found)
 end
 
 -- the findings list carries extra frames after the text; only codes and texts are kept
-local function track_request(c, ev, msg_id, cmd, flags, f, found)
+local function track_request(c, ev, msg_id, cmd, flags, f, found, no_expect)
   local byid = c.pend[ev.dir]
   local q = byid[msg_id]
   if q ~= nil then
@@ -2923,7 +2923,9 @@ local function track_request(c, ev, msg_id, cmd, flags, f, found)
   q[#q + 1] = p
   if not no_reply then
     out_add(c.out[ev.dir], p)
-    if timeout_s() > 0 and not p.context then  -- a copy's time ran in its own file
+    if no_expect then
+      p.timed_out = true  -- pairs with a reply if one comes; no REPLY_TIMEOUT or NO_REPLY if none
+    elseif timeout_s() > 0 and not p.context then  -- a copy's time ran in its own file
       local dl = S.dl
       dl.t = dl.t + 1
       dl[dl.t] = p
@@ -3296,6 +3298,9 @@ local function analyze_message(ev)
         c.raw_dirs[d] = true
         problem(found, "FRAMING_LOST", fmt("%s stream could not be framed: header size %d is %s; relayed raw "
           .. "from here on", DIR_WORD[d], size, size < 16 and "below 16" or "beyond what can be framed"))
+      end
+      if mtype == 0 then  -- a server may still answer it (libvfio-user: EINVAL), but none is expected
+        track_request(c, ev, msg_id, cmd, flags, {}, found, true)
       end
       record_findings(ev.frame, found)
       return

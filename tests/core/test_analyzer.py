@@ -337,6 +337,15 @@ def test_an_unframeable_header_is_framing_lost_on_its_own_frame_and_waits_for_no
     assert "header size 3 is below 16" in next(f for f in pb.findings() if f.code == "FRAMING_LOST").text
 
 
+def test_a_server_may_answer_an_unframeable_header_as_libvfio_user_does():
+    pb = ready()
+    a = pb.c2s(struct.pack("<HHIII", 0xBAD1, 8, 15, 0, 0), flags=spec.VF_FRAMING_ERROR)
+    r = pb.s2c(message(0xBAD1, 8, reply=True, error=22))
+    pb.close()
+    assert pb.codes() == [("BAD_SIZE", (a,)), ("FRAMING_LOST", (a,)), ("ERROR_REPLY", (r,))]
+    assert pb.record(r).request_frame == a
+
+
 # ---------------------------------------------------------------- fds
 def test_fds_unexpected_and_missing():
     pb = ready()

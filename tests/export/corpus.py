@@ -273,7 +273,9 @@ def sc_header(b: Builder) -> None:
     b.c2s(get_info(22), flags=spec.VF_FDS_NOT_AT_MSG_START)
     b.c2s(region_write(23, 1, 0, b"\0" * 4)[:20], msg_len=36, flags=spec.VF_TRUNCATED)
     b.c2s(device_reset(24)[:8] + struct.pack("<II", 0, 0), msg_len=16)
-    b.raw(C2S, b"garbage", "size 3 below 16")                            # FRAMING_LOST
+    b.c2s(spec.HEADER.pack(0xBAD1, 8, 15, 0, 0), flags=spec.VF_FRAMING_ERROR)  # FRAMING_LOST, answered:
+    b.s2c(message(0xBAD1, 8, reply=True, error=22))                      # paired, as libvfio-user does
+    b.raw(C2S, b"garbage", "size 3 below 16")
     b.raw(C2S, b"more garbage")
     b.s2c(spec.HEADER.pack(30, 9, 1 << 30, 1, 0), flags=spec.VF_FRAMING_ERROR)  # TOO_LARGE; FRAMING_LOST
     b.raw(S2C, b"")

@@ -308,6 +308,8 @@ class Analyzer:
         if ev_flags:
             if ev_flags & spec.VF_FRAMING_ERROR:
                 self._framing_lost(c, ev, size, found)
+                if mtype == 0:  # a server may still answer it (libvfio-user: EINVAL), but none is expected
+                    self._track_request(c, ev, msg_id, cmd, flags, {}, found, expect_reply=False)
                 self._emit(out, ev, c, msg_id, cmd, size, flags, err, {}, None, None, found)
                 return
             if ev_flags & spec.VF_FDS_CTRUNC:
@@ -388,7 +390,8 @@ class Analyzer:
 
     # ------------------------------------------------------------ pairing (7.2)
     def _track_request(self, c: _Conn, ev: MessageIn, msg_id: int, cmd: int, flags: int,
-                       fields: dict[str, Any], found: list[tuple[str, str, tuple[int, ...]]]) -> None:
+                       fields: dict[str, Any], found: list[tuple[str, str, tuple[int, ...]]],
+                       expect_reply: bool = True) -> None:
         key = (ev.conn, ev.dir, msg_id)
         q = self._pending.get(key)
         if q:
@@ -412,7 +415,9 @@ class Analyzer:
         q.append(p)
         if not no_reply:
             c.outstanding[ev.dir][self._seq] = p
-            if self.config.timeout > 0 and not ev.flags & spec.VF_CONTEXT:  # a copy's time ran in its own file
+            if not expect_reply:
+                p.timed_out = True  # pairs with a reply if one comes; no REPLY_TIMEOUT or NO_REPLY if none
+            elif self.config.timeout > 0 and not ev.flags & spec.VF_CONTEXT:  # a copy's time ran in its own file
                 self._deadlines.append(p)
         elif len(q) > 64:  # no_reply commands are kept only to spot replies to them
             q.popleft()
