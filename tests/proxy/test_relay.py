@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from vfudissect import spec
@@ -121,6 +121,48 @@ def test_fds_really_work_through_the_proxy_and_the_capture_names_them(proxy: Pro
     assert len(by_cmd["DMA_READ"]) == 4 and len(by_cmd["DMA_WRITE"]) == 2  # two commands + two replies each
     # the live view said what `read` says about the same file
     assert live_codes == codes(events)
+
+
+_chunk = st.one_of(
+    st.binary(min_size=1, max_size=300),  # garbage
+    _message.map(lambda m: _build([m])),  # a well-formed message
+    st.tuples(st.integers(0, 0xFFFF), st.integers(0, 40),
+              st.one_of(st.integers(0, 64), st.integers(0, 1 << 21), st.integers(0, (1 << 32) - 1)),
+              st.binary(max_size=40)).map(
+        lambda t: struct.pack("<HHIII", t[0], t[1], t[2], 0, 0) + t[3]),  # a header claiming any size
+)
+
+
+def test_any_byte_stream_arrives_whole_and_unchanged_and_the_capture_holds_it(sockdir: str) -> None:
+    raw = RawServer(os.path.join(sockdir, "raw.sock"))
+    px = Proxy(sockdir, raw.path, stall=0.1)
+    sent: list[bytes] = []
+    try:
+        @settings(max_examples=25, deadline=None)
+        @given(chunks=st.lists(_chunk, min_size=1, max_size=6))
+        @example(chunks=[HDR.pack(1, 3, 1000, 0, 0)])  # a header alone: its body never starts
+        @example(chunks=[HDR.pack(1, 3, 16, 0, 0), HDR.pack(2, 3, 40, 0, 0) + b"12"])  # a body that stops
+        def stream(chunks: list[bytes]) -> None:
+            data = b"".join(chunks)
+            cli = connect(px.path)
+            raw.accepted()
+            try:
+                for c in chunks:  # written as they come: a header may wait for a body that never comes
+                    cli.sendall(c)
+                got = raw.wait_bytes(len(raw.conns) - 1, len(data), timeout=5)
+                assert bytes(got.data) == data  # never held back for good, never changed
+                sent.append(data)
+            finally:
+                cli.close()
+
+        stream()
+    finally:
+        events = px.events()
+        raw.close()
+    opened = [e.conn for e in events if isinstance(e, ConnOpened)]
+    for conn, data in zip(opened[-len(sent):], sent):
+        recorded = [e.data for e in events if isinstance(e, (MessageIn, RawIn)) and e.conn == conn and e.dir == "c2s"]
+        assert b"".join(recorded) == data
 
 
 def test_passed_fds_are_the_same_objects_on_the_other_side(sockdir: str, rawserver: RawServer) -> None:
