@@ -938,6 +938,13 @@ local SPEC = {
       basis = "T2",
     },
     {
+      code = "WRONG_CHANNEL",
+      severity = "error",
+      group = "protocol",
+      title = "with a twin socket: server command on the main socket, or client command / server reply on the twin socket",
+      basis = "T1",
+    },
+    {
       code = "VERSION_NOT_FIRST",
       severity = "error",
       group = "protocol",
@@ -3335,6 +3342,16 @@ local function analyze_message(ev)
   end
   if c.version_state ~= "negotiated" and c.twin_of == nil then
     version_order(c, d, cmd, is_reply, found)
+  end
+  -- twin socket channels (7.9 T1)
+  if c.twin_negotiated and mtype == 0 and d == S2C then
+    problem(found, "WRONG_CHANNEL", fmt("server %s on the main socket: with a twin socket negotiated, server "
+      .. "commands go on the twin socket", info and info.name or fmt("command %d", cmd)))
+  elseif c.twin_of ~= nil and ((mtype == 0 and d == C2S) or (is_reply and d == S2C)) then
+    local what = mtype == 0 and fmt("client %s command", info and info.name or fmt("command %d", cmd))
+      or "server reply"
+    problem(found, "WRONG_CHANNEL", what .. " on the twin socket, which carries server commands and their "
+      .. "replies only")
   end
   if mtype == 0 then
     if band(flags, C.FLAG_ERROR) ~= 0 then problem(found, "MISPLACED_FLAG", "Error flag set on a command") end

@@ -429,6 +429,9 @@ FINDINGS: Mapping[str, FindingKind] = {
         FindingKind("REMOVED_COMMAND", "warning", "protocol", "command removed from the spec (historic)", "10.2"),
         FindingKind("DMA_COLLISION", "warning", "sequence",
                     "client command while a server DMA command is unanswered (no twin socket)", "T2"),
+        FindingKind("WRONG_CHANNEL", "error", "protocol",
+                    "with a twin socket: server command on the main socket, or client command / server reply "
+                    "on the twin socket", "T1"),
         # negotiation (7.3)
         FindingKind("VERSION_NOT_FIRST", "error", "protocol", "first client message is not VERSION", "N1"),
         FindingKind("TRAFFIC_BEFORE_VERSION_REPLY", "error", "protocol", "message before the VERSION reply", "N2"),

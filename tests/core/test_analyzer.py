@@ -8,9 +8,9 @@ import struct
 import pytest
 
 from vfudissect import spec
-from vfudissect.core.events import FdInfo
+from vfudissect.core.events import ConnOpened, FdInfo
 from vfudissect.testing import (EVENTFD, MEMFD, Playbook, device_feature, device_reset, dma_map, dma_read,
-                                dma_read_reply, dma_unmap, dma_write, get_info, layout, message,
+                                dma_read_reply, dma_unmap, dma_write, get_info, get_info_reply, layout, message,
                                 mig_data_read, region_info, region_info_reply, region_read, region_read_reply,
                                 region_write, region_write_reply, reply, set_irqs, version, version_reply)
 
@@ -248,6 +248,25 @@ def test_twin_socket_negotiation():
     rep = pb3.s2c(version_reply(0, caps=good), [EVENTFD])  # fd_index 0 is an eventfd
     assert pb3.codes("warning") == [("TWIN_SOCKET_BAD", (rep,))]
     assert "fd_index 0 is not a socket (kind eventfd)" in next(f.text for f in pb3.findings() if f.severity != "note")
+
+
+def test_wrong_channel_with_a_twin_socket():
+    pb = Playbook()
+    pb.c2s(version(0, caps={"capabilities": {"twin_socket": {"supported": True}}}))
+    pb.s2c(version_reply(0, caps={"capabilities": {"twin_socket": {"supported": True, "fd_index": 0}}}),
+           [FdInfo("socket", 0, 5)])
+    pb.feed(ConnOpened(pb.ts, 2, "/run/dev.sock", twin_of=1))
+    pb.c2s(dma_map(1, 0x100000, 0x10000), [MEMFD])
+    pb.s2c(reply(dma_map(1, 0x100000, 0x10000)))
+    ok = pb.s2c(dma_read(7, 0x100000, 8), conn=2)  # server commands on the twin socket: right
+    pb.c2s(dma_read_reply(7, 0x100000, 8), conn=2)
+    a = pb.s2c(dma_read(8, 0x100000, 8))  # on the main socket: wrong
+    pb.c2s(dma_read_reply(8, 0x100000, 8))
+    b = pb.c2s(get_info(2), conn=2)  # a client command on the twin socket
+    c = pb.s2c(get_info_reply(2), conn=2)  # and its reply there
+    assert pb.codes("warning") == [("WRONG_CHANNEL", (a,)), ("WRONG_CHANNEL", (b,)), ("WRONG_CHANNEL", (c,))]
+    assert ok < a
+    assert "server DMA_READ on the main socket" in pb.findings()[-3].text
 
 
 def test_fds_on_version_reply_without_twin_socket():

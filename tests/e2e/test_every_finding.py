@@ -11,6 +11,10 @@ Codes no traffic through a proxy can produce (asserted exactly below, so a new c
   CAPTURE_CORRUPT  only the capture reader raises it, for a record it cannot decode; the proxy writes every
                    record itself from what it relayed, so no traffic makes one undecodable (damaged files are
                    covered by tests/capture and tests/test_cli.py).
+
+Codes a one-connection script cannot produce, produced through the real proxy elsewhere:
+  WRONG_CHANNEL    needs a twin socket (a second connection); tests/proxy/test_relay.py runs the emulated peers
+                   with the server's fault wrong_channel through the proxy, live and `read` agreeing.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import pytest
 
 from vfudissect import spec
-from vfudissect.demo.catalogue import EXCLUDED, SCENARIOS
+from vfudissect.demo.catalogue import ELSEWHERE, EXCLUDED, SCENARIOS
 from vfudissect.demo.scripted import expected, findings_key, step_frames
 
 from .conftest import Outcome, model_shape, run_as_process, run_in_process
@@ -29,9 +33,10 @@ AS_PROCESS = sorted(code for code, scn in SCENARIOS.items() if scn.needs_fd_star
 
 def test_every_code_has_a_scenario_except_the_ones_a_proxy_cannot_produce() -> None:
     assert sorted(EXCLUDED) == ["CAPTURE_CORRUPT"]
-    assert sorted(set(spec.FINDINGS) - set(SCENARIOS)) == sorted(EXCLUDED)
+    assert sorted(ELSEWHERE) == ["WRONG_CHANNEL"]
+    assert sorted(set(spec.FINDINGS) - set(SCENARIOS)) == sorted({**EXCLUDED, **ELSEWHERE})
     assert set(SCENARIOS) <= set(spec.FINDINGS)
-    for code in EXCLUDED:
+    for code in {**EXCLUDED, **ELSEWHERE}:
         assert code in (__doc__ or ""), f"{code} is excluded but the module docstring does not say why"
     assert AS_PROCESS == ["FDS_TRUNCATED"]
 

@@ -244,7 +244,9 @@ def sc_twin(b: Builder) -> None:
     b.c2s(dma_read_reply(3, 0x100000, 8), conn=twin)
     b.s2c(dma_write(4, 0x900000, b"abcd"), conn=twin)                     # unmapped on the shared table
     b.s2c(region_read_reply(4, 7), conn=main)
-    b.c2s(version(9), conn=twin)                                          # VERSION on the twin: no REPEATED
+    b.c2s(version(9), conn=twin)                                 # VERSION on the twin: WRONG_CHANNEL, no REPEATED
+    b.s2c(dma_read(5, 0x100000, 8), conn=main)                            # WRONG_CHANNEL: server command on main
+    b.c2s(dma_read_reply(5, 0x100000, 8), conn=main)
     b.open()
     b.c2s(version(0, caps={"capabilities": {"twin_socket": {"supported": True}}}))
     b.s2c(version_reply(0, caps=good))                                    # TWIN_SOCKET_BAD: no fd

@@ -456,6 +456,29 @@ def test_twin_socket_is_relayed_and_recorded_as_its_own_connection(proxy: Proxy)
     assert "TWIN_SOCKET_BAD" not in codes(events) and "WRONG_DIRECTION" not in codes(events)
 
 
+def test_a_server_command_on_the_main_socket_despite_the_twin_socket_is_wrong_channel(sockdir: str) -> None:
+    from vfudissect.peers.client import TWIN_VERSION_JSON
+    from vfudissect.peers.faults import Fault, Faults
+
+    srv = DeviceServer(os.path.join(sockdir, "dev.sock"),
+                       faults=Faults(Fault("wrong_channel", command=spec.Command.DMA_READ))).start()
+    px = Proxy(sockdir, srv.path)
+    try:
+        with Client(px.path) as c:
+            rep = run_session(c, json_text=TWIN_VERSION_JSON)
+        assert rep.ok and rep.dma_served == 3  # the client answered it where it came, on the main socket
+        events = px.events()
+        wrong = [m for m in messages(events, 1, "s2c") if HDR.unpack_from(m.data)[1] == spec.Command.DMA_READ]
+        assert len(wrong) == 1
+        found = [f for f in analyze(iter(events), AnalyzerConfig(timeout=5.0)) if isinstance(f, Finding)]
+        assert [(f.code, f.frame) for f in found if f.code == "WRONG_CHANNEL"] == [("WRONG_CHANNEL", wrong[0].frame)]
+        live = [(f.code, f.frames) for f in px.session.recorder.findings]  # type: ignore[union-attr]
+        assert live == [(f.code, f.frames) for f in found]
+    finally:
+        px.stop()
+        srv.stop()
+
+
 def test_reply_timeout_is_reported_live_while_the_request_still_waits(sockdir: str) -> None:
     from vfudissect.peers.faults import Fault, Faults
 

@@ -331,6 +331,14 @@ class Analyzer:
         # ---- negotiation ordering (7.3)
         if c.version_state != "negotiated" and c.twin_of is None:
             self._version_order(c, d, cmd, is_reply, found)
+        # ---- twin socket channels (7.9 T1)
+        if c.twin_negotiated and mtype == 0 and d == S2C:
+            found.append(("WRONG_CHANNEL", f"server {name or f'command {cmd}'} on the main socket: with a twin "
+                          "socket negotiated, server commands go on the twin socket", ()))
+        elif c.twin_of is not None and (mtype == 0 and d == C2S or is_reply and d == S2C):
+            what = f"client {name or f'command {cmd}'} command" if mtype == 0 else "server reply"
+            found.append(("WRONG_CHANNEL", f"{what} on the twin socket, which carries server commands and "
+                          "their replies only", ()))
         request_frame: int | None = None
         rtt: float | None = None
         if mtype == 0:

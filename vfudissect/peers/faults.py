@@ -43,6 +43,7 @@ ACTIONS: Mapping[str, str] = {
     "patch_header": "overwrite header fields given in `header` (msg_id, command, size, flags, error)",
     "replace_payload": "replace the payload by `data` (size follows)",
     "close": "close the connection instead of sending",
+    "wrong_channel": "a server command on the main socket although a twin socket was negotiated",
 }
 
 DEFAULT_GARBAGE = struct.pack("<HHIII", 0xBEEF, 0xDEAD, 3, 0xFFFFFFFF, 0xFFFFFFFF)
@@ -80,6 +81,7 @@ class Send:
     close_after: tuple[int, ...] = ()
     close_connection: bool = False
     stall: bool = False  # nothing more may follow on this socket (truncated message)
+    main_socket: bool = False  # send on the main socket even where the twin socket belongs
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,8 @@ def _apply(rule: Fault, s: Send) -> list[Send]:
         return [Send(_with_payload(d, rule.data), s.fds, s.delay, s.close_after)]
     if a == "close":
         return [Send(b"", (), s.delay, s.close_after, close_connection=True)]
+    if a == "wrong_channel":
+        return [Send(d, s.fds, s.delay, s.close_after, main_socket=True)]
     raise AssertionError(a)
 
 

@@ -446,10 +446,12 @@ class ServerConnection:
 
     def _dma_exchange(self, cmd_bytes: bytes) -> Message:
         """Send a DMA command (twin socket if negotiated) and wait for its reply; client commands meanwhile wait."""
-        sock = self.twin or self.sock
+        sends = self.faults.outgoing(cmd_bytes)
+        sock = self.sock if any(s.main_socket for s in sends) else (self.twin or self.sock)
         msg_id = _HDR.unpack_from(cmd_bytes)[0]
         self.stats.dma_messages += 1
-        self._send(cmd_bytes, sock=sock)
+        if not deliver(sock, sends):
+            self._alive = False
         if not self._alive:
             raise DeviceError(errno.EPIPE, "connection unusable")
         while True:
