@@ -110,6 +110,8 @@ def test_capture_on_stdout_with_the_live_view_on_stderr(sockdir: str, device: De
     events = list(read_events(io.BytesIO(out)))
     assert [e.dir for e in events if isinstance(e, MessageIn)] == ["c2s", "s2c", "c2s", "s2c"]
     assert b"DEVICE_GET_INFO reply" in err
+    assert err.splitlines()[0].decode() == (f"listening on {px}, each client forwarded to {device.path}; "
+                                            "recording to the capture on stdout; Ctrl-C to stop")
 
 
 @pytest.mark.parametrize("args, words", [

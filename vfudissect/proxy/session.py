@@ -182,9 +182,14 @@ def run_proxy(opts: ProxyOptions) -> int:
     except PathError as exc:
         s.error(str(exc))
         return 2
-    if s.intercepted is not None and not opts.quiet:
-        s.recorder.live.text(  # type: ignore[union-attr]
-            f"intercepting {s.intercepted.path} (server socket linked at {s.intercepted.moved} until exit)\n")
+    if not opts.quiet:
+        where = "the capture on stdout" if opts.write == "-" else opts.write
+        if s.intercepted is not None:
+            head = (f"intercepting {s.intercepted.path} (server socket linked at {s.intercepted.moved} until "
+                    "exit)")
+        else:
+            head = f"listening on {opts.listen}, each client forwarded to {opts.connect}"
+        s.recorder.live.text(f"{head}; recording to {where}; Ctrl-C to stop\n")  # type: ignore[union-attr]
     return s.run()
 
 
