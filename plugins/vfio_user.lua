@@ -29,6 +29,9 @@ local SPEC = {
     DEFAULT_PGSIZES = 4096,
     DEFAULT_REPLY_TIMEOUT = 5.0,
     DMA_MAP_FLAGS_LVU = 15,
+    QEMU_MAX_REGIONS = 100,
+    QEMU_MAX_IRQS = 50,
+    PCI_MIN_REGIONS = 9,
     REGION_FLAG_READ = 1,
     REGION_FLAG_WRITE = 2,
     REGION_FLAG_MMAP = 4,
@@ -1330,6 +1333,20 @@ local SPEC = {
       basis = "G1",
     },
     {
+      code = "INPUT_NOT_ZERO",
+      severity = "warning",
+      group = "protocol",
+      title = "GET_INFO / GET_REGION_INFO / GET_REGION_IO_FDS / GET_IRQ_INFO request field other than argsz and index not zero",
+      basis = "G2",
+    },
+    {
+      code = "DEVICE_INFO_UNUSUAL",
+      severity = "warning",
+      group = "protocol",
+      title = "device info without the PCI flag, with fewer than 9 regions, or beyond QEMU's limits (100 regions, 50 IRQ types)",
+      basis = "G4",
+    },
+    {
       code = "REPLY_TRUNCATED",
       severity = "note",
       group = "protocol",
@@ -2445,6 +2462,10 @@ end
 -- ======================================================================
 local COMMANDS = SPEC.commands
 local LAYOUTS = SPEC.layouts
+local FLAG_PCI = 0
+for bit, name in pairs(E.DEVICE_INFO_FLAGS) do
+  if name == "PCI" then FLAG_PCI = bit end
+end
 local ERRNO = E.ERRNO_NAMES
 
 local function cmd_name(cmd)
@@ -2864,6 +2885,16 @@ local function check_request(c, ev, cmd, f, decoded, plen, nfds, found)
     if f.argsz < need then
       problem(found, "ARGSZ_TOO_SMALL", fmt("argsz %d is below the %d-byte reply", f.argsz, need))
     end
+    local nonzero = {}
+    for _, fd in ipairs(LAYOUTS[COMMANDS[cmd].request_layout].fields) do
+      local v = f[fd.name]
+      if fd.name ~= "argsz" and fd.name ~= "index" and v ~= nil and not ueq(v, 0) then
+        nonzero[#nonzero + 1] = fd.name .. "=" .. hex(v)
+      end
+    end
+    if #nonzero > 0 then
+      problem(found, "INPUT_NOT_ZERO", concat(nonzero, ", ") .. " in the request (must be zero)")
+    end
     if (cmd == 5 or cmd == 6) and c.num_regions ~= nil and f.index >= c.num_regions then
       problem(found, "REGION_INDEX_INVALID", fmt("region %d but the device has %d", f.index, c.num_regions))
     end
@@ -3204,6 +3235,18 @@ local function check_reply(c, ev, cmd, f, decoded, plen, nfds, req, found)
     return
   elseif cmd == 4 then
     c.num_regions, c.num_irqs = f.num_regions, f.num_irqs
+    local odd = {}
+    if band(f.flags, FLAG_PCI) == 0 then odd[#odd + 1] = "no PCI flag" end
+    if f.num_regions < C.PCI_MIN_REGIONS then
+      odd[#odd + 1] = fmt("%d regions, below %d", f.num_regions, C.PCI_MIN_REGIONS)
+    end
+    if f.num_regions > C.QEMU_MAX_REGIONS then
+      odd[#odd + 1] = fmt("%d regions, above QEMU's %d", f.num_regions, C.QEMU_MAX_REGIONS)
+    end
+    if f.num_irqs > C.QEMU_MAX_IRQS then
+      odd[#odd + 1] = fmt("%d IRQ types, above QEMU's %d", f.num_irqs, C.QEMU_MAX_IRQS)
+    end
+    if #odd > 0 then problem(found, "DEVICE_INFO_UNUSUAL", concat(odd, "; ")) end
   elseif cmd == 5 then
     region_info_reply(c, ev, f, plen, nfds, rq, req, found)
   elseif cmd == 6 then

@@ -158,6 +158,8 @@ DMA_MAP_FLAGS: Mapping[int, str] = {0x1: "READ", 0x2: "WRITE", 0x4: "MMAP", 0x8:
 DMA_MAP_FLAGS_SPEC = 0x3  # bits the spec defines; 0x4/0x8 are libvfio-user's extension
 DMA_MAP_FLAGS_LVU = 0xF
 DMA_UNMAP_FLAGS: Mapping[int, str] = {0x1: "GET_DIRTY_BITMAP", 0x2: "ALL"}
+QEMU_MAX_REGIONS, QEMU_MAX_IRQS = 100, 50  # QEMU refuses a device reporting more (hw/vfio-user/device.c)
+PCI_MIN_REGIONS = 9  # BAR0-5, ROM, CONFIG, VGA: a PCI device has at least these indices
 DEVICE_INFO_FLAGS: Mapping[int, str] = {
     0x1: "RESET", 0x2: "PCI", 0x4: "PLATFORM", 0x8: "AMBA", 0x10: "CCW", 0x20: "AP", 0x40: "FSL_MC", 0x80: "CAPS",
 }
@@ -498,6 +500,12 @@ FINDINGS: Mapping[str, FindingKind] = {
         FindingKind("IRQ_OUT_OF_RANGE", "error", "protocol", "IRQ index/start/count beyond GET_IRQ_INFO", "Q4"),
         # queries (7.7)
         FindingKind("ARGSZ_TOO_SMALL", "warning", "protocol", "request argsz below the fixed reply size", "G1"),
+        FindingKind("INPUT_NOT_ZERO", "warning", "protocol",
+                    "GET_INFO / GET_REGION_INFO / GET_REGION_IO_FDS / GET_IRQ_INFO request field other than argsz "
+                    "and index not zero", "G2"),
+        FindingKind("DEVICE_INFO_UNUSUAL", "warning", "protocol",
+                    "device info without the PCI flag, with fewer than 9 regions, or beyond QEMU's limits "
+                    "(100 regions, 50 IRQ types)", "G4"),
         FindingKind("REPLY_TRUNCATED", "note", "protocol", "reply argsz above the request's (truncated reply)", "G3"),
         FindingKind("REGION_CAPS_BAD", "warning", "malformed", "region capability chain is malformed", "G5"),
         # features and migration (7.8)

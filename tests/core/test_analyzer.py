@@ -9,7 +9,7 @@ import pytest
 
 from vfudissect import spec
 from vfudissect.core.events import ConnOpened, FdInfo
-from vfudissect.testing import (EVENTFD, MEMFD, Playbook, device_feature, device_reset, dma_map, dma_read,
+from vfudissect.testing import (EVENTFD, irq_info, irq_info_reply, MEMFD, Playbook, device_feature, device_reset, dma_map, dma_read,
                                 dma_read_reply, dma_unmap, dma_write, get_info, get_info_reply, layout, message,
                                 mig_data_read, region_info, region_info_reply, region_read, region_read_reply,
                                 region_write, region_write_reply, reply, set_irqs, version, version_reply)
@@ -510,6 +510,32 @@ def test_queries_argsz_and_truncation():
     # `a` stays unanswered, so the reply to the younger request is out of order (a note)
     assert pb.codes() == [("ARGSZ_TOO_SMALL", (a,)), ("OUT_OF_ORDER_REPLY", (rep, a + 1, a)),
                           ("REPLY_TRUNCATED", (rep, a + 1))]
+
+
+def test_query_inputs_must_be_zero():
+    pb = ready()
+    a = pb.c2s(message(1, 4, layout("device_info", argsz=16, num_regions=9)))
+    pb.s2c(get_info_reply(1))
+    b = pb.c2s(message(2, 5, layout("region_info", argsz=32, index=7, size=0x100, offset=1 << 40)))
+    pb.s2c(region_info_reply(2, 7, 0x100))
+    pb.c2s(irq_info(3, 1))  # index is an input: fine
+    pb.s2c(irq_info_reply(3, 1, 4))
+    assert pb.codes() == [("INPUT_NOT_ZERO", (a,)), ("INPUT_NOT_ZERO", (b,))]
+    assert [f.text for f in pb.findings() if f.code == "INPUT_NOT_ZERO"][1] == \
+        "size=0x100, offset=0x10000000000 in the request (must be zero)"
+
+
+@pytest.mark.parametrize("flags, regions, irqs, why", [
+    (0x1, 9, 5, "no PCI flag"), (0x3, 8, 5, "8 regions, below 9"), (0x3, 101, 5, "101 regions, above QEMU's 100"),
+    (0x3, 9, 51, "51 IRQ types, above QEMU's 50")])
+def test_device_info_that_qemu_or_the_spec_would_not_expect(flags, regions, irqs, why):
+    pb = Playbook()
+    pb.c2s(version(0))
+    pb.s2c(version_reply(0))
+    pb.c2s(get_info(1))
+    rep = pb.s2c(get_info_reply(1, num_regions=regions, num_irqs=irqs, flags=flags))
+    assert pb.codes("warning") == [("DEVICE_INFO_UNUSUAL", (rep,))]
+    assert pb.findings()[-1].text == why
 
 
 def test_region_caps_chain_is_walked():

@@ -435,6 +435,10 @@ def sc_irqs_queries(b: Builder) -> None:
     b.c2s(set_irqs(7, 1, 0, 2, flags=0x122))
     b.c2s(irq_info(8, 7))
     b.c2s(message(9, 4, layout("device_info", argsz=8)))
+    b.c2s(message(30, 5, layout("region_info", argsz=32, index=1, size=1 << 40, cap_offset=4)))  # INPUT_NOT_ZERO
+    b.c2s(message(31, 7, layout("irq_info", argsz=16, index=1, count=3, flags=1)))               # INPUT_NOT_ZERO
+    b.c2s(get_info(32))
+    b.s2c(get_info_reply(32, num_regions=120, num_irqs=60, flags=1))      # DEVICE_INFO_UNUSUAL
     b.c2s(region_info(10, 1, argsz=32))
     b.s2c(region_info_reply(10, 1, 0x3000, flags=0x7, argsz=80))
     b.c2s(region_info(11, 15))

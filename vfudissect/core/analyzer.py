@@ -28,6 +28,7 @@ from .events import CaptureEnd, ConnClosed, ConnOpened, Event, MessageIn, NoteIn
 from .records import ConnRecord, Finding, Item, make_message_record
 
 _HDR = spec.HEADER.unpack_from
+_FLAG_PCI = next(bit for bit, name in spec.DEVICE_INFO_FLAGS.items() if name == "PCI")
 _FLAG_TYPE = spec.FLAG_TYPE_MASK
 _SEV = {code: kind.severity for code, kind in spec.FINDINGS.items()}
 _NAMES = {code: info.name for code, info in spec.COMMANDS.items()}
@@ -527,6 +528,9 @@ class Analyzer:
             need = 32 if cmd == 5 else 16
             if f["argsz"] < need:
                 found.append(("ARGSZ_TOO_SMALL", f"argsz {f['argsz']} is below the {need}-byte reply", ()))
+            nonzero = [f"{k}=0x{v:x}" for k, v in f.items() if v and k not in ("argsz", "index")]
+            if nonzero:
+                found.append(("INPUT_NOT_ZERO", f"{', '.join(nonzero)} in the request (must be zero)", ()))
             if cmd in (5, 6) and c.num_regions is not None and f["index"] >= c.num_regions:
                 found.append(("REGION_INDEX_INVALID", f"region {f['index']} but the device has {c.num_regions}", ()))
             if cmd == 7 and c.num_irqs is not None and f["index"] >= c.num_irqs:
@@ -770,6 +774,15 @@ class Analyzer:
             self._version_reply(c, ev, f, nfds, req, found)
         elif cmd == 4 and f:
             c.num_regions, c.num_irqs = f["num_regions"], f["num_irqs"]
+            odd = ([] if f["flags"] & _FLAG_PCI else ["no PCI flag"]) \
+                + ([f"{f['num_regions']} regions, below {spec.PCI_MIN_REGIONS}"]
+                   if f["num_regions"] < spec.PCI_MIN_REGIONS else []) \
+                + ([f"{f['num_regions']} regions, above QEMU's {spec.QEMU_MAX_REGIONS}"]
+                   if f["num_regions"] > spec.QEMU_MAX_REGIONS else []) \
+                + ([f"{f['num_irqs']} IRQ types, above QEMU's {spec.QEMU_MAX_IRQS}"]
+                   if f["num_irqs"] > spec.QEMU_MAX_IRQS else [])
+            if odd:
+                found.append(("DEVICE_INFO_UNUSUAL", "; ".join(odd), ()))
         elif cmd == 5 and f:
             self._region_info_reply(c, ev, f, plen, nfds, rq, req, found)
         elif cmd == 6 and f:

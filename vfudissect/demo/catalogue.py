@@ -233,6 +233,12 @@ def _scenarios() -> dict[str, Scenario]:
     s["ARGSZ_TOO_SMALL"] = (READY + [
         c2s(message(1, C.DEVICE_GET_INFO, layout("device_info", argsz=8)), flag="ARGSZ_TOO_SMALL"),
         _err(get_info(1))], {})
+    s["INPUT_NOT_ZERO"] = (READY + [
+        c2s(message(6, C.DEVICE_GET_REGION_INFO, layout("region_info", argsz=32, index=0, size=0x1000)),
+            flag="INPUT_NOT_ZERO"),
+        s2c(region_info_reply(6, 0, 0x1000, flags=0x3))], {})
+    s["DEVICE_INFO_UNUSUAL"] = (negotiate() + [
+        c2s(get_info(1)), s2c(get_info_reply(1, num_regions=4, num_irqs=5), flag="DEVICE_INFO_UNUSUAL")], {})
     s["REPLY_TRUNCATED"] = (READY + [
         c2s(region_info(2, 1, argsz=32)),
         s2c(region_info_reply(2, 1, 0x10000, flags=0x7, argsz=80), flag="REPLY_TRUNCATED")], {})
