@@ -40,6 +40,8 @@ local SPEC = {
     IRQ_SET_DATA_BOOL = 2,
     IRQ_SET_DATA_EVENTFD = 4,
     IRQ_SET_DATA_MASK = 7,
+    IRQ_SET_ACTION_MASK_BIT = 8,
+    IRQ_SET_ACTION_UNMASK = 16,
     IRQ_SET_ACTION_TRIGGER = 32,
     IRQ_SET_ACTION_MASK = 56,
     REGION_CAP_SPARSE_MMAP = 1,
@@ -1326,6 +1328,13 @@ local SPEC = {
       basis = "Q4",
     },
     {
+      code = "IRQ_NOT_MASKABLE",
+      severity = "warning",
+      group = "protocol",
+      title = "SET_IRQS MASK/UNMASK on ERR/REQ or on an index whose IRQ_INFO lacks MASKABLE",
+      basis = "Q6, Q7",
+    },
+    {
       code = "ARGSZ_TOO_SMALL",
       severity = "warning",
       group = "protocol",
@@ -2462,9 +2471,12 @@ end
 -- ======================================================================
 local COMMANDS = SPEC.commands
 local LAYOUTS = SPEC.layouts
-local FLAG_PCI = 0
+local FLAG_PCI, IRQ_MASKABLE = 0, 0
 for bit, name in pairs(E.DEVICE_INFO_FLAGS) do
   if name == "PCI" then FLAG_PCI = bit end
+end
+for bit, name in pairs(E.IRQ_INFO_FLAGS) do
+  if name == "MASKABLE" then IRQ_MASKABLE = bit end
 end
 local ERRNO = E.ERRNO_NAMES
 
@@ -2799,6 +2811,15 @@ local function set_irqs_checks(c, f, plen, nfds, found)
   end
   if data_bits == C.IRQ_SET_DATA_BOOL and plen ~= 20 + count then
     problem(found, "DATA_LENGTH_MISMATCH", fmt("DATA_BOOL payload %d bytes, 20 + count = %d", plen, 20 + count))
+  end
+  if act_bits == C.IRQ_SET_ACTION_MASK_BIT or act_bits == C.IRQ_SET_ACTION_UNMASK then
+    local what = fmt("%s on %s", E.IRQ_SET_FLAGS[act_bits], E.PCI_IRQS[index] or fmt("%d", index))
+    local info = c.irqs[index]
+    if E.PCI_IRQS[index] == "ERR" or E.PCI_IRQS[index] == "REQ" then
+      problem(found, "IRQ_NOT_MASKABLE", what .. ": ERR and REQ interrupts cannot be masked")
+    elseif info ~= nil and band(info.flags, IRQ_MASKABLE) == 0 then
+      problem(found, "IRQ_NOT_MASKABLE", fmt("%s, whose IRQ_INFO flags 0x%x lack MASKABLE", what, info.flags))
+    end
   end
   if c.num_irqs ~= nil and index >= c.num_irqs then
     problem(found, "IRQ_OUT_OF_RANGE", fmt("IRQ index %d but the device has %d", index, c.num_irqs))

@@ -512,6 +512,19 @@ def test_queries_argsz_and_truncation():
                           ("REPLY_TRUNCATED", (rep, a + 1))]
 
 
+def test_masking_an_interrupt_that_cannot_be_masked():
+    pb = ready()  # MSI: IRQ_INFO flags EVENTFD only
+    a = pb.c2s(set_irqs(1, 1, 0, 1, flags=spec.IRQ_SET_DATA_NONE | spec.IRQ_SET_ACTION_MASK_BIT))
+    pb.c2s(irq_info(2, 0))
+    pb.s2c(irq_info_reply(2, 0, 1, flags=0x7))  # INTx: EVENTFD | MASKABLE | AUTOMASKED
+    pb.c2s(set_irqs(3, 0, 0, 1, flags=spec.IRQ_SET_DATA_NONE | spec.IRQ_SET_ACTION_UNMASK))  # fine
+    b = pb.c2s(set_irqs(4, 3, 0, 1, flags=spec.IRQ_SET_DATA_NONE | spec.IRQ_SET_ACTION_UNMASK))  # ERR
+    assert pb.codes("warning") == [("IRQ_NOT_MASKABLE", (a,)), ("IRQ_NOT_MASKABLE", (b,))]
+    assert [f.text for f in pb.findings() if f.code == "IRQ_NOT_MASKABLE"] == [
+        "ACTION_MASK on MSI, whose IRQ_INFO flags 0x1 lack MASKABLE",
+        "ACTION_UNMASK on ERR: ERR and REQ interrupts cannot be masked"]
+
+
 def test_query_inputs_must_be_zero():
     pb = ready()
     a = pb.c2s(message(1, 4, layout("device_info", argsz=16, num_regions=9)))

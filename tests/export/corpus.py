@@ -434,6 +434,10 @@ def sc_irqs_queries(b: Builder) -> None:
     b.c2s(set_irqs(6, 1, 0, 0, flags=0x21))
     b.c2s(set_irqs(7, 1, 0, 2, flags=0x122))
     b.c2s(irq_info(8, 7))
+    b.c2s(set_irqs(33, 4, 0, 1, flags=0x9))                             # IRQ_NOT_MASKABLE: REQ
+    b.c2s(irq_info(34, 2))
+    b.s2c(irq_info_reply(34, 2, 8, flags=0x1))
+    b.c2s(set_irqs(35, 2, 0, 1, flags=0x11))                            # IRQ_NOT_MASKABLE: MSIX lacks MASKABLE
     b.c2s(message(9, 4, layout("device_info", argsz=8)))
     b.c2s(message(30, 5, layout("region_info", argsz=32, index=1, size=1 << 40, cap_offset=4)))  # INPUT_NOT_ZERO
     b.c2s(message(31, 7, layout("irq_info", argsz=16, index=1, count=3, flags=1)))               # INPUT_NOT_ZERO

@@ -28,6 +28,8 @@ from .events import CaptureEnd, ConnClosed, ConnOpened, Event, MessageIn, NoteIn
 from .records import ConnRecord, Finding, Item, make_message_record
 
 _HDR = spec.HEADER.unpack_from
+_IRQ_MASKABLE = next(bit for bit, name in spec.IRQ_INFO_FLAGS.items() if name == "MASKABLE")
+_UNMASKABLE_IRQS = frozenset(i for i, name in spec.PCI_IRQS.items() if name in ("ERR", "REQ"))
 _FLAG_PCI = next(bit for bit, name in spec.DEVICE_INFO_FLAGS.items() if name == "PCI")
 _FLAG_TYPE = spec.FLAG_TYPE_MASK
 _SEV = {code: kind.severity for code, kind in spec.FINDINGS.items()}
@@ -683,6 +685,13 @@ class Analyzer:
             found.append(("FDS_UNEXPECTED", f"{nfds} fds with {_bits(data_bits, spec.IRQ_SET_FLAGS)}", ()))
         if data_bits == spec.IRQ_SET_DATA_BOOL and plen != 20 + count:
             found.append(("DATA_LENGTH_MISMATCH", f"DATA_BOOL payload {plen} bytes, 20 + count = {20 + count}", ()))
+        if act_bits in (spec.IRQ_SET_ACTION_MASK_BIT, spec.IRQ_SET_ACTION_UNMASK):
+            what = f"{spec.IRQ_SET_FLAGS[act_bits]} on {spec.PCI_IRQS.get(index, index)}"
+            info = c.irqs.get(index)
+            if index in _UNMASKABLE_IRQS:
+                found.append(("IRQ_NOT_MASKABLE", f"{what}: ERR and REQ interrupts cannot be masked", ()))
+            elif info is not None and not info[1] & _IRQ_MASKABLE:
+                found.append(("IRQ_NOT_MASKABLE", f"{what}, whose IRQ_INFO flags 0x{info[1]:x} lack MASKABLE", ()))
         if c.num_irqs is not None and index >= c.num_irqs:
             found.append(("IRQ_OUT_OF_RANGE", f"IRQ index {index} but the device has {c.num_irqs}", ()))
             return

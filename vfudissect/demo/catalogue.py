@@ -233,6 +233,9 @@ def _scenarios() -> dict[str, Scenario]:
     s["ARGSZ_TOO_SMALL"] = (READY + [
         c2s(message(1, C.DEVICE_GET_INFO, layout("device_info", argsz=8)), flag="ARGSZ_TOO_SMALL"),
         _err(get_info(1))], {})
+    s["IRQ_NOT_MASKABLE"] = (READY + [
+        c2s(set_irqs(6, 1, 0, 1, flags=spec.IRQ_SET_DATA_NONE | spec.IRQ_SET_ACTION_MASK_BIT), flag="IRQ_NOT_MASKABLE"),
+        _err(set_irqs(6, 1, 0, 1))], {})
     s["INPUT_NOT_ZERO"] = (READY + [
         c2s(message(6, C.DEVICE_GET_REGION_INFO, layout("region_info", argsz=32, index=0, size=0x1000)),
             flag="INPUT_NOT_ZERO"),

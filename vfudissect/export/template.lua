@@ -931,9 +931,12 @@ end
 -- ======================================================================
 local COMMANDS = SPEC.commands
 local LAYOUTS = SPEC.layouts
-local FLAG_PCI = 0
+local FLAG_PCI, IRQ_MASKABLE = 0, 0
 for bit, name in pairs(E.DEVICE_INFO_FLAGS) do
   if name == "PCI" then FLAG_PCI = bit end
+end
+for bit, name in pairs(E.IRQ_INFO_FLAGS) do
+  if name == "MASKABLE" then IRQ_MASKABLE = bit end
 end
 local ERRNO = E.ERRNO_NAMES
 
@@ -1268,6 +1271,15 @@ local function set_irqs_checks(c, f, plen, nfds, found)
   end
   if data_bits == C.IRQ_SET_DATA_BOOL and plen ~= 20 + count then
     problem(found, "DATA_LENGTH_MISMATCH", fmt("DATA_BOOL payload %d bytes, 20 + count = %d", plen, 20 + count))
+  end
+  if act_bits == C.IRQ_SET_ACTION_MASK_BIT or act_bits == C.IRQ_SET_ACTION_UNMASK then
+    local what = fmt("%s on %s", E.IRQ_SET_FLAGS[act_bits], E.PCI_IRQS[index] or fmt("%d", index))
+    local info = c.irqs[index]
+    if E.PCI_IRQS[index] == "ERR" or E.PCI_IRQS[index] == "REQ" then
+      problem(found, "IRQ_NOT_MASKABLE", what .. ": ERR and REQ interrupts cannot be masked")
+    elseif info ~= nil and band(info.flags, IRQ_MASKABLE) == 0 then
+      problem(found, "IRQ_NOT_MASKABLE", fmt("%s, whose IRQ_INFO flags 0x%x lack MASKABLE", what, info.flags))
+    end
   end
   if c.num_irqs ~= nil and index >= c.num_irqs then
     problem(found, "IRQ_OUT_OF_RANGE", fmt("IRQ index %d but the device has %d", index, c.num_irqs))
