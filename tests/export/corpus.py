@@ -221,6 +221,7 @@ BAD_CAPS = [
     b'{"capabilities": {"migration": 5, "twin_socket": []}}\0', b'-\0', b'01\0', b'1.\0', b'"\\u00"\0',
     b'{"capabilities": {"max_msg_fds": 99999999999999999999999}}\0', b'{} {}\0', b'{"a" 1}\0',
     b'{"twin_socket.supported": true, "capabilities": {"twin_socket.supported": 1}}\0',
+    b"[" * 3000 + b"]" * 3000 + b"\0",  # nested beyond Python's recursion limit: CAPS_MALFORMED, no crash
 ]
 
 

@@ -529,6 +529,19 @@ def test_version_payloads_never_break_the_relays_own_parsing(junk: bytes, caps: 
         assert _xfer(got) == caps["max_data_xfer_size"]
 
 
+def test_version_json_nested_beyond_pythons_recursion_limit_is_relayed_and_judged(sockdir: str,
+                                                                                   rawserver: RawServer) -> None:
+    px = Proxy(sockdir, rawserver.path)
+    deep = msg(0, spec.Command.VERSION, struct.pack("<HH", 0, 0) + b"[" * 200000 + b"]" * 200000 + b"\0")
+    cli = connect(px.path)
+    cli.sendall(deep)
+    assert bytes(rawserver.wait_bytes(0, len(deep)).data) == deep
+    rawserver.conns[0].sendall(region_read_reply(1, 7))
+    assert bytes(drain(cli, Received(), until=36).data) == region_read_reply(1, 7)  # the relay lives on
+    cli.close()
+    assert "CAPS_MALFORMED" in codes(px.events()) and px.errors == []
+
+
 def test_a_twin_socket_claim_without_a_socket_is_relayed_untouched(sockdir: str, rawserver: RawServer) -> None:
     px = Proxy(sockdir, rawserver.path)
     cli = connect(px.path)

@@ -35,5 +35,5 @@ def transcript_events(lines: Iterable[str], name: str = "<transcript>") -> Itera
                 yield ConnClosed(ts, conn, obj["dir"])
             else:
                 raise TranscriptError("no open, data or eof key")
-        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+        except (KeyError, ValueError, TypeError, RecursionError) as exc:
             raise TranscriptError(f"{name}:{lineno}: {exc}") from None

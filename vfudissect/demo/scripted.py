@@ -144,7 +144,7 @@ def _max_xfer(data: bytes) -> int:
         return 0
     try:
         obj = json.loads(text[:-1].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return 0
     caps = obj.get("capabilities") if isinstance(obj, dict) else None
     v = caps.get("max_data_xfer_size") if isinstance(caps, dict) else None

@@ -250,7 +250,7 @@ class Client:
             try:
                 obj = json.loads(text.rstrip(b"\0").decode())
                 caps = obj.get("capabilities", {}) if isinstance(obj, dict) else {}
-            except ValueError:
+            except (ValueError, RecursionError):
                 caps = {}
         self.server_caps = caps
         if isinstance(caps.get("max_data_xfer_size"), int):

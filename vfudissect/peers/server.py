@@ -173,7 +173,7 @@ class ServerConnection:
                 raise DeviceError(errno.EINVAL, "version data is not NUL-terminated")
             try:
                 caps = json.loads(text[:-1].decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
+            except (UnicodeDecodeError, ValueError, RecursionError):
                 self._alive = False
                 raise DeviceError(errno.EINVAL, "version data is not valid JSON") from None
         if v["major"] != 0:

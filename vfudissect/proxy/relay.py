@@ -109,7 +109,7 @@ def _caps(data: bytes) -> dict:
         return {}
     try:
         obj = json.loads(text[:-1].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # nesting beyond Python's limit, too
         return {}
     caps = obj.get("capabilities") if isinstance(obj, dict) else None
     return caps if isinstance(caps, dict) else {}
