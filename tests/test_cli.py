@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from vfudissect import cli
 from vfudissect.capture.writer import CaptureWriter
 from vfudissect.core.events import ConnOpened, MessageIn
 from vfudissect.testing import region_read, region_read_reply, version, version_reply
@@ -176,3 +177,15 @@ def test_broken_pipe_is_quiet():
     p = subprocess.run(f"{sys.executable} -m vfudissect read {QEMU} | head -1", shell=True, capture_output=True,
                        timeout=60)
     assert b"Traceback" not in p.stderr and p.stdout.count(b"\n") == 1
+
+
+def test_an_internal_error_is_one_line_after_the_output_not_a_traceback(monkeypatch, capsys) -> None:
+    from vfudissect.core import analyzer
+
+    def broken(self, ev):  # type: ignore[no-untyped-def]
+        raise ZeroDivisionError("made up by the test")
+
+    monkeypatch.setattr(analyzer.Analyzer, "feed", broken)
+    assert cli.main(["read", "--color", "never", "--no-progress", str(QEMU)]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error (ZeroDivisionError: made up by the test)" in err

@@ -22,7 +22,7 @@ from .core.sequencer import Sequencer
 from .render import Renderer, finding_json, message_json
 from .stats import Stats
 
-EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 # Subcommands living in their own modules: each exposes add_parser(subparsers).
 SUBCOMMAND_MODULES = ["cli_record", "cli_serve", "cli_lua", "cli_demo"]
@@ -433,3 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return _broken_pipe()
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, not a traceback, after all output so far
+        sys.stdout.flush()
+        _err_line(f"internal error ({type(exc).__name__}: {exc}); everything above stands; please report it "
+                  "with the input that caused it (VFUDISSECT_TRACEBACK=1 shows where)")
+        if os.environ.get("VFUDISSECT_TRACEBACK"):
+            raise
+        return EXIT_INTERNAL

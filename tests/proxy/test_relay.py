@@ -542,6 +542,27 @@ def test_version_json_nested_beyond_pythons_recursion_limit_is_relayed_and_judge
     assert "CAPS_MALFORMED" in codes(px.events()) and px.errors == []
 
 
+def test_an_engine_bug_stops_neither_the_relay_nor_the_capture(sockdir: str, rawserver: RawServer) -> None:
+    px = Proxy(sockdir, rawserver.path)
+    real = px.session.recorder.analyzer.feed  # type: ignore[union-attr]
+
+    def feed(ev):  # type: ignore[no-untyped-def]
+        if isinstance(ev, MessageIn) and HDR.unpack_from(ev.data)[0] == 2:
+            raise KeyError("made up by the test")
+        return real(ev)
+
+    px.session.recorder.analyzer.feed = feed  # type: ignore[union-attr]
+    cli = connect(px.path)
+    stream = region_read(1, 7) + region_read(2, 7) + region_read(3, 7)
+    cli.sendall(stream)
+    assert bytes(rawserver.wait_bytes(0, len(stream)).data) == stream
+    cli.close()
+    events = px.events()
+    assert [HDR.unpack_from(m.data)[0] for m in messages(events, 1, "c2s")] == [1, 2, 3]
+    live = px.live()
+    assert live.count("internal error analysing frame 3 (KeyError") == 1 and "#1 C→S REGION_READ command id=3" in live
+
+
 def test_a_twin_socket_claim_without_a_socket_is_relayed_untouched(sockdir: str, rawserver: RawServer) -> None:
     px = Proxy(sockdir, rawserver.path)
     cli = connect(px.path)

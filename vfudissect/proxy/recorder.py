@@ -91,6 +91,7 @@ class Recorder:
         self.finding_codes: Counter[str] = Counter()
         self.findings: list[Finding] = []  # the first 10,000, for tests and the summary
         self.events = 0
+        self.engine_errors = 0
         self._last_ts = 0.0
 
     def record(self, ev: Event) -> None:
@@ -101,9 +102,20 @@ class Recorder:
             self.events += 1
             if ev.ts > self._last_ts:
                 self._last_ts = ev.ts
-        items = self.analyzer.feed(ev)
+        try:
+            items = self.analyzer.feed(ev)
+        except Exception as exc:  # noqa: BLE001 - a bug in the engine must not stop the relay or the capture
+            self._engine_failed(ev, exc)
+            return
         if items:
             self._items(items)
+
+    def _engine_failed(self, ev: Event, exc: Exception) -> None:
+        self.engine_errors += 1
+        if self.engine_errors <= 3 and self.live is not None:
+            frame = getattr(ev, "frame", 0)
+            self.live.text(f"vfudissect: internal error analysing frame {frame} ({type(exc).__name__}: {exc}); "
+                           "relaying and recording go on, `vfudissect read` on the capture may say more\n")
 
     def idle(self) -> None:
         """Everything queued has been recorded: let the view catch up, hand the capture to the kernel."""
