@@ -114,6 +114,24 @@ def test_capture_on_stdout_with_the_live_view_on_stderr(sockdir: str, device: De
                                             "recording to the capture on stdout; Ctrl-C to stop")
 
 
+def test_a_capture_that_cannot_be_written_is_said_at_once_and_relaying_goes_on(sockdir: str,
+                                                                              device: DeviceServer) -> None:
+    px = os.path.join(sockdir, "p.sock")
+    proc = record("--listen", px, "--connect", device.path, "-w", "/dev/full")  # every write: ENOSPC
+    wait_for(lambda: os.path.exists(px), what="the proxy socket")
+    with Client(px) as c:
+        c.version()
+        assert len(c.region_read(7, 0, 4)) == 4
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    said = out.decode() + err.decode()
+    assert said.count("writing the capture failed (No space left on device)") == 1
+    assert "REGION_READ reply" in said  # the live view went on
+    assert "the capture output broke off (No space left on device)" in said
+
+
 @pytest.mark.parametrize("args, words", [
     (["--listen", "{d}/same.sock", "--connect", "{d}/same.sock"], "same file"),
     (["--listen", "{d}/file.txt", "--connect", "{dev}"], "not a socket"),

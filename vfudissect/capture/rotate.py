@@ -230,6 +230,14 @@ class RotatingCaptureWriter:
         if self._on_rotate is not None:
             self._on_rotate(path, len(context))
 
+    @property
+    def broken(self) -> bool:
+        return bool(getattr(self.sink, "broken", False))
+
+    @property
+    def error(self) -> str:
+        return str(getattr(self.sink, "error", ""))
+
     def commit(self) -> None:
         self.sink.commit()
 

@@ -82,9 +82,11 @@ class Recorder:
     """Writer + Analyzer + Stats + LiveView, driven one event at a time."""
 
     def __init__(self, writer: CaptureWriter | None, live: LiveView | None = None, timeout: float = 5.0,
-                 commit: Callable[[], None] | None = None) -> None:
+                 commit: Callable[[], None] | None = None, capture_error: Callable[[], str] | None = None) -> None:
         self.writer = writer
         self._commit = commit
+        self._capture_error = capture_error  # why the capture output broke, "" while it works
+        self.capture_failed = ""
         self.live = live
         self.analyzer = Analyzer(AnalyzerConfig(timeout=timeout))
         self.stats = Stats()
@@ -127,6 +129,11 @@ class Recorder:
         """Write out what is buffered (capture records, live-view lines)."""
         if self._commit is not None:
             self._commit()
+        if self._capture_error is not None and not self.capture_failed:
+            self.capture_failed = self._capture_error()
+            if self.capture_failed and self.live is not None:
+                self.live.text(f"vfudissect: error: writing the capture failed ({self.capture_failed}); it ends "
+                               "here, relaying and the live view go on\n")
         if self.live is not None:
             self.live.flush()
 

@@ -90,14 +90,16 @@ class ProxySession:
         live = LiveView(live_sink, o.color, o.quiet)
         if rotating is not None:
             self._cap_sink = rotating
-            self.recorder = Recorder(rotating, live, o.timeout, commit=rotating.commit)  # type: ignore[arg-type]
+            self.recorder = Recorder(rotating, live, o.timeout, commit=rotating.commit,  # type: ignore[arg-type]
+                                     capture_error=lambda: rotating.error if rotating.broken else "")
         else:
             self._cap_sink = cap_sink
             buffered = BufferedSink(cap_sink)  # type: ignore[arg-type]
             writer = CaptureWriter(buffered, comment=o.comment, if_name=f"vfio-user:{label}",  # type: ignore[arg-type]
                                    snaplen=o.snaplen, flush=False)
             buffered.commit()  # the file header right away: a reader (Wireshark on a pipe) can start
-            self.recorder = Recorder(writer, live, o.timeout, commit=buffered.commit)
+            self.recorder = Recorder(writer, live, o.timeout, commit=buffered.commit,
+                                     capture_error=lambda: (buffered.error or "write error") if buffered.broken else "")
         self.relay = Relay(listener, target, self.recorder, o.relay, socket_label=label, error=self.error)
 
     def _capture_sink(self):  # type: ignore[no-untyped-def]
@@ -165,7 +167,8 @@ class ProxySession:
                 self.recorder.live.text("\n" + self.recorder.summary(self.opts.color) + "\n")  # type: ignore[union-attr]
                 sinfo = self._cap_sink
                 if getattr(sinfo, "broken", False):
-                    self.error("the capture output broke off (closed pipe?); the capture is incomplete")
+                    why = getattr(sinfo, "error", "") or "closed pipe?"
+                    self.error(f"the capture output broke off ({why}); the capture is incomplete")
             self._live_sink.close()
             for sig, handler in self._old_handlers.items():
                 signal.signal(sig, handler)  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ instead and says how many.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import threading
@@ -34,6 +33,7 @@ class FileSink:
         self.fd = fd
         self._close_fd = close_fd
         self.broken = False
+        self.error = ""  # why it broke (strerror)
 
     def write(self, data: bytes) -> int:
         if self.broken:
@@ -43,8 +43,9 @@ class FileSink:
             while view:
                 n = os.write(self.fd, view)
                 view = view[n:]
-        except OSError:
+        except OSError as exc:
             self.broken = True
+            self.error = exc.strerror or str(exc)
         return len(data)
 
     def flush(self) -> None:
@@ -68,6 +69,7 @@ class ThreadSink:
         self.drop = drop
         self.dropped = 0
         self.broken = False
+        self.error = ""  # why it broke (strerror)
         self._close_fd = close_fd
         self._chunks: list[bytes] = []
         self._pending = 0
@@ -112,8 +114,7 @@ class ThreadSink:
                     n = os.write(self.fd, data)
                     data = data[n:]
             except OSError as exc:
-                if exc.errno not in (errno.EPIPE, errno.EBADF, errno.EIO, errno.ECONNRESET):
-                    pass
+                self.error = exc.strerror or str(exc)
                 self.broken = True
             with self._cond:
                 self._pending -= sum(len(c) for c in chunks)
@@ -155,6 +156,10 @@ class BufferedSink:
     @property
     def broken(self) -> bool:
         return self.inner.broken
+
+    @property
+    def error(self) -> str:
+        return getattr(self.inner, "error", "")
 
     def write(self, data: bytes) -> int:
         self.written += len(data)
