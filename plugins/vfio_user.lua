@@ -1328,6 +1328,13 @@ local SPEC = {
       basis = "Q4",
     },
     {
+      code = "SET_IRQS_BAD_ARGSZ",
+      severity = "warning",
+      group = "protocol",
+      title = "SET_IRQS argsz below 20 or not the request's payload length",
+      basis = "Q8",
+    },
+    {
       code = "IRQ_NOT_MASKABLE",
       severity = "warning",
       group = "protocol",
@@ -2792,6 +2799,10 @@ end
 
 local function set_irqs_checks(c, f, plen, nfds, found)
   local flags, index, start, count = f.flags, f.index, f.start, f.count
+  if f.argsz ~= plen then
+    problem(found, "SET_IRQS_BAD_ARGSZ", fmt("argsz %d but the payload is %d bytes%s", f.argsz, plen,
+      f.argsz < 20 and " (below the 20-byte fixed part)" or ""))
+  end
   local data_bits = band(flags, C.IRQ_SET_DATA_MASK)
   local act_bits = band(flags, C.IRQ_SET_ACTION_MASK)
   if POPCOUNT3[data_bits] ~= 1 or POPCOUNT3[rshift(act_bits, 3)] ~= 1 or flags >= 0x40 then

@@ -499,6 +499,8 @@ FINDINGS: Mapping[str, FindingKind] = {
         FindingKind("SET_IRQS_BAD_FLAGS", "error", "protocol", "SET_IRQS needs exactly one DATA and one ACTION bit", "Q1"),
         FindingKind("IRQ_OUT_OF_RANGE", "error", "protocol", "IRQ index/start/count beyond GET_IRQ_INFO", "Q4"),
         # queries (7.7)
+        FindingKind("SET_IRQS_BAD_ARGSZ", "warning", "protocol",
+                    "SET_IRQS argsz below 20 or not the request's payload length", "Q8"),
         FindingKind("IRQ_NOT_MASKABLE", "warning", "protocol",
                     "SET_IRQS MASK/UNMASK on ERR/REQ or on an index whose IRQ_INFO lacks MASKABLE", "Q6, Q7"),
         FindingKind("ARGSZ_TOO_SMALL", "warning", "protocol", "request argsz below the fixed reply size", "G1"),

@@ -512,6 +512,16 @@ def test_queries_argsz_and_truncation():
                           ("REPLY_TRUNCATED", (rep, a + 1))]
 
 
+def test_set_irqs_argsz_is_the_payload_length():
+    pb = ready()
+    a = pb.c2s(message(1, 8, layout("irq_set", argsz=3, flags=0x21, index=1, start=0, count=1)))
+    b = pb.c2s(message(2, 8, layout("irq_set", argsz=20, flags=0x22, index=1, start=0, count=1) + b"\1"))
+    pb.c2s(set_irqs(3, 1, 0, 1, flags=0x22, data=b"\1"))  # argsz 21: right
+    assert pb.codes("warning") == [("SET_IRQS_BAD_ARGSZ", (a,)), ("SET_IRQS_BAD_ARGSZ", (b,))]
+    assert [f.text for f in pb.findings() if f.code == "SET_IRQS_BAD_ARGSZ"] == [
+        "argsz 3 but the payload is 20 bytes (below the 20-byte fixed part)", "argsz 20 but the payload is 21 bytes"]
+
+
 def test_masking_an_interrupt_that_cannot_be_masked():
     pb = ready()  # MSI: IRQ_INFO flags EVENTFD only
     a = pb.c2s(set_irqs(1, 1, 0, 1, flags=spec.IRQ_SET_DATA_NONE | spec.IRQ_SET_ACTION_MASK_BIT))

@@ -436,6 +436,7 @@ def sc_irqs_queries(b: Builder) -> None:
     b.c2s(set_irqs(7, 1, 0, 2, flags=0x122))
     b.c2s(irq_info(8, 7))
     b.c2s(set_irqs(33, 4, 0, 1, flags=0x9))                             # IRQ_NOT_MASKABLE: REQ
+    b.c2s(message(36, 8, layout("irq_set", argsz=3, flags=0x21, index=1, start=0, count=1)))  # SET_IRQS_BAD_ARGSZ
     b.c2s(irq_info(34, 2))
     b.s2c(irq_info_reply(34, 2, 8, flags=0x1))
     b.c2s(set_irqs(35, 2, 0, 1, flags=0x11))                            # IRQ_NOT_MASKABLE: MSIX lacks MASKABLE

@@ -670,6 +670,9 @@ class Analyzer:
     def _set_irqs(self, c: _Conn, ev: MessageIn, f: dict[str, Any], plen: int, nfds: int,
                   found: list[tuple[str, str, tuple[int, ...]]]) -> None:
         flags, index, start, count = f["flags"], f["index"], f["start"], f["count"]
+        if f["argsz"] != plen:
+            found.append(("SET_IRQS_BAD_ARGSZ", f"argsz {f['argsz']} but the payload is {plen} bytes"
+                          + (" (below the 20-byte fixed part)" if f["argsz"] < 20 else ""), ()))
         data_bits = flags & spec.IRQ_SET_DATA_MASK
         act_bits = flags & spec.IRQ_SET_ACTION_MASK
         if bin(data_bits).count("1") != 1 or bin(act_bits).count("1") != 1 or flags & ~0x3F:

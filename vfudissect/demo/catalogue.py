@@ -233,6 +233,10 @@ def _scenarios() -> dict[str, Scenario]:
     s["ARGSZ_TOO_SMALL"] = (READY + [
         c2s(message(1, C.DEVICE_GET_INFO, layout("device_info", argsz=8)), flag="ARGSZ_TOO_SMALL"),
         _err(get_info(1))], {})
+    s["SET_IRQS_BAD_ARGSZ"] = (READY + [
+        c2s(message(6, C.DEVICE_SET_IRQS, layout("irq_set", argsz=16, flags=0x21, index=1, start=0, count=1)),
+            flag="SET_IRQS_BAD_ARGSZ"),
+        _err(set_irqs(6, 1, 0, 1))], {})
     s["IRQ_NOT_MASKABLE"] = (READY + [
         c2s(set_irqs(6, 1, 0, 1, flags=spec.IRQ_SET_DATA_NONE | spec.IRQ_SET_ACTION_MASK_BIT), flag="IRQ_NOT_MASKABLE"),
         _err(set_irqs(6, 1, 0, 1))], {})
