@@ -3279,6 +3279,11 @@ local function check_reply(c, ev, cmd, f, decoded, plen, nfds, req, found)
       odd[#odd + 1] = fmt("%d IRQ types, above QEMU's %d", f.num_irqs, C.QEMU_MAX_IRQS)
     end
     if #odd > 0 then problem(found, "DEVICE_INFO_UNUSUAL", concat(odd, "; ")) end
+  elseif cmd == 3 then  -- M11: the reply echoes the unmapped entry
+    if has_rq and rq.address ~= nil and (not ueq(f.address, rq.address) or not ueq(f.size, rq.size)) then
+      problem(found, "REPLY_ECHO_MISMATCH", fmt("DMA_UNMAP reply %s+%s, request %s+%s", hex(f.address), hex(f.size),
+        hex(rq.address), hex(rq.size)))
+    end
   elseif cmd == 5 then
     region_info_reply(c, ev, f, plen, nfds, rq, req, found)
   elseif cmd == 6 then

@@ -512,6 +512,17 @@ def test_queries_argsz_and_truncation():
                           ("REPLY_TRUNCATED", (rep, a + 1))]
 
 
+def test_an_unmap_reply_echoes_the_entry():
+    pb = ready()
+    pb.c2s(dma_map(1, 0x100000, 0x10000), [MEMFD])
+    pb.s2c(reply(dma_map(1, 0x100000, 0x10000)))
+    req = pb.c2s(dma_unmap(2, 0x100000, 0x10000))
+    rep = pb.s2c(reply(dma_unmap(2, 0x100000, 0x10000), layout("dma_unmap", argsz=24, address=0x200000,
+                                                                 size=0x10000)))
+    assert pb.codes("warning") == [("REPLY_ECHO_MISMATCH", (rep, req))]
+    assert pb.findings()[-1].text == "DMA_UNMAP reply 0x200000+0x10000, request 0x100000+0x10000"
+
+
 def test_set_irqs_argsz_is_the_payload_length():
     pb = ready()
     a = pb.c2s(message(1, 8, layout("irq_set", argsz=3, flags=0x21, index=1, start=0, count=1)))

@@ -398,6 +398,7 @@ def sc_dma_table(b: Builder) -> None:
     b.c2s(dma_unmap(7, 0x10000, 0x8000))                                  # UNKNOWN
     b.c2s(dma_unmap(8, 0, 0, flags=2))                                    # unmap all
     b.c2s(dma_unmap(9, 0x10000, 0x10000))                                 # UNKNOWN now
+    b.s2c(reply(dma_unmap(9, 0, 0), layout("dma_unmap", argsz=24, address=0x20000, size=1 << 40)))  # echo mismatch
     b.c2s(dma_unmap(10, 0x10000, 0x10000, flags=5))
     b.c2s(dma_map(11, 0x10000, 0x1000, argsz=40), [MEMFD])
     b.c2s(dma_map(12, 0x20000, 0x1000, flags=0x13), [MEMFD])

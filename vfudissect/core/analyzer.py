@@ -795,6 +795,10 @@ class Analyzer:
                    if f["num_irqs"] > spec.QEMU_MAX_IRQS else [])
             if odd:
                 found.append(("DEVICE_INFO_UNUSUAL", "; ".join(odd), ()))
+        elif cmd == 3 and f and rq:  # M11: the reply echoes the unmapped entry
+            if f["address"] != rq.get("address") or f["size"] != rq.get("size"):
+                found.append(("REPLY_ECHO_MISMATCH", f"DMA_UNMAP reply 0x{f['address']:x}+0x{f['size']:x}, request "
+                              f"0x{rq['address']:x}+0x{rq['size']:x}", (req.frame,)))
         elif cmd == 5 and f:
             self._region_info_reply(c, ev, f, plen, nfds, rq, req, found)
         elif cmd == 6 and f:
