@@ -430,6 +430,9 @@ class Relay:
                 else:
                     n, anc, flags, _ = src.recvmsg_into([p.bview[p.got:]], _ANC, _RECV_FLAGS)
             except (BlockingIOError, InterruptedError):
+                if p.body is not None and p not in self._partial:  # a header whose body has not started: it
+                    p.progress = time.monotonic()  # must stall out too (off the path of whole messages)
+                    self._partial.add(p)
                 return
             except OSError as exc:
                 self._src_gone(p, exc)
@@ -459,8 +462,6 @@ class Relay:
                 body = bytearray(size)
                 body[:spec.HEADER_SIZE] = p.hbuf
                 p.body, p.bview, p.size, p.got = body, memoryview(body), size, spec.HEADER_SIZE
-                p.progress = time.monotonic()  # a header whose body never comes must stall out too
-                self._partial.add(p)
                 continue
             p.got += n
             if p.got < p.size:
