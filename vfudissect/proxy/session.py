@@ -88,37 +88,36 @@ class ProxySession:
         live_sink = open_sink(live_fd, drop=True, close_fd=False, name="live")
         self._live_sink = live_sink
         live = LiveView(live_sink, o.color, o.quiet)
+        out: BufferedSink | RotatingCaptureWriter
         if rotating is not None:
-            self._cap_sink = rotating
-            self.recorder = Recorder(rotating, live, o.timeout, commit=rotating.commit,  # type: ignore[arg-type]
-                                     capture_error=lambda: rotating.error if rotating.broken else "")
+            writer = out = rotating
         else:
-            self._cap_sink = cap_sink
-            buffered = BufferedSink(cap_sink)  # type: ignore[arg-type]
-            writer = CaptureWriter(buffered, comment=o.comment, if_name=f"vfio-user:{label}",  # type: ignore[arg-type]
+            out = BufferedSink(cap_sink)  # type: ignore[arg-type]
+            writer = CaptureWriter(out, comment=o.comment, if_name=f"vfio-user:{label}",  # type: ignore[arg-type]
                                    snaplen=o.snaplen, flush=False)
-            buffered.commit()  # the file header right away: a reader (Wireshark on a pipe) can start
-            self.recorder = Recorder(writer, live, o.timeout, commit=buffered.commit,
-                                     capture_error=lambda: (buffered.error or "write error") if buffered.broken else "")
+            out.commit()  # the file header right away: a reader (Wireshark on a pipe) can start
+        self._cap_sink = out
+        self.recorder = Recorder(writer, live, o.timeout, commit=out.commit,  # type: ignore[arg-type]
+                                 capture_error=lambda: (out.error or "write error") if out.broken else "")
         self.relay = Relay(listener, target, self.recorder, o.relay, socket_label=label, error=self.error)
 
     def _capture_sink(self):  # type: ignore[no-untyped-def]
-        o = self.opts
-        if o.write == "-":
+        if self.opts.write == "-":
             return ThreadSink(self._stdout, drop=False, close_fd=False, name="capture")
-        try:
-            fd = os.open(o.write, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise PathError(f"cannot write the capture {o.write}: {exc.strerror or exc}") from None
-        return open_sink(fd, close_fd=True, name="capture")
+        return self._file_sink(self.opts.write)
 
-    def _part_sink(self, path: str) -> BufferedSink:
-        """A file of a rotated capture (raises PathError when it cannot be created)."""
+    @staticmethod
+    def _file_sink(path: str):  # type: ignore[no-untyped-def]
+        """A capture file, created or truncated (PathError, in one line, when it cannot be)."""
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         except OSError as exc:
             raise PathError(f"cannot write the capture {path}: {exc.strerror or exc}") from None
-        return BufferedSink(open_sink(fd, close_fd=True, name="capture"))
+        return open_sink(fd, close_fd=True, name="capture")
+
+    def _part_sink(self, path: str) -> BufferedSink:
+        """A file of a rotated capture."""
+        return BufferedSink(self._file_sink(path))
 
     def _rotated(self, path: str, context: int) -> None:
         if self.recorder is not None and self.recorder.live is not None and not self.opts.quiet:
