@@ -61,6 +61,20 @@ for _code, _info in spec.COMMANDS.items():
         _LAYOUT_OF[(_code, True)] = _DECODERS[_info.reply_layout]
 
 
+def _device_info_oddities(flags: int, num_regions: int, num_irqs: int) -> list[str]:
+    """What in a GET_INFO reply the spec does not expect of a PCI device or QEMU refuses (G4)."""
+    odd = []
+    if not flags & _FLAG_PCI:
+        odd.append("no PCI flag")
+    if num_regions < spec.PCI_MIN_REGIONS:
+        odd.append(f"{num_regions} regions, below {spec.PCI_MIN_REGIONS}")
+    if num_regions > spec.QEMU_MAX_REGIONS:
+        odd.append(f"{num_regions} regions, above QEMU's {spec.QEMU_MAX_REGIONS}")
+    if num_irqs > spec.QEMU_MAX_IRQS:
+        odd.append(f"{num_irqs} IRQ types, above QEMU's {spec.QEMU_MAX_IRQS}")
+    return odd
+
+
 @dataclass(frozen=True, slots=True)
 class AnalyzerConfig:
     timeout: float = spec.DEFAULT_REPLY_TIMEOUT  # seconds; <= 0 disables REPLY_TIMEOUT
@@ -786,13 +800,7 @@ class Analyzer:
             self._version_reply(c, ev, f, nfds, req, found)
         elif cmd == 4 and f:
             c.num_regions, c.num_irqs = f["num_regions"], f["num_irqs"]
-            odd = ([] if f["flags"] & _FLAG_PCI else ["no PCI flag"]) \
-                + ([f"{f['num_regions']} regions, below {spec.PCI_MIN_REGIONS}"]
-                   if f["num_regions"] < spec.PCI_MIN_REGIONS else []) \
-                + ([f"{f['num_regions']} regions, above QEMU's {spec.QEMU_MAX_REGIONS}"]
-                   if f["num_regions"] > spec.QEMU_MAX_REGIONS else []) \
-                + ([f"{f['num_irqs']} IRQ types, above QEMU's {spec.QEMU_MAX_IRQS}"]
-                   if f["num_irqs"] > spec.QEMU_MAX_IRQS else [])
+            odd = _device_info_oddities(f["flags"], f["num_regions"], f["num_irqs"])
             if odd:
                 found.append(("DEVICE_INFO_UNUSUAL", "; ".join(odd), ()))
         elif cmd == 3 and f and rq:  # M11: the reply echoes the unmapped entry
