@@ -91,6 +91,13 @@ def test_closed_connections_answered_requests_and_error_replies_leave_nothing() 
     assert context_of(evs + [ConnClosed(203.0, 1)]) == []
 
 
+def test_a_peer_that_never_answers_does_not_grow_the_context_without_bound() -> None:
+    evs = exchange() + [MessageIn(200.0 + i * 1e-3, 1, C2S, region_read(i, 7)) for i in range(5000)]
+    ctx = context_of(evs)
+    assert len(ctx) == 11 + 1024  # the handshake's state and the newest 1,024 waiting requests
+    assert spec.HEADER.unpack_from(ctx[-1].data)[0] == 4999
+
+
 def test_unmap_all_forgets_every_mapping() -> None:
     evs = exchange()[:11]
     evs += [MessageIn(300.0, 1, C2S, dma_unmap(7, 0, 0, flags=2)),

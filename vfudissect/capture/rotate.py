@@ -38,6 +38,7 @@ _MAP_ADDRESS, _MAP_SIZE = _at("dma_map", "address"), _at("dma_map", "size")
 _UNMAP_FLAGS, _UNMAP_ADDRESS, _UNMAP_SIZE = _at("dma_unmap", "flags"), _at("dma_unmap", "address"), _at("dma_unmap",
                                                                                                          "size")
 _FEATURE_FLAGS = _at("device_feature", "flags")
+_MAX_PENDING_IDS = 1024  # requests awaiting replies kept per connection for the next file's context
 
 
 class _Sink(Protocol):
@@ -110,7 +111,9 @@ class ContextTracker:
         mtype = flags & spec.FLAG_TYPE_MASK
         if mtype == spec.MSG_TYPE_COMMAND:
             if not flags & spec.FLAG_NO_REPLY:
-                c.pending.setdefault((ev.dir, msg_id), deque()).append(item)
+                c.pending.setdefault((ev.dir, msg_id), deque(maxlen=16)).append(item)
+                if len(c.pending) > _MAX_PENDING_IDS:  # a peer that never answers: keep the newest
+                    del c.pending[next(iter(c.pending))]
             return
         if mtype != spec.MSG_TYPE_REPLY:
             return
