@@ -518,15 +518,15 @@ def test_snaplen_truncates_bulk_data_in_the_capture_only(sockdir: str, device: D
     st.one_of(st.integers(-5, 1 << 40), st.text(max_size=5), st.booleans(), st.none(),
               st.fixed_dictionaries({"supported": st.booleans(), "fd_index": st.integers(-2, 3)})))))
 def test_version_payloads_never_break_the_relays_own_parsing(junk: bytes, caps: dict | None) -> None:
-    from vfudissect.proxy.relay import _caps, _xfer
+    from vfudissect.proxy.relay import usable_max_xfer, version_capabilities
 
     text = junk if caps is None else (json.dumps({"capabilities": caps}).encode() + b"\0")
     data = msg(0, spec.Command.VERSION, struct.pack("<HH", 0, 0) + text, flags=1)
-    got = _caps(data)
-    assert isinstance(got, dict) and 0 <= _xfer(got) <= 1 << 31
+    got = version_capabilities(data)
+    assert isinstance(got, dict) and 0 <= usable_max_xfer(got) <= 1 << 31
     if caps is not None and isinstance(caps.get("max_data_xfer_size"), int) and not isinstance(
             caps["max_data_xfer_size"], bool) and 0 < caps["max_data_xfer_size"] <= 1 << 31:
-        assert _xfer(got) == caps["max_data_xfer_size"]
+        assert usable_max_xfer(got) == caps["max_data_xfer_size"]
 
 
 def test_version_json_nested_beyond_pythons_recursion_limit_is_relayed_and_judged(sockdir: str,

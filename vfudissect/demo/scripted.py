@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import array
 import io
-import json
 import os
 import socket
 import threading
@@ -35,6 +34,7 @@ from .. import spec
 from ..capture.writer import CaptureWriter
 from ..core.events import ConnClosed, ConnOpened, Event, FdInfo, MessageIn, NoteIn, RawIn
 from ..core.records import Finding
+from ..proxy.relay import usable_max_xfer, version_capabilities
 from ..testing import Playbook
 
 C2S, S2C = spec.C2S, spec.S2C
@@ -138,17 +138,8 @@ def _fd_info(kind: str) -> FdInfo:
 
 
 def _max_xfer(data: bytes) -> int:
-    """max_data_xfer_size of a VERSION message's capabilities, 0 when absent or unusable (as the relay reads it)."""
-    text = data[spec.HEADER_SIZE + 4:]
-    if not text.endswith(b"\0"):
-        return 0
-    try:
-        obj = json.loads(text[:-1].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        return 0
-    caps = obj.get("capabilities") if isinstance(obj, dict) else None
-    v = caps.get("max_data_xfer_size") if isinstance(caps, dict) else None
-    return v if isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 31 else 0
+    """max_data_xfer_size of a VERSION message's capabilities, 0 when absent or unusable: the relay's own reading."""
+    return usable_max_xfer(version_capabilities(data))
 
 
 def model(scn: Scenario, socket_path: str = "scripted.sock") -> list[Recorded]:

@@ -102,7 +102,7 @@ def _close_all(fds: list[int]) -> None:
             pass
 
 
-def _caps(data: bytes) -> dict:
+def version_capabilities(data: bytes) -> dict:
     """The capabilities object of a VERSION message, {} when absent or malformed."""
     text = data[spec.HEADER_SIZE + 4:]
     if not text.endswith(b"\0"):
@@ -115,7 +115,7 @@ def _caps(data: bytes) -> dict:
     return caps if isinstance(caps, dict) else {}
 
 
-def _xfer(caps: dict) -> int:
+def usable_max_xfer(caps: dict) -> int:
     v = caps.get("max_data_xfer_size")
     return v if isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 31 else 0
 
@@ -700,8 +700,8 @@ class Relay:
         flags = _HDR.unpack_from(data)[3]
         is_reply = (flags & spec.FLAG_TYPE_MASK) == spec.MSG_TYPE_REPLY
         if p.dir == (S2C if is_reply else C2S) and not flags & spec.FLAG_ERROR:
-            caps = _caps(data)
-            conn.xfer[p.dir] = _xfer(caps)
+            caps = version_capabilities(data)
+            conn.xfer[p.dir] = usable_max_xfer(caps)
             conn.limit = max(self.base_limit, max(conn.xfer.values()) + _FIXED_MAX + spec.FRAMING_SLACK)
             if is_reply and fds:
                 tw = caps.get("twin_socket")
