@@ -3171,15 +3171,15 @@ local function version_reply(c, ev, f, nfds, req, found)
     local rsup = rt ~= nil and rt.t == "obj" and rt.map["supported"] or nil
     local asked = rsup ~= nil and rsup.t == "bool" and rsup.v == true
     local idx = twin.map["fd_index"]
+    local fd = idx ~= nil and idx.t == "int" and ev.fds[idx.v + 1] or nil
+    local fd_kind = fd and E.FD_KINDS[fd.kind] or "unknown"
     if not asked then
       problem(found, "TWIN_SOCKET_BAD", "twin_socket.supported in the reply but the client did not ask")
     elseif idx == nil or idx.t ~= "int" or not (idx.v >= 0 and idx.v < nfds) then
       problem(found, "TWIN_SOCKET_BAD", fmt("twin_socket.fd_index %s but the reply carries %d fds",
         idx and json_text(idx, 20) or "None", nfds))
-    elseif (E.FD_KINDS[ev.fds[idx.v + 1].kind] or "unknown") ~= "socket"
-        and (E.FD_KINDS[ev.fds[idx.v + 1].kind] or "unknown") ~= "unknown" then
-      problem(found, "TWIN_SOCKET_BAD", fmt("twin_socket.fd_index %d is not a socket (kind %s)", idx.v,
-        E.FD_KINDS[ev.fds[idx.v + 1].kind]))
+    elseif fd_kind ~= "socket" and fd_kind ~= "unknown" then
+      problem(found, "TWIN_SOCKET_BAD", fmt("twin_socket.fd_index %d is not a socket (kind %s)", idx.v, fd_kind))
     else
       c.twin_negotiated = true
     end
