@@ -32,7 +32,11 @@ examples:
   vfudissect record --listen /tmp/proxy.sock --connect /run/gpio.sock -w gpio.pcapng
   vfudissect record --intercept /run/gpio.sock -w gpio.pcapng -q
   vfudissect record --listen /tmp/p.sock --connect /run/gpio.sock -w - | wireshark -k -i -
+  vfudissect record --intercept /run/gpio.sock -w long.pcapng --rotate-size 100M
   (for Wireshark to decode: vfudissect lua --install)
+
+exit status: 0 after a clean stop (Ctrl-C, SIGTERM), 2 when a path, a
+permission or the server is unusable (said in one line).
 
 Performance: recording never sits between a message and its forwarding
 (it is done when no socket is ready).  With --busy-poll the relay keeps
@@ -101,8 +105,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                             "server socket's own unless given)")
     out = p.add_argument_group("capture")
     out.add_argument("-w", "--write", required=True, metavar="FILE",
-                     help="pcapng capture to write, flushed per record; - for stdout (the live view then "
-                          "goes to stderr)")
+                     help="pcapng capture to write as it goes (whole records, at the latest every 0.1 s); - "
+                          "for stdout (the live view then goes to stderr)")
     out.add_argument("--snaplen", type=int, metavar="N",
                      help="keep only N bytes of bulk data per message (headers and fixed fields always kept)")
     out.add_argument("--rotate-size", type=_size, metavar="SIZE",
