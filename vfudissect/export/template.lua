@@ -2133,6 +2133,9 @@ local function add_caps_chain(tree, tvb, base, s, n, first)
   end
 end
 
+-- payload tails that are a bitmap behind a header struct: tail -> {struct, request flag that brings it}
+local BITMAP_TAILS = {bitmap = {"unmap_bitmap", 1}, dirty = {"dirty_bitmap", 4}}
+
 local function add_tail(tree, tvb, base, s, n, cmd, is_reply, lay, f)
   local off = 16 + lay.size
   local rest = n - off
@@ -2199,18 +2202,11 @@ local function add_tail(tree, tvb, base, s, n, cmd, is_reply, lay, f)
     else
       add_data(tree, tvb, base, off, rest)
     end
-  elseif tail == "bitmap" then
-    if band(f.flags, 1) ~= 0 and rest >= SPEC.structs.unmap_bitmap.size then
-      add_struct(tree, "unmap_bitmap", tvb, base, off, s)
-      local boff = off + SPEC.structs.unmap_bitmap.size
-      if n > boff then add_data(tree, tvb, base, boff, n - boff, VF.bitmap) end
-    else
-      add_data(tree, tvb, base, off, rest)
-    end
-  elseif tail == "dirty" then
-    if band(f.flags, 4) ~= 0 and rest >= SPEC.structs.dirty_bitmap.size then
-      add_struct(tree, "dirty_bitmap", tvb, base, off, s)
-      local boff = off + SPEC.structs.dirty_bitmap.size
+  elseif BITMAP_TAILS[tail] ~= nil then  -- a bitmap header struct when the flag says so, then the bitmap
+    local struct, flag = BITMAP_TAILS[tail][1], BITMAP_TAILS[tail][2]
+    if band(f.flags, flag) ~= 0 and rest >= SPEC.structs[struct].size then
+      add_struct(tree, struct, tvb, base, off, s)
+      local boff = off + SPEC.structs[struct].size
       if n > boff then add_data(tree, tvb, base, boff, n - boff, VF.bitmap) end
     else
       add_data(tree, tvb, base, off, rest)
