@@ -49,7 +49,8 @@ def test_read_real_libvfio_user_traffic_flags_only_what_it_contains():
     msgs, findings = jsonl(p.stdout)
     assert len(msgs) == 216
     serious = [(f["finding"], f["frames"]) for f in findings if f["severity"] != "note"]
-    assert serious == [("ERROR_REPLY", [5])]  # its sample client provokes one EINVAL on purpose
+    error = next(m for m in msgs if m["error"])
+    assert serious == [("ERROR_REPLY", [error["frame"]])]  # its sample client provokes one EINVAL on purpose
     assert p.returncode == 0  # a warning is below the default --fail-on error
     assert run("read", "--json", "--fail-on", "warning", str(LVU)).returncode == 1
 
@@ -73,7 +74,8 @@ def test_filters():
     assert len(msgs) == 18 and all(m["command"] == 2 and m["dir"] == "c2s" for m in msgs)
     p = run("read", "--json", "-f", "error_reply", str(LVU))
     msgs, findings = jsonl(p.stdout)
-    assert [m["frame"] for m in msgs] == [5] and [f["finding"] for f in findings] == ["ERROR_REPLY"]
+    assert [m["error_name"] for m in msgs] == ["EINVAL"] and [f["finding"] for f in findings] == ["ERROR_REPLY"]
+    assert findings[0]["frames"] == [msgs[0]["frame"]]
     p = run("read", "--json", "-s", "warning", str(QEMU))
     assert jsonl(p.stdout) == ([], [])
     p = run("read", "--json", "--conn", "2", str(QEMU))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pathlib
 
 from vfudissect import spec
+from vfudissect.core import findings
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -17,7 +18,7 @@ def render() -> str:
              "Severity follows Wireshark's scale (note < warning < error); the basis column names the fact-sheet "
              "anomaly it implements.", "",
              "| code | severity | Wireshark group | meaning | basis |", "|---|---|---|---|---|"]
-    lines += [f"| `{f.code}` | {f.severity} | {f.group} | {f.title} | {f.basis} |" for f in spec.FINDINGS.values()]
+    lines += [f"| `{f.code}` | {f.severity} | {f.group} | {f.title} | {f.basis} |" for f in findings.CATALOGUE.values()]
     return "\n".join(lines) + "\n"
 
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from vfudissect.capture.transcript import transcript_events
-from vfudissect.capture.writer import CaptureWriter
+from vfudissect.capture.transcript import write_judged
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCES = {
@@ -22,11 +21,8 @@ def main() -> int:
         src = src_dir / f"{stem}.jsonl"
         dst = ROOT / "captures" / f"{stem}.pcapng"
         with open(src) as fin, open(dst, "wb") as fout:
-            w = CaptureWriter(fout, comment=f"converted from {src.name}: {desc}",
-                              if_name=f"vfio-user:{stem}", flush=False)
-            for ev in transcript_events(fin, src.name):
-                w.write(ev)
-            n = w.records
+            n = write_judged(fin, fout, src.name, comment=f"converted from {src.name}: {desc}",
+                             if_name=f"vfio-user:{stem}")
         print(f"{dst.relative_to(ROOT)}: {n} records from {src.name}")
     return 0
 

@@ -21,6 +21,7 @@ from .core.records import ConnRecord, Finding, Item, MessageRecord
 from .core.sequencer import Sequencer
 from .render import Renderer, finding_json, message_json
 from .stats import Stats
+from .core import findings
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -101,10 +102,10 @@ class Filter:
         self.dir = args.dir
         self.codes = {c.upper() for c in args.finding} if args.finding else None
         if self.codes:
-            bad = self.codes - set(spec.FINDINGS)
+            bad = self.codes - set(findings.CATALOGUE)
             if bad:
                 raise UsageError(f"unknown finding code(s): {', '.join(sorted(bad))} (see `vfudissect codes`)")
-        self.min_sev = spec.SEVERITY_RANK[args.severity] if args.severity else None
+        self.min_sev = findings.SEVERITY_RANK[args.severity] if args.severity else None
 
     @property
     def active(self) -> bool:
@@ -115,7 +116,7 @@ class Filter:
             return False
         if self.codes is not None and f.code not in self.codes:
             return False
-        if self.min_sev is not None and spec.SEVERITY_RANK[f.severity] < self.min_sev:
+        if self.min_sev is not None and findings.SEVERITY_RANK[f.severity] < self.min_sev:
             return False
         return True
 
@@ -129,7 +130,7 @@ class Filter:
         if self.codes is not None and not self.codes.intersection(r.findings):
             return False
         if self.min_sev is not None and not any(
-                spec.SEVERITY_RANK[spec.FINDINGS[c].severity] >= self.min_sev for c in r.findings):
+                findings.SEVERITY_RANK[findings.CATALOGUE[c].severity] >= self.min_sev for c in r.findings):
             return False
         return True
 
@@ -163,7 +164,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     stats = Stats()
     seq = Sequencer()
     progress = Progress(args.file, not args.no_progress)
-    fail_rank = None if args.fail_on == "never" else spec.SEVERITY_RANK[args.fail_on]
+    fail_rank = None if args.fail_on == "never" else findings.SEVERITY_RANK[args.fail_on]
     worst = -1
     shown = 0
     raw: dict[tuple[int, int], bytes] = {}  # (conn, frame) -> message bytes, for -V, until printed
@@ -193,7 +194,7 @@ def cmd_read(args: argparse.Namespace) -> int:
                 # shown when it passes the finding filters and the message it is about was shown
                 if not flt.finding_ok(it) or not pending_conn.get(it.frame, True):
                     continue
-                rank = spec.SEVERITY_RANK[it.severity]
+                rank = findings.SEVERITY_RANK[it.severity]
                 worst = max(worst, rank)
                 if args.json:
                     write(json.dumps(finding_json(it)) + "\n")
@@ -283,7 +284,7 @@ def _err_line(msg: str) -> None:
 def cmd_stats(args: argparse.Namespace) -> int:
     stats = Stats()
     progress = Progress(args.file, not args.no_progress)
-    fail_rank = None if args.fail_on == "never" else spec.SEVERITY_RANK[args.fail_on]
+    fail_rank = None if args.fail_on == "never" else findings.SEVERITY_RANK[args.fail_on]
     add = stats.add
     try:
         for it in analyze(_guard(open_capture(args.file, progress), _set_error), AnalyzerConfig(timeout=args.timeout)):
@@ -302,41 +303,38 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if error is not None:
         _err_line(str(error))
         return EXIT_BAD_INPUT
-    worst = max((spec.SEVERITY_RANK[s] for s, n in stats.severities.items() if n), default=-1)
+    worst = max((findings.SEVERITY_RANK[s] for s, n in stats.severities.items() if n), default=-1)
     return EXIT_FINDINGS if fail_rank is not None and worst >= fail_rank else EXIT_OK
 
 
 # ----------------------------------------------------------------- import
 def cmd_import(args: argparse.Namespace) -> int:
-    from .capture.transcript import TranscriptError, transcript_events
-    from .capture.writer import CaptureWriter
+    from .capture.transcript import TranscriptError, write_judged
 
     try:
         fin = sys.stdin if args.transcript == "-" else open(args.transcript)
     except OSError as exc:
         raise UsageError(f"{args.transcript}: {exc.strerror}") from None
     out = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")
-    w = CaptureWriter(out, comment=f"imported from {args.transcript}", flush=args.write == "-")
     try:
-        for ev in transcript_events(fin, args.transcript):
-            w.write(ev)
+        n = write_judged(fin, out, args.transcript, flush=args.write == "-", timeout=args.timeout)
     except TranscriptError as exc:
-        w.close()
+        out.close()
         _err_line(str(exc))
         return EXIT_BAD_INPUT
-    w.close()
+    out.close()
     if args.write != "-":
-        sys.stderr.write(f"{args.write}: {w.records} records\n")
+        sys.stderr.write(f"{args.write}: {n} records\n")
     return EXIT_OK
 
 
 def cmd_codes(args: argparse.Namespace) -> int:
     if args.json:
-        for f in spec.FINDINGS.values():
+        for f in findings.CATALOGUE.values():
             print(json.dumps({"finding": f.code, "severity": f.severity, "group": f.group, "title": f.title,
                               "basis": f.basis}))
         return EXIT_OK
-    for f in spec.FINDINGS.values():
+    for f in findings.CATALOGUE.values():
         print(f"{f.code:<30} {f.severity:<8} {f.title}")
     return EXIT_OK
 
@@ -401,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "t, conn, dir, data hex, fds) into a VFUC pcapng capture.")
     p.add_argument("transcript", help="the .jsonl transcript (- for stdin)")
     p.add_argument("-w", "--write", required=True, metavar="FILE", help="capture to write (- for stdout)")
+    p.add_argument("--timeout", type=float, default=spec.DEFAULT_REPLY_TIMEOUT, metavar="SECONDS",
+                   help="REPLY_TIMEOUT threshold of the verdicts recorded in the capture (default %(default)s s)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("codes", help="list the finding codes with their severity")

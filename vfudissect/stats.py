@@ -13,6 +13,7 @@ from typing import Any
 
 from . import spec
 from .core.records import ConnRecord, Finding, Item, MessageRecord
+from .core import findings
 
 _LOG_BASE = math.log(1.01)
 _NS = 1e-9
@@ -188,9 +189,9 @@ class Stats:
                 lines.append("  fds: " + ", ".join(f"{k} {v}" for k, v in cs.fds.most_common()))
             if cs.findings:
                 lines.append("  findings:")
-                for code, n in sorted(cs.findings.items(), key=lambda kv: (-spec.SEVERITY_RANK[
-                        spec.FINDINGS[kv[0]].severity], kv[0])):
-                    sev = spec.FINDINGS[code].severity
+                for code, n in sorted(cs.findings.items(), key=lambda kv: (-findings.SEVERITY_RANK[
+                        findings.CATALOGUE[kv[0]].severity], kv[0])):
+                    sev = findings.CATALOGUE[code].severity
                     lines.append(f"    {c(sev, f'{sev:<8}')}{code:<30}{n:>7}")
             return lines
 

@@ -17,6 +17,7 @@ from . import spec
 from .core.analyzer import Analyzer, AnalyzerConfig
 from .core.events import ConnClosed, ConnOpened, Event, FdInfo, MessageIn, RawIn, Tick
 from .core.records import ConnRecord, Finding, Item, MessageRecord
+from .core import findings
 
 QEMU_CAPS: dict[str, Any] = {"capabilities": {
     "pgsizes": 4096, "max_msg_fds": 16, "max_dma_maps": 65535, "max_data_xfer_size": 1048576,
@@ -241,10 +242,10 @@ class Playbook:
 
     def codes(self, min_severity: str = "note", ignore: Iterable[str] = ("CAPS_LEGACY_KEY",)) -> list[tuple[str, tuple[int, ...]]]:
         """(code, frames) of every finding at or above ``min_severity``, in order."""
-        rank = spec.SEVERITY_RANK[min_severity]
+        rank = findings.SEVERITY_RANK[min_severity]
         skip = set(ignore)
         return [(f.code, f.frames) for f in self.findings()
-                if spec.SEVERITY_RANK[f.severity] >= rank and f.code not in skip]
+                if findings.SEVERITY_RANK[f.severity] >= rank and f.code not in skip]
 
     def records(self) -> list[MessageRecord]:
         return [it for it in self.items if isinstance(it, MessageRecord)]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import __version__, spec
+from .core import findings
 
 __all__ = ["WiresharkError", "WiresharkMessage", "messages", "messages_async", "layers", "plugin_file"]
 
@@ -48,7 +49,7 @@ class WiresharkMessage:
     request_in: int | None
     response_in: int | None
     time: float | None  # response time, on replies
-    findings: tuple[str, ...]  # finding codes (spec.FINDINGS), as expert info in Wireshark
+    findings: tuple[str, ...]  # finding codes (findings.CATALOGUE), as expert info in Wireshark
     layer: Any
 
 

@@ -13,6 +13,7 @@ from vfudissect.testing import (EVENTFD, irq_info, irq_info_reply, MEMFD, Playbo
                                 dma_read_reply, dma_unmap, dma_write, get_info, get_info_reply, layout, message,
                                 mig_data_read, region_info, region_info_reply, region_read, region_read_reply,
                                 region_write, region_write_reply, reply, set_irqs, version, version_reply)
+from vfudissect.core import findings
 
 C2S, S2C = spec.C2S, spec.S2C
 
@@ -65,7 +66,7 @@ def test_duplicate_pending_id_is_a_note_and_pairs_oldest_first():
     rb = pb.s2c(region_read_reply(30, 7, 4))
     assert pb.codes() == [("DUPLICATE_PENDING_ID", (b, a))]
     assert pb.record(ra).request_frame == a and pb.record(rb).request_frame == b
-    assert spec.FINDINGS["DUPLICATE_PENDING_ID"].severity == "note"
+    assert findings.CATALOGUE["DUPLICATE_PENDING_ID"].severity == "note"
 
 
 def test_reply_to_no_reply():
@@ -597,6 +598,6 @@ def test_feature_checks_and_migration_state():
 
 
 def test_every_catalogue_code_is_described():
-    for code, kind in spec.FINDINGS.items():
-        assert code == code.upper() and kind.severity in spec.SEVERITIES and kind.title
-    assert json.dumps(sorted(spec.FINDINGS))  # stable, serialisable
+    for code, kind in findings.CATALOGUE.items():
+        assert code == code.upper() and kind.severity in findings.SEVERITIES and kind.title
+    assert json.dumps(sorted(findings.CATALOGUE))  # stable, serialisable

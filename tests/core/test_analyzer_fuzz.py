@@ -10,6 +10,7 @@ from vfudissect import spec
 from vfudissect.core.analyzer import Analyzer, AnalyzerConfig
 from vfudissect.core.events import ConnClosed, ConnOpened, FdInfo, MessageIn, RawIn, Tick
 from vfudissect.core.records import Finding, MessageRecord
+from vfudissect.core import findings
 
 header = st.builds(lambda mid, cmd, size, flags, err: struct.pack("<HHIII", mid, cmd, size, flags, err),
                    st.integers(0, 5), st.one_of(st.integers(0, 20), st.integers(0, 65535)),
@@ -47,7 +48,7 @@ def test_any_exchange_gives_one_record_per_message_and_known_codes(msgs, timeout
     recs = [i for i in items if isinstance(i, MessageRecord)]
     assert [r.frame for r in recs] == list(range(2, 2 + len(msgs)))
     for f in (i for i in items if isinstance(i, Finding)):
-        assert f.code in spec.FINDINGS and f.severity == spec.FINDINGS[f.code].severity and f.frames
+        assert f.code in findings.CATALOGUE and f.severity == findings.CATALOGUE[f.code].severity and f.frames
 
 
 @given(st.binary(max_size=200), st.sampled_from([spec.C2S, spec.S2C]))

@@ -8,6 +8,7 @@ from hypothesis import given, strategies as st
 
 from vfudissect import spec
 from vfudissect.core.capabilities import cap, parse_version_data
+from vfudissect.core import findings
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
                            lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=8), kids,
@@ -17,7 +18,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
 @given(st.binary(max_size=300))
 def test_any_bytes_give_known_codes_only(raw):
     _vd, problems = parse_version_data(raw)
-    assert all(code in spec.FINDINGS for code, _ in problems)
+    assert all(code in findings.CATALOGUE for code, _ in problems)
 
 
 @given(st.dictionaries(st.sampled_from(sorted(spec.CAPABILITIES) + ["x", "twin_socket.supported"]), json_values,
@@ -26,7 +27,7 @@ def test_any_capabilities_object_is_checked_without_raising(caps):
     raw = json.dumps({"capabilities": caps}).encode() + b"\0"
     vd, problems = parse_version_data(raw)
     assert vd.capabilities == caps
-    assert all(code in spec.FINDINGS for code, _ in problems)
+    assert all(code in findings.CATALOGUE for code, _ in problems)
 
 
 def test_qemu_and_libvfio_user_capabilities_are_clean_but_for_the_legacy_note():

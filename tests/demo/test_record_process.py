@@ -13,12 +13,13 @@ from hypothesis import strategies as st
 
 from vfudissect import spec
 from vfudissect.capture.reader import open_capture
-from vfudissect.core.events import ConnOpened
+from vfudissect.core.events import ConnOpened, VerdictsIn
 from vfudissect.core.records import ConnRecord, Finding, make_message_record
 from vfudissect.demo.record_process import ProxyError, RecordProcess, live_findings
 from vfudissect.render import Renderer
+from vfudissect.core import findings
 
-_CODES = sorted(spec.FINDINGS)
+_CODES = sorted(findings.CATALOGUE)
 _TEXT = st.text(st.characters(blacklist_characters="\n\r[]", blacklist_categories=("Cs", "Cc")), max_size=40)
 
 
@@ -45,7 +46,7 @@ def live_views(draw: st.DrawFn) -> tuple[str, list[tuple[str, str, tuple[int, ..
             own = draw(st.booleans())
             first = last if own else draw(st.integers(1, 10_000))
             frames = (first, *draw(st.lists(st.integers(1, 10_000), max_size=2)))
-            f = Finding(code, spec.FINDINGS[code].severity, 1, frames, draw(_TEXT))
+            f = Finding(code, findings.CATALOGUE[code].severity, 1, frames, draw(_TEXT))
             lines.append(r.finding_line(f, standalone=f.frame != last))
             want.append((f.severity, code, frames))
     return "\n".join(lines) + "\n", want
@@ -87,5 +88,6 @@ def test_start_starve_feed_and_stop(tmp_path) -> None:  # type: ignore[no-untype
     finally:
         server.close()
     events = list(open_capture(str(tmp_path / "c.pcapng")))
-    assert isinstance(events[0], ConnOpened) and events[0].socket_path == "dev.sock"
+    assert isinstance(events[0], VerdictsIn) and events[0].timeout == 5.0  # a judged capture says so first
+    assert isinstance(events[1], ConnOpened) and events[1].socket_path == "dev.sock"
     assert "overall: 1 connection(s)" in (tmp_path / "live.txt").read_text()

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from vfudissect import spec
-from vfudissect.core.events import ConnClosed, MessageIn, NoteIn, RawIn
+from vfudissect.core.events import ConnClosed, FindingIn, MessageIn, NoteIn, RawIn, VerdictsIn
 from vfudissect.demo.scripted import Scenario, ScriptError, Step, c2s, model, play, s2c, step_frames
 from vfudissect.testing import region_read, region_write, region_write_reply, version, version_reply
 
@@ -35,20 +35,29 @@ def test_bad_steps_are_refused_with_a_reason(kw: dict, why: str) -> None:
         Step(**kw)
 
 
-def test_frames_follow_the_capture_writer_fragments_included() -> None:
+def traffic(scn: Scenario) -> list:
+    """The model's records without the verdicts (the VERDICTS record and the FINDING records)."""
+    return [r for r in model(scn) if not isinstance(r.event, (VerdictsIn, FindingIn))]
+
+
+def test_frames_follow_the_capture_writer_fragments_and_verdicts_included() -> None:
     big = region_write(9, 1, 0, bytes(200_000))  # over 64 KiB: several records, the last one is its frame
     scn = Scenario("big", tuple(HELLO + [c2s(big), s2c(region_write_reply(9, 1, 0, 200_000))]))
     frames = step_frames(scn)
-    assert frames[0] == (2,) and frames[1] == (3,)
-    assert frames[2][0] >= 3 + 200_000 // spec.VFUC_MAX_RECORD + 1
+    recs = model(scn)
+    assert isinstance(recs[0].event, VerdictsIn) and recs[0].event.frame == 1
+    # QEMU's capabilities carry the legacy 'migration' key: its CAPS_LEGACY_KEY note is frame 4
+    assert frames[0] == (3,) and isinstance(recs[3].event, FindingIn) and recs[3].event.frame == 4
+    assert frames[1] == (5,)
+    assert frames[2][0] >= 5 + 200_000 // spec.VFUC_MAX_RECORD + 1
     assert frames[3] == (frames[2][0] + 1,)
-    closes = [r.event.frame for r in model(scn) if isinstance(r.event, ConnClosed)]
+    closes = [r.event.frame for r in recs if isinstance(r.event, ConnClosed)]
     assert closes == [frames[3][0] + 1, frames[3][0] + 2]
 
 
 def test_an_unframeable_header_is_recorded_alone_then_the_direction_goes_raw() -> None:
     scn = Scenario("raw", tuple(HELLO + [c2s(GARBAGE + b"tail"), c2s(region_read(2, 7)), s2c(version_reply(5))]))
-    recs = model(scn)
+    recs = traffic(scn)
     kinds = [(type(r.event).__name__, getattr(r.event, "dir", None), r.step) for r in recs]
     assert kinds[3:] == [("MessageIn", C2S, 2), ("NoteIn", C2S, 2), ("RawIn", C2S, 2), ("RawIn", C2S, 3),
                          ("MessageIn", S2C, 4), ("ConnClosed", C2S, None), ("ConnClosed", S2C, None)]
@@ -57,7 +66,7 @@ def test_an_unframeable_header_is_recorded_alone_then_the_direction_goes_raw() -
 
 def test_a_cut_message_closes_its_direction_and_nothing_may_follow_in_it() -> None:
     cut = Step(C2S, region_write(9, 1, 0, b"x" * 64)[:40], how="cut")
-    recs = model(Scenario("cut", tuple(HELLO + [cut, s2c(version_reply(7))])))
+    recs = traffic(Scenario("cut", tuple(HELLO + [cut, s2c(version_reply(7))])))
     tail = [r.event for r in recs[3:]]
     assert isinstance(tail[0], MessageIn) and len(tail[0].data) == 40
     assert isinstance(tail[1], NoteIn) and isinstance(tail[2], ConnClosed) and tail[2].dir == C2S
@@ -65,13 +74,13 @@ def test_a_cut_message_closes_its_direction_and_nothing_may_follow_in_it() -> No
     assert [type(e) for e in tail[4:]] == [ConnClosed] and tail[4].dir == S2C  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="already closed"):
         model(Scenario("after", tuple(HELLO + [cut, c2s(region_read(3, 7))])))
-    short = model(Scenario("hdr", (Step(C2S, b"\1\2\3", how="cut"),)))
+    short = traffic(Scenario("hdr", (Step(C2S, b"\1\2\3", how="cut"),)))
     assert isinstance(short[1].event, RawIn)
 
 
 def test_snaplen_and_starved_fds_are_recorded_as_the_proxy_records_them() -> None:
     w = c2s(region_write(9, 1, 0, bytes(1000)), "eventfd", starve_fds=True)
-    ev = model(Scenario("snap", tuple(HELLO + [w]), snaplen=100))[3].event
+    ev = traffic(Scenario("snap", tuple(HELLO + [w]), snaplen=100))[3].event
     assert isinstance(ev, MessageIn)
     assert ev.flags & spec.VF_TRUNCATED and ev.flags & spec.VF_FDS_CTRUNC and ev.fds == ()
     assert ev.wire_len == 1032 and len(ev.data) == 16 + 16 + 100

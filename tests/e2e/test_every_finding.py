@@ -26,6 +26,7 @@ from vfudissect.demo.catalogue import ELSEWHERE, EXCLUDED, SCENARIOS
 from vfudissect.demo.scripted import expected, findings_key, step_frames
 
 from .conftest import Outcome, model_shape, run_as_process, run_in_process
+from vfudissect.core import findings
 
 IN_PROCESS = sorted(code for code, scn in SCENARIOS.items() if not scn.needs_fd_starving)
 AS_PROCESS = sorted(code for code, scn in SCENARIOS.items() if scn.needs_fd_starving)
@@ -34,8 +35,8 @@ AS_PROCESS = sorted(code for code, scn in SCENARIOS.items() if scn.needs_fd_star
 def test_every_code_has_a_scenario_except_the_ones_a_proxy_cannot_produce() -> None:
     assert sorted(EXCLUDED) == ["CAPTURE_CORRUPT"]
     assert sorted(ELSEWHERE) == ["WRONG_CHANNEL"]
-    assert sorted(set(spec.FINDINGS) - set(SCENARIOS)) == sorted({**EXCLUDED, **ELSEWHERE})
-    assert set(SCENARIOS) <= set(spec.FINDINGS)
+    assert sorted(set(findings.CATALOGUE) - set(SCENARIOS)) == sorted({**EXCLUDED, **ELSEWHERE})
+    assert set(SCENARIOS) <= set(findings.CATALOGUE)
     for code in {**EXCLUDED, **ELSEWHERE}:
         assert code in (__doc__ or ""), f"{code} is excluded but the module docstring does not say why"
     assert AS_PROCESS == ["FDS_TRUNCATED"]

@@ -13,6 +13,7 @@ from vfudissect import spec
 from vfudissect.export import lua
 from tests.conftest import LVU
 from tests.export.tshark_run import PLUGIN, ROOT, tshark
+from vfudissect.core import findings
 
 pytestmark = pytest.mark.tshark
 
@@ -36,10 +37,10 @@ def test_generation_is_deterministic_and_says_it_is_generated():
 def test_tables_come_from_spec_not_from_the_template():
     template = lua.template_text()
     generated = lua.generate()
-    for f in spec.FINDINGS.values():
+    for f in findings.CATALOGUE.values():
         assert f"title = {lua.lua_string(f.title)}" in generated
     # a hand-copied catalogue would repeat the titles; a few finding texts happen to equal their title
-    assert sum(lua.lua_string(f.title) in template for f in spec.FINDINGS.values()) <= 3
+    assert sum(lua.lua_string(f.title) in template for f in findings.CATALOGUE.values()) <= 3
     for name in ("EINVAL", "ENOENT", "ERANGE"):
         assert f'"{name}"' not in template and f'"{name}"' in generated
     for code, c in spec.COMMANDS.items():
@@ -48,7 +49,7 @@ def test_tables_come_from_spec_not_from_the_template():
 
 
 def test_a_new_spec_entry_reaches_the_plugin(monkeypatch):
-    findings = dict(spec.FINDINGS)
+    findings = dict(findings.CATALOGUE)
     findings["TEST_ONLY_CODE"] = spec.FindingKind("TEST_ONLY_CODE", "note", "protocol", "a test-only finding", "-")
     monkeypatch.setattr(spec, "FINDINGS", findings)
     errnos = dict(spec.ERRNO_NAMES) | {4000: "ETESTONLY"}

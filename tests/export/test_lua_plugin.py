@@ -19,6 +19,7 @@ from vfudissect.core.events import MessageIn
 from tests.conftest import CAPTURES, LVU, QEMU
 from tests.export import corpus
 from tests.export.tshark_run import PLUGIN, parity, run_read_json, run_tshark, tshark
+from vfudissect.core import findings
 
 pytestmark = pytest.mark.tshark
 FIXTURES = sorted(CAPTURES.glob("*.pcapng"))
@@ -58,7 +59,7 @@ def test_real_traffic_decodes_like_vfudissect_read(capture):
 def test_every_finding_code_on_the_same_frames(catalogue):
     _, codes = run_read_json(catalogue)
     seen = {c for counter in codes.values() for c in counter}
-    assert seen == set(spec.FINDINGS), f"catalogue misses {sorted(set(spec.FINDINGS) - seen)}"
+    assert seen == set(findings.CATALOGUE), f"catalogue misses {sorted(set(findings.CATALOGUE) - seen)}"
     assert parity(catalogue) == []
 
 

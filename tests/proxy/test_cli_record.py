@@ -14,7 +14,7 @@ import time
 import pytest
 
 from vfudissect.capture.reader import read_events
-from vfudissect.core.events import ConnClosed, ConnOpened, MessageIn
+from vfudissect.core.events import ConnClosed, ConnOpened, FindingIn, MessageIn, VerdictsIn
 from vfudissect.peers.client import Client, run_session
 from vfudissect.peers.server import DeviceServer
 from vfudissect.proxy.listener import MOVED_SUFFIX
@@ -71,7 +71,8 @@ def test_sigterm_during_traffic_leaves_a_capture_read_accepts(sockdir: str, devi
         events = list(read_events(f))
     msgs = [e for e in events if isinstance(e, MessageIn)]
     assert len(msgs) >= 2 * 50
-    assert isinstance(events[0], ConnOpened) and isinstance(events[-1], ConnClosed)
+    assert isinstance(events[0], VerdictsIn) and isinstance(events[1], ConnOpened)
+    assert isinstance([e for e in events if not isinstance(e, FindingIn)][-1], ConnClosed)
     assert not os.path.exists(px)  # the listening socket is cleaned up
 
 
@@ -210,14 +211,18 @@ def test_the_capture_streams_live_into_tshark(sockdir: str, device: DeviceServer
     lines: list[list[str]] = []
 
     def read_lines() -> None:  # everything, the two directions' close records included, arrives live
-        for _ in range(7):
+        commands, last = 0, 0
+        while commands < 4 or len(lines) < last + 2:
             lines.append(ts.stdout.readline().split())
+            if len(lines[-1]) == 2:
+                commands, last = commands + 1, len(lines)
 
     reader = threading.Thread(target=read_lines, daemon=True)
     reader.start()
     reader.join(timeout=30)
     assert proc.poll() is None  # ... while the proxy still runs
-    assert lines == [["1"], ["2", "1"], ["3", "1"], ["4", "4"], ["5", "4"], ["6"], ["7"]]
+    assert [ln[0] for ln in lines] == [str(n) for n in range(1, len(lines) + 1)]  # every record, findings' too
+    assert [ln[1] for ln in lines if len(ln) == 2] == ["1", "1", "4", "4"]
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=20)
     rest, _ = ts.communicate(timeout=30)

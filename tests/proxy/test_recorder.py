@@ -7,7 +7,7 @@ import os
 
 from vfudissect.capture.reader import read_events
 from vfudissect.capture.writer import CaptureWriter
-from vfudissect.core.events import ConnOpened, MessageIn, Tick
+from vfudissect.core.events import ConnOpened, FindingIn, MessageIn, Tick, VerdictsIn
 from vfudissect.proxy.recorder import LiveView, Recorder
 from vfudissect.proxy.sinks import FileSink
 from vfudissect.testing import region_read, region_read_reply, version, version_reply
@@ -45,7 +45,8 @@ def session(rec: Recorder, n: int = 3) -> None:
 def test_frames_in_the_live_view_are_the_capture_frames(sockdir: str) -> None:
     path = os.path.join(sockdir, "c.pcapng")
     live = Text()
-    rec = Recorder(CaptureWriter(FileSink(os.open(path, os.O_WRONLY | os.O_CREAT))), LiveView(live), timeout=1.0)
+    rec = Recorder(CaptureWriter(FileSink(os.open(path, os.O_WRONLY | os.O_CREAT)), judged=1.0), LiveView(live),
+                   timeout=1.0)
     session(rec)
     rec.record(MessageIn(1.1, 1, "c2s", region_read(99, 7)))
     rec.record(Tick(3.0))  # time passes: the unanswered read times out while the session still runs
@@ -53,11 +54,17 @@ def test_frames_in_the_live_view_are_the_capture_frames(sockdir: str) -> None:
     rec.writer.close()
     with open(path, "rb") as f:
         events = list(read_events(f))
-    assert len(events) == 10 and [e.frame for e in events] == list(range(1, 11))
+    # the verdicts record, 10 traffic records and the engine's two findings, each a frame of its own
+    assert [type(e).__name__ for e in events].count("FindingIn") == 2 and isinstance(events[0], VerdictsIn)
+    assert len(events) == 13 and [e.frame for e in events] == list(range(1, 14))
+    request = next(e for e in events if isinstance(e, MessageIn) and e.data == region_read(99, 7))
+    timeout = events[-1]
+    assert isinstance(timeout, FindingIn) and timeout.code == "REPLY_TIMEOUT" and timeout.frames == (request.frame,)
     lines = live.text.splitlines()
-    assert lines[0].split()[0] == "1" and "open /run/dev.sock" in lines[0]
+    assert lines[0].split()[0] == "2" and "open /run/dev.sock" in lines[0]
     # the finding came two seconds later, under the line of the request it is about
-    assert lines[-2].split()[0] == "10" and lines[-1].strip().startswith("! warning REPLY_TIMEOUT: REGION_READ id=99")
+    assert lines[-2].split()[0] == str(request.frame)
+    assert lines[-1].strip().startswith("! warning REPLY_TIMEOUT: REGION_READ id=99")
     assert [f.code for f in rec.findings] == ["CAPS_LEGACY_KEY", "REPLY_TIMEOUT"]
     assert rec.stats.messages == 9
 

@@ -10,7 +10,7 @@ from vfudissect.capture.reader import read_events
 from vfudissect.capture.rotate import part_path
 from vfudissect.cli import analyze
 from vfudissect.core.analyzer import AnalyzerConfig
-from vfudissect.core.events import ConnOpened, MessageIn, NoteIn
+from vfudissect.core.events import ConnOpened, MessageIn, NoteIn, VerdictsIn
 from vfudissect.core.records import Finding, MessageRecord
 from vfudissect.peers.client import Client, run_session
 from vfudissect.peers.server import DeviceServer
@@ -47,7 +47,7 @@ def test_a_rotated_session_reads_part_by_part_as_it_did_live(sockdir: str, devic
         offline.update(f.code for f in items if isinstance(f, Finding))
         own_messages += sum(1 for r in items if isinstance(r, MessageRecord) and not r.context)
         if n > 1:  # opens with the connection and its state, as context
-            assert isinstance(events[0], ConnOpened)
+            assert isinstance(events[0], VerdictsIn) and isinstance(events[1], ConnOpened)
             ctx = [e for e in events if isinstance(e, MessageIn) and e.flags & spec.VF_CONTEXT]
             assert spec.HEADER.unpack_from(ctx[0].data)[1] == spec.Command.VERSION
             assert any(m.fds and m.fds[0].kind == "memfd" for m in ctx)  # the DMA mapping, its fd described

@@ -274,6 +274,13 @@ def read_events(f: BinaryIO, path: str = "<capture>",
             errno_v = rec.tlv(spec.Tlv.PROXY_ERRNO)
             yield NoteIn(ts, rec.conn, rec.tlv_text(spec.Tlv.NOTE), rec.dir, r.number,
                          struct.unpack("<I", errno_v[:4])[0] if errno_v and len(errno_v) >= 4 else 0)
+        elif rt == spec.RecType.FINDING:
+            try:
+                yield vfuc.finding_event(rec, ts, r.number)
+            except vfuc.VfucError as exc:
+                yield NoteIn(ts, rec.conn, f"{CORRUPT_NOTE_PREFIX}{exc}", None, r.number)
+        elif rt == spec.RecType.VERDICTS:
+            yield vfuc.verdicts_event(rec, ts, r.number)
         # unknown record types from newer writers are skipped
     for (conn, d2, _seq), p in partial.items():
         yield NoteIn(0.0, conn, f"{CORRUPT_NOTE_PREFIX}capture ended inside a fragmented message "

@@ -13,6 +13,8 @@ reply or unmapped DMA access, and the CONTEXT copies draw no findings.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import os
 import struct
 from collections import deque
@@ -21,6 +23,7 @@ from typing import Callable, Protocol
 
 from .. import spec
 from ..core.events import ConnClosed, ConnOpened, Event, MessageIn, NoteIn, RawIn, make_message_in
+from ..core.records import Finding
 from .writer import CaptureWriter, Recordable
 
 _HDR = spec.HEADER
@@ -150,9 +153,9 @@ class ContextTracker:
             if fl & spec.FEATURE_MASK == spec.FEATURE_MIG_DEVICE_STATE and fl & spec.FEATURE_SET:
                 c.state[("mig_state",)] = pair
 
-    def context(self) -> list[Recordable]:
-        """The CONN_OPEN of every open connection and its context messages, in their original order (so their
-        original timestamps stay in order too)."""
+    def context(self) -> list[tuple[int, Recordable]]:
+        """(original frame, copy) of the CONN_OPEN of every open connection and its context messages, in their
+        original order (so their original timestamps stay in order too)."""
         items: list[tuple[int, Recordable]] = []
         for c in self._conns.values():
             items.append(c.opened)
@@ -160,22 +163,30 @@ class ContextTracker:
                 items.extend(pair)
             for q in c.pending.values():
                 items.extend(q)
-        out: list[Recordable] = []
+        out: list[tuple[int, Recordable]] = []
         for _seq, ev in sorted(items, key=lambda it: it[0]):
+            orig = ev.frame
             if isinstance(ev, MessageIn):
                 ev = make_message_in(ev.ts, ev.conn, ev.dir, ev.data, ev.fds, 0, ev.msg_len,
                                      ev.flags | spec.VF_CONTEXT)
-            out.append(ev)
+            out.append((orig, ev))
         return out
 
 
 class RotatingCaptureWriter:
-    """A CaptureWriter over numbered files, moving on to the next one once ``limit`` bytes are written."""
+    """A CaptureWriter over numbered files, moving on to the next one once ``limit`` bytes are written.
+
+    Frame numbers it returns are global (``base of the part + its record number``), so the engine that
+    follows the whole session never confuses frame 40 of one part with frame 40 of another; ``locate``
+    turns one back into (file, frame in that file), and ``write_finding`` records a finding in the part being
+    written, naming its frames as that part numbers them: a frame of an earlier part by its CONTEXT copy
+    here (a request still waiting, the mapping a DMA access hits), a frame with no copy here not at all.
+    """
 
     def __init__(self, path: str, limit: int, open_sink: Callable[[str], _Sink], *, comment: str = "",
                  if_name: str = "vfio-user", snaplen: int | None = None,
                  on_rotate: Callable[[str, int], None] | None = None,
-                 error: Callable[[str], None] | None = None) -> None:
+                 error: Callable[[str], None] | None = None, judged: float | None = None) -> None:
         self.path = path
         self.limit = limit
         self._open_sink = open_sink
@@ -184,16 +195,19 @@ class RotatingCaptureWriter:
         self._snaplen = snaplen
         self._on_rotate = on_rotate
         self._error = error
+        self.judged = judged
         self.tracker = ContextTracker()
         self.part = 1
         self.paths = [path]
+        self.bases = [0]  # per part: the global number of the record before its first
+        self._copies: dict[int, int] = {}  # global frame of an earlier part's message -> its copy's frame here
         self.sink = open_sink(path)
         self._w = self._writer(comment)
         self._context_records = 0  # a file holds at least one record of its own, however big its context
 
     def _writer(self, comment: str) -> CaptureWriter:
         w = CaptureWriter(self.sink, comment=comment, if_name=self._if_name, snaplen=self._snaplen,  # type: ignore[arg-type]
-                          flush=False)
+                          flush=False, judged=self.judged)
         self.sink.commit()  # the file header right away
         return w
 
@@ -201,13 +215,36 @@ class RotatingCaptureWriter:
     def records(self) -> int:
         return self._w.records
 
+    @property
+    def _base(self) -> int:
+        return self.bases[-1]
+
     def write(self, ev: Recordable) -> Recordable:
         if self.sink.written >= self.limit and self._w.records > self._context_records \
                 and not isinstance(ev, ConnClosed):
             self._rotate(ev.ts)
         out = self._w.write(ev)
+        if self._base:
+            out = _renumber(out, self._base + out.frame)
         self.tracker.observe(out)
         return out
+
+    def write_finding(self, f: Finding, frames: tuple[int, ...] | None = None) -> int:
+        """Record ``f`` in the current part, its frames as this part numbers them; returns the global frame."""
+        here = tuple(x for x in (self.local_frame(g) for g in f.frames) if x is not None)
+        return self._base + self._w.write_finding(f, here)
+
+    def local_frame(self, frame: int) -> int | None:
+        """A global frame as the current part numbers it: its own, or its CONTEXT copy here; None if neither."""
+        if frame > self._base:
+            return frame - self._base
+        return self._copies.get(frame)
+
+    def locate(self, frame: int) -> tuple[str, int]:
+        """(file, frame number in that file) of a global frame."""
+        i = bisect.bisect_left(self.bases, frame) - 1
+        i = max(i, 0)
+        return self.paths[i], frame - self.bases[i]
 
     def _rotate(self, ts: float) -> None:
         prev = self.paths[-1]
@@ -221,14 +258,18 @@ class RotatingCaptureWriter:
             return
         self._w.write(NoteIn(ts, 0, f"{spec.NOTE_CONTINUED_PREFIX}{os.path.basename(path)}"))
         self.sink.close()
+        self.bases.append(self._base + self._w.records)
         self.part += 1
         self.sink = sink
         self.paths.append(path)
         note = f"part {self.part} of a rotated capture, continuing {os.path.basename(prev)}"
         self._w = self._writer(f"{self._comment}\n{note}" if self._comment else note)
         context = self.tracker.context()
-        for ev in context:
-            self._w.write(ev)
+        self._copies = {}
+        for orig, ev in context:
+            copy = self._w.write(ev)
+            if orig:
+                self._copies[orig] = copy.frame
         self._context_records = self._w.records
         if self._on_rotate is not None:
             self._on_rotate(path, len(context))
@@ -246,3 +287,9 @@ class RotatingCaptureWriter:
 
     def close(self) -> None:
         self.sink.close()
+
+
+def _renumber(ev: Recordable, frame: int) -> Recordable:
+    if type(ev) is MessageIn:
+        return make_message_in(ev.ts, ev.conn, ev.dir, ev.data, ev.fds, frame, ev.msg_len, ev.flags)
+    return dataclasses.replace(ev, frame=frame)

@@ -8,9 +8,12 @@ closed).  Bad lines raise ``TranscriptError`` naming the line.
 from __future__ import annotations
 
 import json
-from typing import Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
+from .. import spec
 from ..core.events import ConnClosed, ConnOpened, Event, FdInfo, MessageIn
+from .judge import JudgingWriter
+from .writer import CaptureWriter
 
 
 class TranscriptError(ValueError):
@@ -37,3 +40,17 @@ def transcript_events(lines: Iterable[str], name: str = "<transcript>") -> Itera
                 raise TranscriptError("no open, data or eof key")
         except (KeyError, ValueError, TypeError, RecursionError) as exc:
             raise TranscriptError(f"{name}:{lineno}: {exc}") from None
+
+
+def write_judged(lines: Iterable[str], out: BinaryIO, name: str = "<transcript>", *, comment: str = "",
+                 if_name: str = "vfio-user", timeout: float = spec.DEFAULT_REPLY_TIMEOUT, flush: bool = False) -> int:
+    """A transcript as a judged capture (the engine's verdicts recorded with the traffic); returns the records
+    written.  TranscriptError on a bad line (what was written before it stays written)."""
+    w = CaptureWriter(out, comment=comment or f"imported from {name}", if_name=if_name, flush=flush, judged=timeout)
+    judge = JudgingWriter(w, timeout=timeout)
+    last = 0.0
+    for ev in transcript_events(lines, name):
+        judge.write(ev)
+        last = ev.ts
+    judge.finish(last)
+    return w.records

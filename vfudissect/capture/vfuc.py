@@ -13,7 +13,9 @@ import struct
 from dataclasses import dataclass
 
 from .. import spec
-from ..core.events import ConnClosed, ConnOpened, Cred, FdInfo, MessageIn, NoteIn, RawIn
+from ..core.events import ConnClosed, ConnOpened, Cred, FdInfo, FindingIn, MessageIn, NoteIn, RawIn, VerdictsIn
+from ..core.findings import SEVERITIES, SEVERITY_RANK
+from ..core.records import Finding
 
 _BE_TLV = struct.Struct(">HH")
 _EXP_NAME = spec.EXPORTED_PDU_DISSECTOR_NAME.encode() + b"\0\0"  # padded to 8
@@ -141,6 +143,58 @@ def encode(ev: ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed, msg_seq: in
             tl += _tlv(spec.Tlv.PROXY_ERRNO, struct.pack("<I", ev.proxy_errno))
         return [prefix + _header(spec.RecType.NOTE, ev.conn, ev.dir, 0, b"", 0, tl, 0, 0, 0)]
     raise TypeError(f"cannot encode {type(ev).__name__}")
+
+
+def encode_finding(f: Finding) -> bytes:
+    """A FINDING record: the engine's verdict on the frames it names (code, severity, text as TLVs)."""
+    frames = f.frames[:4096]
+    tl = (_tlv(spec.Tlv.FINDING_CODE, f.code.encode("ascii", "replace"))
+          + _tlv(spec.Tlv.SEVERITY, bytes((SEVERITY_RANK.get(f.severity, 0),)))
+          + _tlv(spec.Tlv.FRAMES, struct.pack(f"<{len(frames)}I", *(x & 0xFFFFFFFF for x in frames)))
+          + _tlv(spec.Tlv.NOTE, f.text.encode("utf-8", "replace")[:16384]))
+    return _EXP_PREFIX_NODIR + _header(spec.RecType.FINDING, f.conn & 0xFFFFFFFF, None, 0, b"", 0, tl, 0, 0, 0)
+
+
+def finding_comment(code: str, severity: str, text: str, frames: tuple[int, ...]) -> str:
+    """The packet comment of a FINDING record: what stock Wireshark shows without the plugin."""
+    where = ""
+    if frames:
+        where = f" [frame{'s' if len(frames) > 1 else ''} {', '.join(map(str, frames))}]"
+    return f"vfio-user {severity} {code}: {text}{where}"
+
+
+def encode_verdicts(engine: str, timeout: float) -> bytes:
+    """The VERDICTS record that opens a judged capture: who judged, with which REPLY_TIMEOUT threshold."""
+    tl = (_tlv(spec.Tlv.ENGINE, engine.encode("utf-8", "replace")) + _tlv(spec.Tlv.TIMEOUT, f"{timeout:g}".encode())
+          + _tlv(spec.Tlv.NOTE, verdicts_text(engine, timeout).encode("utf-8", "replace")))
+    return _EXP_PREFIX_NODIR + _header(spec.RecType.VERDICTS, 0, None, 0, b"", 0, tl, 0, 0, 0)
+
+
+def verdicts_text(engine: str, timeout: float) -> str:
+    """The VERDICTS record's note (and packet comment)."""
+    limit = f"REPLY_TIMEOUT after {timeout:g} s" if timeout > 0 else "REPLY_TIMEOUT off"
+    return f"vfio-user findings by {engine} ({limit}) follow as records of their own"
+
+
+def finding_event(rec: VfucRecord, ts: float, frame: int) -> FindingIn:
+    """The FindingIn of a decoded FINDING record (VfucError when its code is missing)."""
+    code = rec.tlv(spec.Tlv.FINDING_CODE)
+    if not code:
+        raise VfucError("finding record without a code")
+    sev = rec.tlv(spec.Tlv.SEVERITY)
+    raw = rec.tlv(spec.Tlv.FRAMES) or b""
+    frames = struct.unpack_from(f"<{len(raw) // 4}I", raw) if len(raw) >= 4 else ()
+    severity = SEVERITIES[sev[0]] if sev and sev[0] < len(SEVERITIES) else "note"
+    return FindingIn(ts, rec.conn, code.decode("ascii", "replace"), severity, tuple(frames),
+                     rec.tlv_text(spec.Tlv.NOTE), frame)
+
+
+def verdicts_event(rec: VfucRecord, ts: float, frame: int) -> VerdictsIn:
+    try:
+        timeout: float | None = float(rec.tlv_text(spec.Tlv.TIMEOUT))
+    except ValueError:
+        timeout = None
+    return VerdictsIn(ts, rec.tlv_text(spec.Tlv.ENGINE), timeout, frame)
 
 
 def strip_exported_pdu(rec: bytes) -> tuple[str | None, int | None, int]:

@@ -9,6 +9,7 @@ from typing import BinaryIO
 
 from .. import __version__, spec
 from ..core.events import ConnClosed, ConnOpened, MessageIn, NoteIn, RawIn, make_message_in
+from ..core.records import Finding
 from . import vfuc
 
 _SHB_MAGIC = 0x1A2B3C4D
@@ -56,12 +57,16 @@ class PcapngWriter:
             self._out.flush()
 
     def write_record(self, ts_ns: int, data: bytes, direction: str | None = None,
-                     origlen: int | None = None) -> int:
+                     origlen: int | None = None, comment: str = "") -> int:
         """Write one EPB; returns its 1-based record number."""
         opts = b""
+        if comment:
+            opts = _opt(_OPT_COMMENT, comment.encode("utf-8", "replace")[:65000])
         if direction is not None:
             bits = spec.EPB_DIR_OUTBOUND if direction == spec.C2S else spec.EPB_DIR_INBOUND
-            opts = _opt(_EPB_FLAGS, struct.pack("<I", bits)) + _opt(_OPT_END, b"")
+            opts += _opt(_EPB_FLAGS, struct.pack("<I", bits))
+        if opts:
+            opts += _opt(_OPT_END, b"")
         pad = b"\0" * (-len(data) % 4)
         body = struct.pack("<IIIII", 0, (ts_ns >> 32) & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, len(data),
                            len(data) if origlen is None else origlen) + data + pad + opts
@@ -83,29 +88,57 @@ class CaptureWriter:
     and, with a ``snaplen``, the truncated data and TRUNCATED flag: feed that
     event to the engine so the live view and ``read`` see the same thing.
     Thread-safe: the proxy may call it from several relay threads.
+
+    With ``judged`` (the REPLY_TIMEOUT threshold the engine judges with), the file opens with a VERDICTS
+    record and ``write_finding`` records each finding of the engine as a FINDING record of its own, its text
+    also a packet comment (what stock Wireshark shows).
     """
 
     def __init__(self, out: BinaryIO, *, comment: str = "", if_name: str = "vfio-user",
-                 snaplen: int | None = None, max_record: int = spec.VFUC_MAX_RECORD, flush: bool = True) -> None:
+                 snaplen: int | None = None, max_record: int = spec.VFUC_MAX_RECORD, flush: bool = True,
+                 judged: float | None = None) -> None:
         self._w = PcapngWriter(out, comment=comment, if_name=if_name, flush=flush)
         self._seq: dict[tuple[int, str], int] = {}
         self._snaplen = snaplen
         self._max_record = max_record
         self._lock = threading.Lock()
         self._last_ns = 0
+        self.judged = judged
+        self._verdicts_due = judged is not None  # written just before the first record, with its timestamp
+
+    def _verdicts(self, ts_ns: int) -> None:
+        self._verdicts_due = False
+        engine = f"vfudissect {__version__}"
+        judged = self.judged or 0.0
+        self._w.write_record(ts_ns, vfuc.encode_verdicts(engine, judged), comment=vfuc.verdicts_text(engine, judged))
+
+    def write_finding(self, f: Finding, frames: tuple[int, ...] | None = None) -> int:
+        """Record one finding of the engine (``frames``: the frames as this file numbers them, default its own);
+        returns the record's frame number."""
+        if frames is not None and frames != f.frames:
+            f = dataclasses.replace(f, frames=frames)
+        with self._lock:
+            ts_ns = max(int(round(f.ts * 1e9)), self._last_ns)
+            self._last_ns = ts_ns
+            if self._verdicts_due:
+                self._verdicts(ts_ns)
+            return self._w.write_record(ts_ns, vfuc.encode_finding(f),
+                                        comment=vfuc.finding_comment(f.code, f.severity, f.text, f.frames))
 
     @property
     def records(self) -> int:
         return self._w.records
 
     def write(self, ev: Recordable) -> Recordable:
-        if type(ev) is MessageIn and not ev.fds and self._snaplen is None:
+        if type(ev) is MessageIn and not ev.fds and self._snaplen is None and not self._verdicts_due:
             fast = self._write_message_fast(ev)
             if fast is not None:
                 return fast
         with self._lock:
             ts_ns = max(int(round(ev.ts * 1e9)), self._last_ns)  # clamped non-decreasing
             self._last_ns = ts_ns
+            if self._verdicts_due:
+                self._verdicts(ts_ns)
             origlen_extra = 0
             seq = 0
             if isinstance(ev, (MessageIn, RawIn)):

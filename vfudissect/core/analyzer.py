@@ -24,15 +24,16 @@ from typing import Any
 from .. import spec
 from ..spec import C2S, S2C
 from . import capabilities
-from .events import CaptureEnd, ConnClosed, ConnOpened, Event, MessageIn, NoteIn, RawIn, Tick
+from .events import CaptureEnd, ConnClosed, ConnOpened, Event, FindingIn, MessageIn, NoteIn, RawIn, Tick, VerdictsIn
 from .records import ConnRecord, Finding, Item, make_message_record
+from . import findings
 
 _HDR = spec.HEADER.unpack_from
 _IRQ_MASKABLE = next(bit for bit, name in spec.IRQ_INFO_FLAGS.items() if name == "MASKABLE")
 _UNMASKABLE_IRQS = frozenset(i for i, name in spec.PCI_IRQS.items() if name in ("ERR", "REQ"))
 _FLAG_PCI = next(bit for bit, name in spec.DEVICE_INFO_FLAGS.items() if name == "PCI")
 _FLAG_TYPE = spec.FLAG_TYPE_MASK
-_SEV = {code: kind.severity for code, kind in spec.FINDINGS.items()}
+_SEV = {code: kind.severity for code, kind in findings.CATALOGUE.items()}
 _NAMES = {code: info.name for code, info in spec.COMMANDS.items()}
 _OTHER = {C2S: S2C, S2C: C2S}
 _MSG_TYPES = ("command", "reply")
@@ -146,6 +147,8 @@ class Analyzer:
 
     # ------------------------------------------------------------------ API
     def feed(self, ev: Event) -> list[Item]:
+        if isinstance(ev, (FindingIn, VerdictsIn)):
+            return []  # verdicts stored in the capture: the engine judges the traffic afresh
         out: list[Item] = []
         ts = ev.ts
         if self._deadlines and ts > self._last_ts:

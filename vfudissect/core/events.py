@@ -110,6 +110,32 @@ class ConnClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class FindingIn:
+    """A verdict stored in the capture (a FINDING record): what the engine said when the capture was written.
+
+    The engine does not judge these (it judges the traffic afresh); ``read --stored`` shows them and
+    ``read`` compares them with its own."""
+
+    ts: float
+    conn: int
+    code: str
+    severity: str
+    frames: tuple[int, ...]
+    text: str
+    frame: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictsIn:
+    """The capture carries the engine's verdicts (a VERDICTS record): who judged, with which threshold."""
+
+    ts: float
+    engine: str
+    timeout: float | None  # REPLY_TIMEOUT threshold in seconds (0: off), None when not said
+    frame: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed with nothing else happening (lets timeouts fire live)."""
 
@@ -123,4 +149,4 @@ class CaptureEnd:
     ts: float
 
 
-Event = ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed | Tick | CaptureEnd
+Event = ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed | Tick | CaptureEnd | FindingIn | VerdictsIn

@@ -10,7 +10,7 @@ from .events import FdInfo
 
 @dataclass(frozen=True, slots=True)
 class Finding:
-    """An anomaly: stable code (spec.FINDINGS), severity, where, and a sentence."""
+    """An anomaly: stable code (findings.CATALOGUE), severity, where, and a sentence."""
 
     code: str
     severity: str  # note | warning | error

@@ -31,11 +31,14 @@ from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
 from .. import spec
+from ..capture.judge import JudgingWriter
 from ..capture.writer import CaptureWriter
-from ..core.events import ConnClosed, ConnOpened, Event, FdInfo, MessageIn, NoteIn, RawIn
+from .. import __version__
+from ..core.events import ConnClosed, ConnOpened, Event, FdInfo, MessageIn, NoteIn, RawIn, Tick, VerdictsIn
 from ..core.records import Finding
 from ..proxy.relay import usable_max_xfer, version_capabilities
 from ..testing import Playbook
+from ..core import findings
 
 C2S, S2C = spec.C2S, spec.S2C
 HOW = {
@@ -76,7 +79,7 @@ class Step:
             raise ValueError(f"how must be one of {', '.join(HOW)}, not {self.how!r}")
         if any(k not in FD_KINDS for k in self.fds):
             raise ValueError(f"fd kinds must be among {', '.join(FD_KINDS)}: {self.fds!r}")
-        if self.flag is not None and self.flag not in spec.FINDINGS:
+        if self.flag is not None and self.flag not in findings.CATALOGUE:
             raise ValueError(f"unknown finding code {self.flag!r}")
         if self.how in ("whole", "split") and len(self.data) < spec.HEADER_SIZE:
             raise ValueError(f"a {self.how} step needs at least a 16-byte header (use how='cut' for less)")
@@ -205,8 +208,18 @@ def model(scn: Scenario, socket_path: str = "scripted.sock") -> list[Recorded]:
         if d not in closed:
             ts += 0.001
             add(ConnClosed(ts, 1, d), None)
-    writer = CaptureWriter(io.BytesIO(), snaplen=scn.snaplen)
-    return [Recorded(writer.write(ev), i) for ev, i in events]  # type: ignore[arg-type]
+    writer = CaptureWriter(io.BytesIO(), snaplen=scn.snaplen, judged=scn.timeout)
+    judge = JudgingWriter(writer, timeout=scn.timeout)
+    out: list[Recorded] = [Recorded(VerdictsIn(events[0][0].ts, f"vfudissect {__version__}", scn.timeout, 1), None)]
+    for ev, i in events:
+        # the proxy's clock ticks while it waits: a REPLY_TIMEOUT is recorded before the late reply comes
+        out.extend(Recorded(f, None) for f in judge.record_findings(judge.analyzer.feed(Tick(ev.ts))))
+        recorded = writer.write(ev)  # type: ignore[arg-type]
+        out.append(Recorded(recorded, i))
+        # the engine's findings take frame numbers of their own, as in the proxy's capture
+        out.extend(Recorded(f, None) for f in judge.record_findings(judge.analyzer.feed(recorded)))
+    out.extend(Recorded(f, None) for f in judge.record_findings(judge.analyzer.finish(ts)))
+    return out
 
 
 def expected(scn: Scenario) -> Playbook:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
+from ..capture.judge import JudgingWriter
 from ..capture.writer import CaptureWriter
 from ..core.analyzer import Analyzer, AnalyzerConfig
 from ..core.events import Event, Tick
@@ -89,6 +90,7 @@ class Recorder:
         self.capture_failed = ""
         self.live = live
         self.analyzer = Analyzer(AnalyzerConfig(timeout=timeout))
+        self.judge = JudgingWriter(writer, self.analyzer) if writer is not None else None  # findings into the capture
         self.stats = Stats()
         self.finding_codes: Counter[str] = Counter()
         self.findings: list[Finding] = []  # the first 10,000, for tests and the summary
@@ -97,7 +99,7 @@ class Recorder:
         self._last_ts = 0.0
 
     def record(self, ev: Event) -> None:
-        """Write ev to the capture, feed the event as recorded to the engine, show what it says."""
+        """Write ev to the capture, feed the event as recorded to the engine, record and show what it says."""
         if not isinstance(ev, Tick):
             if self.writer is not None:
                 ev = self.writer.write(ev)  # type: ignore[arg-type]
@@ -105,7 +107,7 @@ class Recorder:
             if ev.ts > self._last_ts:
                 self._last_ts = ev.ts
         try:
-            items = self.analyzer.feed(ev)
+            items = self.judge.judge(ev) if self.judge is not None else self.analyzer.feed(ev)
         except Exception as exc:  # noqa: BLE001 - a bug in the engine must not stop the relay or the capture
             self._engine_failed(ev, exc)
             return
@@ -138,7 +140,9 @@ class Recorder:
             self.live.flush()
 
     def finish(self, ts: float | None = None) -> None:
-        self._items(self.analyzer.finish(self._last_ts if ts is None else ts))
+        end = self._last_ts if ts is None else ts
+        items = self.judge.finish(end) if self.judge is not None else self.analyzer.finish(end)
+        self._items(items)
         self.idle()
 
     def _items(self, items: list[Item]) -> None:

@@ -79,7 +79,7 @@ class ProxySession:
             cap_sink = None if o.rotate_size is not None else self._capture_sink()
             rotating = None if o.rotate_size is None else RotatingCaptureWriter(
                 o.write, o.rotate_size, self._part_sink, comment=o.comment, if_name=f"vfio-user:{label}",
-                snaplen=o.snaplen, on_rotate=self._rotated, error=self.error)
+                snaplen=o.snaplen, on_rotate=self._rotated, error=self.error, judged=o.timeout)
         except PathError:
             listener.close()
             self._release_paths()
@@ -94,7 +94,7 @@ class ProxySession:
         else:
             out = BufferedSink(cap_sink)  # type: ignore[arg-type]
             writer = CaptureWriter(out, comment=o.comment, if_name=f"vfio-user:{label}",  # type: ignore[arg-type]
-                                   snaplen=o.snaplen, flush=False)
+                                   snaplen=o.snaplen, flush=False, judged=o.timeout)
             out.commit()  # the file header right away: a reader (Wireshark on a pipe) can start
         self._cap_sink = out
         self.recorder = Recorder(writer, live, o.timeout, commit=out.commit,  # type: ignore[arg-type]
