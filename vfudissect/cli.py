@@ -6,6 +6,7 @@ Exit status: 0 clean, 1 findings at or above --fail-on, 2 unusable input or usag
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -16,7 +17,8 @@ from typing import Callable, Iterator, TextIO
 from . import __version__, spec
 from .capture.reader import CaptureError, open_capture
 from .core.analyzer import Analyzer, AnalyzerConfig
-from .core.events import Event, MessageIn
+from .core.events import Event, FindingIn, MessageIn, VerdictsIn
+from .core.verdicts import VerdictDiff, stored_finding
 from .core.records import ConnRecord, Finding, Item, MessageRecord
 from .core.sequencer import Sequencer
 from .render import Renderer, finding_json, message_json
@@ -26,7 +28,7 @@ from .core import findings
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 # Subcommands living in their own modules: each exposes add_parser(subparsers).
-SUBCOMMAND_MODULES = ["cli_record", "cli_serve", "cli_lua", "cli_demo"]
+SUBCOMMAND_MODULES = ["cli_annotate", "cli_record", "cli_serve", "cli_lua", "cli_demo"]
 
 
 class UsageError(Exception):
@@ -162,16 +164,20 @@ def cmd_read(args: argparse.Namespace) -> int:
     color = use_color(args.color, out)
     r = Renderer(color)
     stats = Stats()
-    seq = Sequencer()
+    seq = Sequencer(hold=args.stored)
     progress = Progress(args.file, not args.no_progress)
     fail_rank = None if args.fail_on == "never" else findings.SEVERITY_RANK[args.fail_on]
     worst = -1
     shown = 0
+    last_line = [-1]  # frame of the last record line printed: a finding about another frame says which
     raw: dict[tuple[int, int], bytes] = {}  # (conn, frame) -> message bytes, for -V, until printed
     pending_conn: dict[int, bool] = {}
     events: Iterator[Event] = open_capture(args.file, progress)
     if args.verbose:
         events = _stash_messages(events, raw)
+    diff = VerdictDiff()
+    stored: list[Finding] = []  # stored verdicts read with the last event (--stored shows them)
+    events = _tap_verdicts(events, diff, stored if args.stored else None)
     error: CaptureError | None = None
     write = out.write
 
@@ -184,6 +190,7 @@ def cmd_read(args: argparse.Namespace) -> int:
                 if not ok:
                     continue
                 shown += 1
+                last_line[0] = it.frame
                 if args.json:
                     write(json.dumps(message_json(it)) + "\n")
                 else:
@@ -199,12 +206,21 @@ def cmd_read(args: argparse.Namespace) -> int:
                 if args.json:
                     write(json.dumps(finding_json(it)) + "\n")
                 else:
-                    write(r.finding_line(it, standalone=it.frame not in pending_conn) + "\n")
+                    write(r.finding_line(it, standalone=it.frame != last_line[0]) + "\n")
             elif isinstance(it, ConnRecord) and not args.json and not flt.active:
+                last_line[0] = it.frame
                 write(r.conn_line(it) + "\n")
 
     try:
         for batch in analyze_batches(_guard(events, _set_error), AnalyzerConfig(timeout=args.timeout)):
+            if args.stored:  # the verdicts the capture carries instead of the engine's
+                batch = [_without_codes(it) if type(it) is MessageRecord and it.findings else it
+                         for it in batch if type(it) is not Finding] + stored
+                stored.clear()
+            else:
+                for it in batch:
+                    if type(it) is Finding:
+                        diff.add_fresh(it)
             for it in batch:
                 stats.add(it)
                 if r.base_ts is None and it.ts:
@@ -223,12 +239,38 @@ def cmd_read(args: argparse.Namespace) -> int:
         if flt.active:
             write(f"  ({shown} of {stats.messages} messages shown)\n")
     out.flush()
+    if args.stored and not diff.judged and error is None:
+        _note_line(f"{args.file}: the capture carries no stored findings (written before vfudissect 0.2 or by "
+                   "another tool); `vfudissect annotate` adds them")
+    elif not args.stored and diff.judged and diff.differs() and error is None:
+        _note_line(diff.sentence(args.file, args.timeout))
     if error is not None:
         _err_line(str(error))
         return EXIT_BAD_INPUT
     if fail_rank is not None and worst >= fail_rank:
         return EXIT_FINDINGS
     return EXIT_OK
+
+
+def _tap_verdicts(events: Iterator[Event], diff: VerdictDiff, stored: list[Finding] | None) -> Iterator[Event]:
+    """Pass every event on; the stored verdicts go to ``diff`` (and, with --stored, to ``stored``)."""
+    for ev in events:
+        t = type(ev)
+        if t is FindingIn:
+            diff.add_stored(ev)  # type: ignore[arg-type]
+            if stored is not None:
+                stored.append(stored_finding(ev))  # type: ignore[arg-type]
+        elif t is VerdictsIn:
+            diff.add_header(ev)  # type: ignore[arg-type]
+        yield ev
+
+
+def _without_codes(rec: MessageRecord) -> MessageRecord:
+    return dataclasses.replace(rec, findings=())
+
+
+def _note_line(msg: str) -> None:
+    sys.stderr.write(f"vfudissect: note: {msg}\n")
 
 
 _ERRORS: list[CaptureError] = []
@@ -384,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-s", "--severity", choices=["note", "warning", "error"],
                    help="only messages/findings of this severity or worse")
     p.add_argument("--quiet-summary", action="store_true", help="no summary at the end")
+    p.add_argument("--stored", action="store_true",
+                   help="show the findings stored in the capture (what its writer's engine said) instead of "
+                        "judging it afresh; without it, a line on stderr says when the two differ")
     p.set_defaults(func=cmd_read)
 
     p = sub.add_parser("stats", help="response-time table, errors, fds and findings per connection",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator, NamedTuple
+from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple
 
 from .. import spec
 from ..core.events import ConnClosed, ConnOpened, Event, MessageIn, NoteIn, RawIn, make_message_in
@@ -76,15 +76,34 @@ def iter_records(f: BinaryIO, path: str = "<capture>",
                  progress: Callable[[int], None] | None = None) -> Iterator[RawRecord]:
     """Yield the packet records of a pcapng or classic pcap stream."""
     b = _Buf(f, progress)
+    if _is_pcapng(b, path):
+        yield from _iter_pcapng(b, path)
+    else:
+        yield from _iter_pcap(b, path)
+
+
+def iter_blocks(f: BinaryIO, path: str = "<capture>",
+                progress: Callable[[int], None] | None = None) -> Iterator[tuple[bytes | None, RawRecord | None]]:
+    """(block bytes, record) for every block of a pcapng stream, in order: ``record`` is None for blocks that
+    are not packets (section and interface headers, statistics, ...), which ``annotate`` copies as they are.
+    A classic pcap stream has no blocks to copy: its records come with ``None`` bytes."""
+    b = _Buf(f, progress)
+    if _is_pcapng(b, path):
+        yield from _iter_pcapng(b, path, blocks=True)  # type: ignore[misc]
+    else:
+        for r in _iter_pcap(b, path):
+            yield None, r
+
+
+def _is_pcapng(b: _Buf, path: str) -> bool:
     if not b.need(4):
         raise CaptureError(path, 0, "empty file, not a pcap or pcapng capture")
     magic = b.buf[b.pos:b.pos + 4]
     if magic == b"\x0a\x0d\x0d\x0a":
-        yield from _iter_pcapng(b, path)
-    elif magic in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
-        yield from _iter_pcap(b, path)
-    else:
-        raise CaptureError(path, 0, f"not a pcap or pcapng capture (starts with {magic.hex()})")
+        return True
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"):
+        return False
+    raise CaptureError(path, 0, f"not a pcap or pcapng capture (starts with {magic.hex()})")
 
 
 def _iter_pcap(b: _Buf, path: str) -> Iterator[RawRecord]:
@@ -113,7 +132,7 @@ def _iter_pcap(b: _Buf, path: str) -> Iterator[RawRecord]:
         yield RawRecord(n, sec * 1_000_000_000 + (frac if nano else frac * 1000), linktype, data, origlen, None)
 
 
-def _iter_pcapng(b: _Buf, path: str) -> Iterator[RawRecord]:
+def _iter_pcapng(b: _Buf, path: str, blocks: bool = False) -> Iterator[RawRecord]:
     e = "<"
     ifaces: list[tuple[int, int]] = []  # (linktype, ticks per second)
     n = 0
@@ -153,6 +172,8 @@ def _iter_pcapng(b: _Buf, path: str) -> Iterator[RawRecord]:
                     tps = 2 ** (r & 0x7F) if r & 0x80 else 10 ** r
                 opt += 4 + olen + (-olen % 4)
             ifaces.append((linktype, tps))
+            if blocks:
+                yield b.buf[b.pos:b.pos + blen], None  # type: ignore[misc]
         elif btype == 6:  # EPB
             n += 1
             if_id, hi, lo, caplen, origlen = struct.unpack_from(e + "IIIII", b.buf, body_off)
@@ -166,14 +187,23 @@ def _iter_pcapng(b: _Buf, path: str) -> Iterator[RawRecord]:
             linktype, tps = ifaces[if_id]
             ticks = (hi << 32) | lo
             ts_ns = ticks if tps == 1_000_000_000 else ticks * 1_000_000_000 // tps
-            yield RawRecord(n, ts_ns, linktype, data, origlen, flags)
+            if blocks:
+                yield b.buf[b.pos:b.pos + blen], RawRecord(n, ts_ns, linktype, data, origlen, flags)  # type: ignore[misc]
+            else:
+                yield RawRecord(n, ts_ns, linktype, data, origlen, flags)
         elif btype == 3:  # SPB
             n += 1
             if not ifaces:
                 raise CaptureError(path, n, "simple packet before any interface")
             origlen = struct.unpack_from(e + "I", b.buf, body_off)[0]
             data = b.buf[body_off + 4:end]
-            yield RawRecord(n, 0, ifaces[0][0], data[:origlen], origlen, None)
+            rec = RawRecord(n, 0, ifaces[0][0], data[:origlen], origlen, None)
+            if blocks:
+                yield b.buf[b.pos:b.pos + blen], rec  # type: ignore[misc]
+            else:
+                yield rec
+        elif blocks:
+            yield b.buf[b.pos:b.pos + blen], None  # type: ignore[misc]
         b.pos += blen
 
 
@@ -186,7 +216,13 @@ class _Partial:
 
 def read_events(f: BinaryIO, path: str = "<capture>",
                 progress: Callable[[int], None] | None = None) -> Iterator[Event]:
-    """Yield engine events for every record of a VFUC capture, reassembling fragments.
+    """Yield engine events for every record of a VFUC capture, reassembling fragments."""
+    return events_of(iter_records(f, path, progress), path)
+
+
+def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator[Event]:
+    """Engine events of a stream of packet records (a file's, or annotate's renumbered copy), fragments
+    reassembled; each event is yielded as soon as its last record has been taken.
 
     Fast path: a whole message with no fds behind the two fixed exported-PDU
     prefixes our writer emits is decoded with one struct call; everything else
@@ -203,7 +239,7 @@ def read_events(f: BinaryIO, path: str = "<capture>",
     vmagic = spec.VFUC_MAGIC
     fsize = spec.VFUC_FIXED_SIZE
     upper_pdu = spec.LINKTYPE_WIRESHARK_UPPER_PDU
-    for r in iter_records(f, path, progress):
+    for r in records:
         data = r.data
         ts = r.ts_ns / 1e9
         if r.linktype != upper_pdu:

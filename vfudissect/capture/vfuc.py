@@ -220,6 +220,25 @@ def strip_exported_pdu(rec: bytes) -> tuple[str | None, int | None, int]:
 
 
 _DIR_BY_CODE = {0: spec.C2S, 1: spec.S2C}
+_VERDICT_TYPES = frozenset({spec.RecType.FINDING, spec.RecType.VERDICTS})
+
+
+def is_verdict(rec: bytes) -> bool:
+    """A FINDING or VERDICTS record of ours (what ``annotate`` replaces); False for anything else."""
+    try:
+        name, _p2p, off = strip_exported_pdu(rec)
+    except VfucError:
+        return False
+    return (name == spec.EXPORTED_PDU_DISSECTOR_NAME and len(rec) >= off + spec.VFUC_FIXED_SIZE
+            and rec[off:off + 4] == spec.VFUC_MAGIC and rec[off + 5] in _VERDICT_TYPES)
+
+
+def direction_of(rec: bytes) -> str | None:
+    """The exported-PDU P2P direction of a record, None when it has none (or is not ours)."""
+    try:
+        return _DIR_BY_CODE.get(strip_exported_pdu(rec)[1])  # type: ignore[arg-type]
+    except VfucError:
+        return None
 
 
 def decode(rec: bytes, start: int = 0) -> VfucRecord:

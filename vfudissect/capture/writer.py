@@ -35,10 +35,13 @@ class PcapngWriter:
     """Low level: SHB + one IDB (link type 252, ns timestamps), then EPBs, each flushed."""
 
     def __init__(self, out: BinaryIO, *, comment: str = "", if_name: str = "vfio-user",
-                 if_description: str = "", flush: bool = True) -> None:
+                 if_description: str = "", flush: bool = True, header: bytes | None = None) -> None:
         self._out = out
         self._flush = flush
         self.records = 0
+        if header is not None:  # another file's section and interface blocks, copied (annotate)
+            self._write(header)
+            return
         shb_opts = _opt(_SHB_USERAPPL, f"vfudissect {__version__} (vfucap/{spec.VFUC_VERSION})".encode())
         if comment:
             shb_opts += _opt(_OPT_COMMENT, comment.encode("utf-8", "replace"))
@@ -74,6 +77,13 @@ class PcapngWriter:
         self.records += 1
         return self.records
 
+    def write_block(self, block: bytes, packet: bool) -> int:
+        """Copy a block of another file as it is; a packet block takes the next record number."""
+        self._write(block)
+        if packet:
+            self.records += 1
+        return self.records
+
     def close(self) -> None:
         try:
             self._out.flush()
@@ -96,8 +106,8 @@ class CaptureWriter:
 
     def __init__(self, out: BinaryIO, *, comment: str = "", if_name: str = "vfio-user",
                  snaplen: int | None = None, max_record: int = spec.VFUC_MAX_RECORD, flush: bool = True,
-                 judged: float | None = None) -> None:
-        self._w = PcapngWriter(out, comment=comment, if_name=if_name, flush=flush)
+                 judged: float | None = None, header: bytes | None = None) -> None:
+        self._w = PcapngWriter(out, comment=comment, if_name=if_name, flush=flush, header=header)
         self._seq: dict[tuple[int, str], int] = {}
         self._snaplen = snaplen
         self._max_record = max_record
@@ -111,6 +121,22 @@ class CaptureWriter:
         engine = f"vfudissect {__version__}"
         judged = self.judged or 0.0
         self._w.write_record(ts_ns, vfuc.encode_verdicts(engine, judged), comment=vfuc.verdicts_text(engine, judged))
+
+    def copy(self, block: bytes | None, ts_ns: int, data: bytes, origlen: int) -> int:
+        """A record of another capture, byte for byte (its whole block when it has one: pcapng); returns its
+        frame number here."""
+        with self._lock:
+            if self._verdicts_due:
+                self._verdicts(ts_ns)
+            self._last_ns = max(self._last_ns, ts_ns)
+            if block is not None:
+                return self._w.write_block(block, True)
+            return self._w.write_record(ts_ns, data, vfuc.direction_of(data), origlen)
+
+    def copy_block(self, block: bytes) -> None:
+        """A block of another capture that is not a packet (statistics, a new section), as it is."""
+        with self._lock:
+            self._w.write_block(block, False)
 
     def write_finding(self, f: Finding, frames: tuple[int, ...] | None = None) -> int:
         """Record one finding of the engine (``frames``: the frames as this file numbers them, default its own);

@@ -19,27 +19,36 @@ _CLOSING = frozenset({"REPLY_TIMEOUT", "NO_REPLY"})
 
 
 class _Entry:
-    __slots__ = ("item", "findings", "response_frame", "open")
+    __slots__ = ("item", "findings", "response_frame", "open", "push")
 
-    def __init__(self, item: MessageRecord | ConnRecord, is_open: bool) -> None:
+    def __init__(self, item: MessageRecord | ConnRecord, is_open: bool, push: int) -> None:
         self.item = item
         self.findings: list[Finding] = []
         self.response_frame: int | None = None
         self.open = is_open
+        self.push = push  # the push that last touched it
 
 
 class Sequencer:
-    """push(items) -> items ready to show: each record followed by every finding about it."""
+    """push(items) -> items ready to show: each record followed by every finding about it.
 
-    def __init__(self) -> None:
+    With ``hold`` (``read --stored``: a stored finding is a record of its own, read after the one it is about),
+    an entry is released one push after it was complete, so the findings recorded right after it join it.
+    """
+
+    def __init__(self, hold: bool = False) -> None:
         self._queue: deque[_Entry] = deque()
         self._by_frame: dict[tuple[int, int], _Entry] = {}  # (conn, frame) -> queued entry
+        self._hold = hold
+        self._pushes = 0
 
     def push(self, items: list[Item]) -> list[Item]:
+        self._pushes += 1
+        n = self._pushes
         for it in items:
             if isinstance(it, MessageRecord):
                 is_open = it.msg_type == "command" and not it.no_reply
-                e = _Entry(it, is_open)
+                e = _Entry(it, is_open, n)
                 self._queue.append(e)
                 if it.frame:
                     self._by_frame[(it.conn, it.frame)] = e
@@ -48,30 +57,34 @@ class Sequencer:
                     if req is not None and req.response_frame is None:  # still queued, even if timed out
                         req.response_frame = it.frame
                         req.open = False
+                        req.push = n
             elif isinstance(it, Finding):
                 e = self._by_frame.get((it.conn, it.frame)) if it.frames else None
                 if e is None:
                     # about a record already shown (or none): emit in place
-                    self._queue.append(_Entry(ConnRecord(0, it.ts, it.conn, "finding", it.text), False))
+                    self._queue.append(_Entry(ConnRecord(0, it.ts, it.conn, "finding", it.text), False, n))
                     self._queue[-1].findings.append(it)
                     continue
                 e.findings.append(it)
                 if it.code in _CLOSING:
                     e.open = False
+                    e.push = n
             else:
-                e = _Entry(it, False)
+                e = _Entry(it, False, n)
                 self._queue.append(e)
         return self._release()
 
     def flush(self) -> list[Item]:
         for e in self._queue:
             e.open = False
+        self._hold = False
         return self._release()
 
     def _release(self) -> list[Item]:
         out: list[Item] = []
         q = self._queue
-        while q and not q[0].open:
+        held = self._pushes if self._hold else self._pushes + 1
+        while q and not q[0].open and q[0].push < held:
             e = q.popleft()
             it = e.item
             if isinstance(it, MessageRecord):
