@@ -1,26 +1,93 @@
 """Summary statistics over records and findings: response times, errors, fds, findings, per connection.
 
 Constant memory whatever the capture's length: response times go into a
-log-bucketed histogram (1 % relative precision) for p50/p99; min, max and mean
-are exact.
+log-bucketed histogram (1 % relative precision) for p50/p99; count, min, max
+and mean are exact.  The only per-message state is the command of each request
+still awaiting its reply (dropped once answered, on NO_REPLY, when its
+connection closes, and beyond 65,536 per connection), so that a reply is
+counted under its request's command even when it claims another one.
+
+Percentiles follow the nearest-rank method: the q-quantile of n samples is
+the ceil(q·n)-th smallest sample (the smallest for q = 0).  So p50 of two
+samples is the smaller one, and p99 of fewer than 100 samples is the
+largest.  The histogram gives that sample to within 1 %; the smallest and
+largest ranks are the exact min and max.
+
+Every listing comes out in a fixed order, so two runs over the same traffic
+print the same text and JSON: commands, errnos and fd kinds by count
+descending, then by name; findings by severity, then by code.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from . import spec
-from .core.records import ConnRecord, Finding, Item, MessageRecord
 from .core import findings
+from .core.records import ConnRecord, Finding, Item, MessageRecord
 
-_LOG_BASE = math.log(1.01)
-_NS = 1e-9
+_LOG_BASE = math.log(1.01)  # bucket b holds [1.01**b, 1.01**(b+1))
+_TINY = 1e-9  # response times at or below 1 ns (or negative: clock steps) share one bucket
+_TINY_BUCKET = -10**6
+_MAX_WAITING = 65_536  # requests remembered per connection (msg_id is 16 bits)
+_SEVERITY_ORDER = ("error", "warning", "note")
+
+
+def nearest_rank(q: float, n: int) -> int:
+    """The 1-based rank of the q-quantile of n samples by the nearest-rank method: ceil(q·n), at least 1.
+
+    q is taken as the decimal it is written as (0.99 is 99/100, not the binary float just below it).
+    """
+    return min(n, max(1, math.ceil(Fraction(repr(q)) * n)))
+
+
+def _bucket(v: float) -> int:
+    return math.floor(math.log(v) / _LOG_BASE) if v > _TINY else _TINY_BUCKET
+
+
+def _by_count(counts: Counter[str]) -> list[tuple[str, int]]:
+    """Count descending, then key: the same order whatever the arrival order."""
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _by_severity(counts: Counter[str]) -> list[tuple[str, int]]:
+    """Findings: most severe first, then by code."""
+    return sorted(counts.items(), key=lambda kv: (-findings.SEVERITY_RANK[findings.CATALOGUE[kv[0]].severity],
+                                                  kv[0]))
+
+
+@dataclass(frozen=True, slots=True)
+class RttFigures:
+    """The response-time figures of one command's replies (seconds), as the table and the JSON show them."""
+
+    count: int
+    min: float
+    mean: float
+    p50: float
+    p99: float
+    max: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"count": self.count, "min": self.min, "mean": self.mean, "p50": self.p50, "p99": self.p99,
+                "max": self.max}
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRow:
+    """One line of the command table: requests sent, and the figures of the replies (None when none came)."""
+
+    name: str
+    requests: int
+    replies: RttFigures | None
 
 
 class _Rtt:
-    """Exact count/min/max/sum and a log histogram of response times (seconds)."""
+    """Owns one command's response times: exact count/min/max/sum and a log histogram (1 %) for percentiles."""
 
     __slots__ = ("count", "total", "lo", "hi", "hist")
 
@@ -28,7 +95,7 @@ class _Rtt:
         self.count = 0
         self.total = 0.0
         self.lo = math.inf
-        self.hi = 0.0
+        self.hi = -math.inf
         self.hist: Counter[int] = Counter()
 
     def add(self, v: float) -> None:
@@ -38,7 +105,7 @@ class _Rtt:
             self.lo = v
         if v > self.hi:
             self.hi = v
-        self.hist[int(math.log(v) / _LOG_BASE) if v > _NS else -10**6] += 1
+        self.hist[_bucket(v)] += 1
 
     def merge(self, o: "_Rtt") -> None:
         self.count += o.count
@@ -48,43 +115,116 @@ class _Rtt:
         self.hist.update(o.hist)
 
     def quantile(self, q: float) -> float:
+        """The nearest-rank q-quantile: exact at the first and last rank, else within 1 % (bucket middle)."""
         if not self.count:
             return 0.0
-        rank = q * (self.count - 1)
+        k = nearest_rank(q, self.count)
+        if k == 1:
+            return self.lo
+        if k == self.count:
+            return self.hi
         seen = 0
         for b in sorted(self.hist):
             seen += self.hist[b]
-            if seen > rank:
-                if b == -10**6:
-                    return 0.0
-                return min(max(math.exp((b + 0.5) * _LOG_BASE), self.lo), self.hi)
+            if seen >= k:
+                return self._value(b)
         return self.hi
 
-    def row(self) -> dict[str, float]:
-        return {"count": self.count, "min": self.lo if self.count else 0.0,
-                "mean": self.total / self.count if self.count else 0.0,
-                "p50": self.quantile(0.5), "p99": self.quantile(0.99), "max": self.hi}
+    def _value(self, b: int) -> float:
+        """What bucket b stands for: its geometric middle (±0.5 %), kept within the samples' range."""
+        if b == _TINY_BUCKET:
+            return self.lo
+        return min(max(math.exp((b + 0.5) * _LOG_BASE), self.lo), self.hi)
+
+    def figures(self) -> RttFigures:
+        if not self.count:
+            return RttFigures(0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return RttFigures(self.count, self.lo, self.total / self.count, self.quantile(0.5), self.quantile(0.99),
+                          self.hi)
+
+
+class _Waiting:
+    """Owns the command of every request awaiting its reply, per connection: (conn, frame) -> command name.
+
+    Bounded: an entry goes when its reply comes, on NO_REPLY, when its connection has closed both ways, and
+    the oldest goes beyond _MAX_WAITING per connection (its reply, if one comes, then counts as what it says).
+    """
+
+    __slots__ = ("_by_conn", "_half_closed")
+
+    def __init__(self) -> None:
+        self._by_conn: dict[int, OrderedDict[int, str]] = {}  # oldest first: evicting one is O(1)
+        self._half_closed: dict[int, str] = {}  # conn -> the direction already closed
+
+    def __len__(self) -> int:
+        return sum(len(w) for w in self._by_conn.values())
+
+    def remember(self, conn: int, frame: int, name: str) -> None:
+        w = self._by_conn.get(conn)
+        if w is None:
+            w = self._by_conn[conn] = OrderedDict()
+        elif len(w) >= _MAX_WAITING:
+            w.popitem(last=False)
+        w[frame] = name
+
+    def answer(self, conn: int, frame: int) -> str | None:
+        """The command of the request in (conn, frame), forgotten from now on; None when not remembered."""
+        w = self._by_conn.get(conn)
+        return w.pop(frame, None) if w else None
+
+    def closed(self, conn: int, dir: str | None) -> None:
+        """A close record: once both directions are closed no reply can come, so the connection's entries go."""
+        if dir is not None and self._half_closed.get(conn, dir) == dir:
+            self._half_closed[conn] = dir
+            return
+        self._half_closed.pop(conn, None)
+        self._by_conn.pop(conn, None)
 
 
 class _ConnStats:
-    __slots__ = ("messages", "bytes", "commands", "rtt", "errors", "fds", "findings", "unanswered")
+    """Owns one connection's counters (or the sum of all of them, see Stats._total)."""
+
+    __slots__ = ("messages", "bytes", "commands", "rtt", "mismatched", "errors", "fds", "findings", "unanswered")
 
     def __init__(self) -> None:
         self.messages = 0
         self.bytes = 0
         self.commands: Counter[str] = Counter()  # requests per command
-        self.rtt: dict[str, _Rtt] = {}
+        self.rtt: dict[str, _Rtt] = {}  # replies per command of their request
+        self.mismatched = 0  # replies whose command differs from their request's
         self.errors: Counter[str] = Counter()
         self.fds: Counter[str] = Counter()
         self.findings: Counter[str] = Counter()
         self.unanswered = 0
 
+    def add(self, o: "_ConnStats") -> None:
+        self.messages += o.messages
+        self.bytes += o.bytes
+        self.commands.update(o.commands)
+        for name, r in o.rtt.items():
+            self.rtt.setdefault(name, _Rtt()).merge(r)
+        self.mismatched += o.mismatched
+        self.errors.update(o.errors)
+        self.fds.update(o.fds)
+        self.findings.update(o.findings)
+        self.unanswered += o.unanswered
+
+    def rows(self) -> list[CommandRow]:
+        """The command table: requests descending, then name."""
+        names = sorted(set(self.commands) | set(self.rtt), key=lambda n: (-self.commands.get(n, 0), n))
+        out = []
+        for name in names:
+            r = self.rtt.get(name)
+            out.append(CommandRow(name, self.commands.get(name, 0), r.figures() if r and r.count else None))
+        return out
+
 
 class Stats:
-    """Accumulates items; renders a text summary or JSON."""
+    """Accumulates items (add), then renders a text summary (render) or JSON (to_json)."""
 
     def __init__(self) -> None:
         self._conns: dict[int, _ConnStats] = {}
+        self._waiting = _Waiting()
         self.first_ts: float | None = None
         self.last_ts = 0.0
         self.severities: Counter[str] = Counter()
@@ -96,113 +236,166 @@ class Stats:
             cs = self._conns[conn] = _ConnStats()
         return cs
 
+    @property
+    def waiting(self) -> int:
+        """Requests whose command is remembered until their reply comes (the only state that is not a counter)."""
+        return len(self._waiting)
+
     def add(self, it: Item) -> None:
         if isinstance(it, MessageRecord):
-            if it.context:  # a copy from an earlier part of a rotated capture, counted there
-                return
-            cs = self._conns.get(it.conn) or self._conn(it.conn)
-            cs.messages += 1
-            cs.bytes += it.wire_len
-            if it.ts:
-                if self.first_ts is None:
-                    self.first_ts = it.ts
-                self.last_ts = it.ts
-            if it.msg_type == "command":
-                cs.commands[it.command_name] += 1
-            elif it.rtt is not None:
-                r = cs.rtt.get(it.command_name)
-                if r is None:
-                    r = cs.rtt[it.command_name] = _Rtt()
-                r.add(it.rtt)
-            if it.flags & 0x20 and it.msg_type == "reply":
-                cs.errors[spec.errno_name(it.error)] += 1
-            if it.fds:
-                for fd in it.fds:
-                    cs.fds[fd.kind] += 1
+            self._message(it)
         elif isinstance(it, Finding):
-            self._conn(it.conn).findings[it.code] += 1
-            self.severities[it.severity] += 1
-            if it.code in ("NO_REPLY", "REPLY_TIMEOUT"):
-                self._conn(it.conn).unanswered += 1
-        elif isinstance(it, ConnRecord) and it.kind == "open":
+            self._finding(it)
+        elif isinstance(it, ConnRecord):
+            self._conn_record(it)
+
+    def _message(self, it: MessageRecord) -> None:
+        is_command = it.msg_type == "command"
+        if is_command and not it.no_reply:
+            self._waiting.remember(it.conn, it.frame, it.command_name)
+        if it.context:  # a copy from an earlier part of a rotated capture, counted there
+            return
+        cs = self._conns.get(it.conn) or self._conn(it.conn)
+        cs.messages += 1
+        cs.bytes += it.wire_len
+        ts = it.ts
+        if ts:
+            if ts > self.last_ts:
+                self.last_ts = ts
+            if self.first_ts is None or ts < self.first_ts:
+                self.first_ts = ts
+        if is_command:
+            cs.commands[it.command_name] += 1
+        elif it.rtt is not None:
+            self._reply(cs, it, it.rtt)
+        if it.flags & 0x20 and it.msg_type == "reply":
+            cs.errors[spec.errno_name(it.error)] += 1
+        if it.fds:
+            for fd in it.fds:
+                cs.fds[fd.kind] += 1
+
+    def _reply(self, cs: _ConnStats, it: MessageRecord, rtt: float) -> None:
+        """A matched reply counts under its request's command; one claiming another command is also counted apart."""
+        name = self._waiting.answer(it.conn, it.request_frame) if it.request_frame is not None else None
+        if name is None:
+            name = it.command_name
+        elif name != it.command_name:
+            cs.mismatched += 1
+        r = cs.rtt.get(name)
+        if r is None:
+            r = cs.rtt[name] = _Rtt()
+        r.add(rtt)
+
+    def _finding(self, it: Finding) -> None:
+        cs = self._conn(it.conn)
+        cs.findings[it.code] += 1
+        self.severities[it.severity] += 1
+        if it.code in ("NO_REPLY", "REPLY_TIMEOUT"):
+            cs.unanswered += 1
+        if it.code == "NO_REPLY" and it.frames:  # no reply will come (a timed-out request may still get one)
+            self._waiting.answer(it.conn, it.frames[0])
+
+    def _conn_record(self, it: ConnRecord) -> None:
+        if it.kind == "open":
             self.connections += 1
             self._conn(it.conn)
+        elif it.kind == "close":
+            self._waiting.closed(it.conn, it.dir)
 
     # ------------------------------------------------------------ views
     def _total(self) -> _ConnStats:
         tot = _ConnStats()
-        for cs in self._conns.values():
-            tot.messages += cs.messages
-            tot.bytes += cs.bytes
-            tot.commands.update(cs.commands)
-            for name, r in cs.rtt.items():
-                tot.rtt.setdefault(name, _Rtt()).merge(r)
-            tot.errors.update(cs.errors)
-            tot.fds.update(cs.fds)
-            tot.findings.update(cs.findings)
-            tot.unanswered += cs.unanswered
+        for _conn, cs in sorted(self._conns.items()):
+            tot.add(cs)
         return tot
 
     @property
     def messages(self) -> int:
         return sum(cs.messages for cs in self._conns.values())
 
+    def _duration(self) -> float:
+        return (self.last_ts - self.first_ts) if self.first_ts is not None else 0.0
+
+    def _severities(self) -> list[tuple[str, int]]:
+        return [(s, self.severities[s]) for s in _SEVERITY_ORDER if s in self.severities]
+
     def to_json(self) -> dict[str, Any]:
-        def one(cs: _ConnStats) -> dict[str, Any]:
-            return {
-                "messages": cs.messages, "bytes": cs.bytes, "requests": dict(cs.commands),
-                "response_times": {k: v.row() for k, v in sorted(cs.rtt.items())},
-                "errors": dict(cs.errors), "fds": dict(cs.fds), "findings": dict(cs.findings),
-                "unanswered": cs.unanswered,
-            }
         return {
             "connections": max(self.connections, len(self._conns)),
-            "duration": (self.last_ts - self.first_ts) if self.first_ts is not None else 0.0,
-            "overall": one(self._total()),
-            "per_connection": {str(k): one(v) for k, v in sorted(self._conns.items())},
-            "severities": dict(self.severities),
+            "duration": self._duration(),
+            "overall": _conn_json(self._total()),
+            "per_connection": {str(k): _conn_json(v) for k, v in sorted(self._conns.items())},
+            "severities": dict(self._severities()),
         }
 
     def render(self, color: bool = False, per_connection: bool = True) -> str:
-        from .render import rtt_text
-
-        def c(style: str, s: str) -> str:
-            codes = {"h": "\033[1m", "error": "\033[1;31m", "warning": "\033[33m", "note": "\033[34m"}
-            return f"{codes[style]}{s}\033[0m" if color else s
-
-        def block(title: str, cs: _ConnStats) -> list[str]:
-            lines = [c("h", title), f"  messages {cs.messages}, bytes {cs.bytes}"]
-            if cs.rtt or cs.commands:
-                lines.append(f"  {'command':<26}{'requests':>9}{'replies':>9}{'min':>10}{'mean':>10}{'p50':>10}"
-                             f"{'p99':>10}{'max':>10}")
-                for name in sorted(set(cs.commands) | set(cs.rtt), key=lambda n: -cs.commands.get(n, 0)):
-                    r = cs.rtt.get(name)
-                    if r is None or not r.count:
-                        lines.append(f"  {name:<26}{cs.commands.get(name, 0):>9}{0:>9}")
-                        continue
-                    row = r.row()
-                    lines.append(f"  {name:<26}{cs.commands.get(name, 0):>9}{r.count:>9}"
-                                 + "".join(f"{rtt_text(row[k]):>10}" for k in ("min", "mean", "p50", "p99", "max")))
-            if cs.errors:
-                lines.append("  errors: " + ", ".join(f"{k} {v}" for k, v in cs.errors.most_common()))
-            if cs.fds:
-                lines.append("  fds: " + ", ".join(f"{k} {v}" for k, v in cs.fds.most_common()))
-            if cs.findings:
-                lines.append("  findings:")
-                for code, n in sorted(cs.findings.items(), key=lambda kv: (-findings.SEVERITY_RANK[
-                        findings.CATALOGUE[kv[0]].severity], kv[0])):
-                    sev = findings.CATALOGUE[code].severity
-                    lines.append(f"    {c(sev, f'{sev:<8}')}{code:<30}{n:>7}")
-            return lines
-
+        paint = _painter(color)
         out: list[str] = []
         if per_connection and len(self._conns) > 1:
             for conn, cs in sorted(self._conns.items()):
-                out += block(f"connection #{conn}", cs)
-        tot = self._total()
-        dur = (self.last_ts - self.first_ts) if self.first_ts is not None else 0.0
-        out += block(f"overall: {max(self.connections, len(self._conns))} connection(s), {dur:.3f} s", tot)
-        sev = ", ".join(f"{self.severities.get(s, 0)} {s}{'s' if self.severities.get(s, 0) != 1 else ''}"
-                        for s in ("error", "warning", "note"))
-        out.append(f"  {sev}")
+                out += _conn_lines(f"connection #{conn}", cs, paint)
+        out += _conn_lines(f"overall: {max(self.connections, len(self._conns))} connection(s), "
+                           f"{self._duration():.3f} s", self._total(), paint)
+        out.append("  " + ", ".join(f"{self.severities.get(s, 0)} {s}{'s' if self.severities.get(s, 0) != 1 else ''}"
+                                    for s in _SEVERITY_ORDER))
         return "\n".join(out)
+
+
+def _conn_json(cs: _ConnStats) -> dict[str, Any]:
+    """One connection's figures (or the overall ones) for --json, every dict in the text view's order."""
+    rows = cs.rows()
+    return {
+        "messages": cs.messages, "bytes": cs.bytes,
+        "requests": {r.name: r.requests for r in rows if r.requests},
+        "response_times": {r.name: r.replies.as_dict() for r in rows if r.replies},
+        "mismatched_replies": cs.mismatched,
+        "errors": dict(_by_count(cs.errors)), "fds": dict(_by_count(cs.fds)),
+        "findings": dict(_by_severity(cs.findings)),
+        "unanswered": cs.unanswered,
+    }
+
+
+Paint = Callable[[str, str], str]
+
+
+def _painter(color: bool) -> Paint:
+    """Styles for the text view: bold headings, severities in colour; plain text without colour."""
+    codes = {"h": "\033[1m", "error": "\033[1;31m", "warning": "\033[33m", "note": "\033[34m"}
+
+    def paint(style: str, s: str) -> str:
+        return f"{codes[style]}{s}\033[0m" if color else s
+    return paint
+
+
+def _table_lines(rows: Iterable[CommandRow]) -> list[str]:
+    """The command table: header, then one line per row (no times when no reply came)."""
+    from .render import rtt_text
+    lines = [f"  {'command':<26}{'requests':>9}{'replies':>9}{'min':>10}{'mean':>10}{'p50':>10}{'p99':>10}{'max':>10}"]
+    for r in rows:
+        line = f"  {r.name:<26}{r.requests:>9}{r.replies.count if r.replies else 0:>9}"
+        if r.replies:
+            f = r.replies
+            line += "".join(f"{rtt_text(v):>10}" for v in (f.min, f.mean, f.p50, f.p99, f.max))
+        lines.append(line)
+    return lines
+
+
+def _conn_lines(title: str, cs: _ConnStats, paint: Paint) -> list[str]:
+    """One connection's block (or the overall one): message counts, command table, errors, fds, findings."""
+    lines = [paint("h", title), f"  messages {cs.messages}, bytes {cs.bytes}"]
+    rows = cs.rows()
+    if rows:
+        lines += _table_lines(rows)
+    if cs.mismatched:
+        lines.append(f"  replies whose command differs from their request's: {cs.mismatched} "
+                     "(counted under the request's command)")
+    if cs.errors:
+        lines.append("  errors: " + ", ".join(f"{k} {v}" for k, v in _by_count(cs.errors)))
+    if cs.fds:
+        lines.append("  fds: " + ", ".join(f"{k} {v}" for k, v in _by_count(cs.fds)))
+    if cs.findings:
+        lines.append("  findings:")
+        for code, n in _by_severity(cs.findings):
+            sev = findings.CATALOGUE[code].severity
+            lines.append(f"    {paint(sev, f'{sev:<8}')}{code:<30}{n:>7}")
+    return lines
