@@ -266,7 +266,7 @@ def _tap_verdicts(events: Iterator[Event], diff: VerdictDiff, stored: list[Findi
 
 
 def _without_codes(rec: MessageRecord) -> MessageRecord:
-    return dataclasses.replace(rec, findings=())
+    return rec._replace(findings=())
 
 
 def _note_line(msg: str) -> None:

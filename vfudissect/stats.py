@@ -2,10 +2,9 @@
 
 Constant memory whatever the capture's length: response times go into a
 log-bucketed histogram (1 % relative precision) for p50/p99; count, min, max
-and mean are exact.  The only per-message state is the command of each request
-still awaiting its reply (dropped once answered, on NO_REPLY, when its
-connection closes, and beyond 65,536 per connection), so that a reply is
-counted under its request's command even when it claims another one.
+and mean are exact.  No per-message state: a reply is counted under the
+command of the request it answers, which the engine says in the reply's
+record (``request_command``), even when the reply claims another one.
 
 Percentiles follow the nearest-rank method: the q-quantile of n samples is
 the ceil(q·n)-th smallest sample (the smallest for q = 0).  So p50 of two
@@ -21,7 +20,7 @@ descending, then by name; findings by severity, then by code.
 from __future__ import annotations
 
 import math
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -34,7 +33,6 @@ from .core.records import ConnRecord, Finding, Item, MessageRecord
 _LOG_BASE = math.log(1.01)  # bucket b holds [1.01**b, 1.01**(b+1))
 _TINY = 1e-9  # response times at or below 1 ns (or negative: clock steps) share one bucket
 _TINY_BUCKET = -10**6
-_MAX_WAITING = 65_536  # requests remembered per connection (msg_id is 16 bits)
 _SEVERITY_ORDER = ("error", "warning", "note")
 
 
@@ -143,44 +141,6 @@ class _Rtt:
                           self.hi)
 
 
-class _Waiting:
-    """Owns the command of every request awaiting its reply, per connection: (conn, frame) -> command name.
-
-    Bounded: an entry goes when its reply comes, on NO_REPLY, when its connection has closed both ways, and
-    the oldest goes beyond _MAX_WAITING per connection (its reply, if one comes, then counts as what it says).
-    """
-
-    __slots__ = ("_by_conn", "_half_closed")
-
-    def __init__(self) -> None:
-        self._by_conn: dict[int, OrderedDict[int, str]] = {}  # oldest first: evicting one is O(1)
-        self._half_closed: dict[int, str] = {}  # conn -> the direction already closed
-
-    def __len__(self) -> int:
-        return sum(len(w) for w in self._by_conn.values())
-
-    def remember(self, conn: int, frame: int, name: str) -> None:
-        w = self._by_conn.get(conn)
-        if w is None:
-            w = self._by_conn[conn] = OrderedDict()
-        elif len(w) >= _MAX_WAITING:
-            w.popitem(last=False)
-        w[frame] = name
-
-    def answer(self, conn: int, frame: int) -> str | None:
-        """The command of the request in (conn, frame), forgotten from now on; None when not remembered."""
-        w = self._by_conn.get(conn)
-        return w.pop(frame, None) if w else None
-
-    def closed(self, conn: int, dir: str | None) -> None:
-        """A close record: once both directions are closed no reply can come, so the connection's entries go."""
-        if dir is not None and self._half_closed.get(conn, dir) == dir:
-            self._half_closed[conn] = dir
-            return
-        self._half_closed.pop(conn, None)
-        self._by_conn.pop(conn, None)
-
-
 class _ConnStats:
     """Owns one connection's counters (or the sum of all of them, see Stats._total)."""
 
@@ -224,7 +184,6 @@ class Stats:
 
     def __init__(self) -> None:
         self._conns: dict[int, _ConnStats] = {}
-        self._waiting = _Waiting()
         self.first_ts: float | None = None
         self.last_ts = 0.0
         self.severities: Counter[str] = Counter()
@@ -236,11 +195,6 @@ class Stats:
             cs = self._conns[conn] = _ConnStats()
         return cs
 
-    @property
-    def waiting(self) -> int:
-        """Requests whose command is remembered until their reply comes (the only state that is not a counter)."""
-        return len(self._waiting)
-
     def add(self, it: Item) -> None:
         if isinstance(it, MessageRecord):
             self._message(it)
@@ -251,8 +205,6 @@ class Stats:
 
     def _message(self, it: MessageRecord) -> None:
         is_command = it.msg_type == "command"
-        if is_command and not it.no_reply:
-            self._waiting.remember(it.conn, it.frame, it.command_name)
         if it.context:  # a copy from an earlier part of a rotated capture, counted there
             return
         cs = self._conns.get(it.conn) or self._conn(it.conn)
@@ -276,10 +228,11 @@ class Stats:
 
     def _reply(self, cs: _ConnStats, it: MessageRecord, rtt: float) -> None:
         """A matched reply counts under its request's command; one claiming another command is also counted apart."""
-        name = self._waiting.answer(it.conn, it.request_frame) if it.request_frame is not None else None
-        if name is None:
+        answers = it.request_command
+        if answers is None or answers == it.command:
             name = it.command_name
-        elif name != it.command_name:
+        else:
+            name = spec.command_name(answers)
             cs.mismatched += 1
         r = cs.rtt.get(name)
         if r is None:
@@ -292,15 +245,11 @@ class Stats:
         self.severities[it.severity] += 1
         if it.code in ("NO_REPLY", "REPLY_TIMEOUT"):
             cs.unanswered += 1
-        if it.code == "NO_REPLY" and it.frames:  # no reply will come (a timed-out request may still get one)
-            self._waiting.answer(it.conn, it.frames[0])
 
     def _conn_record(self, it: ConnRecord) -> None:
         if it.kind == "open":
             self.connections += 1
             self._conn(it.conn)
-        elif it.kind == "close":
-            self._waiting.closed(it.conn, it.dir)
 
     # ------------------------------------------------------------ views
     def _total(self) -> _ConnStats:

@@ -41,7 +41,7 @@ class JudgingWriter:
     def judge(self, ev: Event) -> list[Item]:
         """Feed an event already recorded (or a Tick) to the engine; record its findings."""
         items = self.analyzer.feed(ev)
-        if items:
+        if len(items) > 1 or items and type(items[0]) is Finding:  # one record alone (the usual) has none
             self.record_findings(items)
         return items
 

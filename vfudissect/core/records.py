@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from .events import FdInfo
 
@@ -24,9 +24,12 @@ class Finding:
         return self.frames[0] if self.frames else 0
 
 
-@dataclass(frozen=True)  # no slots: make_message_record() fills __dict__ in one step (2.5x faster)
-class MessageRecord:
-    """One decoded vfio-user message with its request/reply link and findings."""
+class MessageRecord(NamedTuple):
+    """One decoded vfio-user message with its request/reply link and findings.
+
+    A NamedTuple, not a dataclass: the engine builds one per message, and a tuple is built in one C call (about
+    5x faster than a frozen dataclass), is just as immutable, and reads its fields as fast (``_replace`` for
+    a changed copy)."""
 
     frame: int
     ts: float
@@ -41,7 +44,7 @@ class MessageRecord:
     error: int
     wire_len: int  # bytes on the wire (may differ from size in malformed messages)
     fds: tuple[FdInfo, ...] = ()
-    fields: dict[str, Any] = field(default_factory=dict)  # key decoded payload fields
+    fields: dict[str, Any] = {}  # key decoded payload fields (never mutate a record's: build a new record)
     request_frame: int | None = None  # on replies
     response_frame: int | None = None  # on commands, filled in by the sequencer
     rtt: float | None = None  # on replies: seconds since the request
@@ -49,26 +52,21 @@ class MessageRecord:
     truncated: bool = False  # payload cut by the recorder's snaplen
     no_reply: bool = False
     context: bool = False  # copied from an earlier file of a rotated capture (VFUC flag CONTEXT)
+    request_command: int | None = None  # on replies: the command of the request it answers (may differ from its own)
 
 
-_set = object.__setattr__
-_new = object.__new__
+_tuple_new = tuple.__new__
 
 
 def make_message_record(frame: int, ts: float, conn: int, dir: str, msg_id: int, command: int,
                         command_name: str, msg_type: str, size: int, flags: int, error: int, wire_len: int,
                         fds: tuple[FdInfo, ...], fields: dict[str, Any], request_frame: int | None,
                         rtt: float | None, findings: tuple[str, ...], truncated: bool,
-                        no_reply: bool, context: bool = False) -> MessageRecord:
-    """The engine's hot-path constructor: same object as MessageRecord(...), built without 20 setattr calls."""
-    r = _new(MessageRecord)
-    _set(r, "__dict__", {
-        "frame": frame, "ts": ts, "conn": conn, "dir": dir, "msg_id": msg_id, "command": command,
-        "command_name": command_name, "msg_type": msg_type, "size": size, "flags": flags, "error": error,
-        "wire_len": wire_len, "fds": fds, "fields": fields, "request_frame": request_frame,
-        "response_frame": None, "rtt": rtt, "findings": findings, "truncated": truncated, "no_reply": no_reply,
-        "context": context})
-    return r
+                        no_reply: bool, context: bool = False, request_command: int | None = None) -> MessageRecord:
+    """The engine's hot-path constructor: the same record as MessageRecord(...), built in one step."""
+    return _tuple_new(MessageRecord, (frame, ts, conn, dir, msg_id, command, command_name, msg_type, size, flags,
+                                      error, wire_len, fds, fields, request_frame, None, rtt, findings, truncated,
+                                      no_reply, context, request_command))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ capture.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 
 from .records import ConnRecord, Finding, Item, MessageRecord
@@ -92,7 +91,7 @@ class Sequencer:
                     self._by_frame.pop((it.conn, it.frame), None)
                 extra = tuple(f.code for f in e.findings if f.code not in it.findings)
                 if e.response_frame is not None or extra:
-                    it = dataclasses.replace(it, response_frame=e.response_frame, findings=it.findings + extra)
+                    it = it._replace(response_frame=e.response_frame, findings=it.findings + extra)
                 out.append(it)
             elif not (isinstance(it, ConnRecord) and it.kind == "finding"):
                 out.append(it)
