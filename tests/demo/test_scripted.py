@@ -23,7 +23,6 @@ HELLO = [c2s(version(0)), s2c(version_reply(0))]
     ({"dir": "up", "data": version(0)}, "dir must be"),
     ({"dir": C2S, "data": version(0), "how": "twice"}, "how must be one of"),
     ({"dir": C2S, "data": version(0), "fds": ("pipe",)}, "fd kinds"),
-    ({"dir": C2S, "data": version(0), "flag": "NOT_A_CODE"}, "unknown finding code"),
     ({"dir": C2S, "data": b"short"}, "16-byte header"),
     ({"dir": C2S, "data": b"x", "how": "close"}, "no bytes"),
     ({"dir": C2S, "data": spec.HEADER.pack(1, 13, 16, 0, 0), "how": "split"}, "body after the header"),
@@ -33,6 +32,11 @@ HELLO = [c2s(version(0)), s2c(version_reply(0))]
 def test_bad_steps_are_refused_with_a_reason(kw: dict, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         Step(**kw)
+
+
+def test_a_scenario_flagging_an_unknown_code_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown finding code 'NOT_A_CODE'"):
+        Scenario("bad", (c2s(version(0), flag="NOT_A_CODE"),))
 
 
 def traffic(scn: Scenario) -> list:

@@ -37,17 +37,10 @@ from .. import __version__
 from ..core.events import ConnClosed, ConnOpened, Event, FdInfo, MessageIn, NoteIn, RawIn, Tick, VerdictsIn
 from ..core.records import Finding
 from ..proxy.relay import usable_max_xfer, version_capabilities
+from ..core.exchange import FD_KINDS, HOW, Scenario, Step, c2s, s2c  # noqa: F401  (the scripts' vocabulary)
 from ..testing import Playbook
-from ..core import findings
 
 C2S, S2C = spec.C2S, spec.S2C
-HOW = {
-    "whole": "one sendmsg with every byte and fd of the step",
-    "split": "the 16-byte header alone, then the rest with the fds",
-    "cut": "the bytes given (a message whose header promises more), then the sender closes its side",
-    "close": "no bytes: the sender closes its side",
-}
-FD_KINDS = ("memfd", "eventfd", "socket")
 MEMFD_SIZE = 0x10000
 # The relay frames a message when 16 <= size <= the largest negotiated max_data_xfer_size (at least the
 # default) + the largest fixed part of a data command (header + region/DMA access) + spec.FRAMING_SLACK.
@@ -58,69 +51,6 @@ _BIG = 1 << 16  # steps larger than this are sent from a helper thread (the sock
 
 class ScriptError(Exception):
     """A scripted peer did not get what the script says the proxy forwards; says which step and what."""
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One thing a scripted peer puts on the wire."""
-
-    dir: str  # C2S: the client sends it; S2C: the server
-    data: bytes = b""
-    fds: tuple[str, ...] = ()  # kinds of fresh fds passed with it (FD_KINDS)
-    delay: float = 0.0  # seconds to wait before sending
-    how: str = "whole"  # HOW
-    flag: str | None = None  # a finding code whose first frame must be one of this step's frames
-    starve_fds: bool = False  # the proxy cannot take the fds (no free descriptor): recorded without them
-
-    def __post_init__(self) -> None:
-        if self.dir not in (C2S, S2C):
-            raise ValueError(f"dir must be {C2S!r} or {S2C!r}, not {self.dir!r}")
-        if self.how not in HOW:
-            raise ValueError(f"how must be one of {', '.join(HOW)}, not {self.how!r}")
-        if any(k not in FD_KINDS for k in self.fds):
-            raise ValueError(f"fd kinds must be among {', '.join(FD_KINDS)}: {self.fds!r}")
-        if self.flag is not None and self.flag not in findings.CATALOGUE:
-            raise ValueError(f"unknown finding code {self.flag!r}")
-        if self.how in ("whole", "split") and len(self.data) < spec.HEADER_SIZE:
-            raise ValueError(f"a {self.how} step needs at least a 16-byte header (use how='cut' for less)")
-        if self.how == "split" and len(self.data) == spec.HEADER_SIZE:
-            raise ValueError("a split step needs a body after the header (the fds go with it)")
-        if self.how == "close" and (self.data or self.fds):
-            raise ValueError("a close step carries no bytes or fds")
-        if self.how == "cut" and self.fds:
-            raise ValueError("a cut step carries no fds")
-        if self.starve_fds and not self.fds:
-            raise ValueError("starve_fds needs fds to starve")
-
-    @property
-    def size(self) -> int:
-        """The header's size field (0 without a whole header)."""
-        return spec.HEADER.unpack_from(self.data)[2] if len(self.data) >= spec.HEADER_SIZE else 0
-
-
-def c2s(data: bytes, *fds: str, **kw: object) -> Step:
-    """The client sends ``data`` with fresh fds of the given kinds."""
-    return Step(C2S, data, tuple(fds), **kw)  # type: ignore[arg-type]
-
-
-def s2c(data: bytes, *fds: str, **kw: object) -> Step:
-    """The server sends ``data`` with fresh fds of the given kinds."""
-    return Step(S2C, data, tuple(fds), **kw)  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    """Steps and the proxy settings they need (REPLY_TIMEOUT threshold, snaplen)."""
-
-    name: str
-    steps: tuple[Step, ...]
-    timeout: float = spec.DEFAULT_REPLY_TIMEOUT
-    snaplen: int | None = None
-    about: str = ""
-
-    @property
-    def needs_fd_starving(self) -> bool:
-        return any(s.starve_fds for s in self.steps)
 
 
 # ------------------------------------------------------------------ the model: what the proxy records
