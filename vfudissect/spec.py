@@ -432,7 +432,7 @@ REC_TYPE_NAMES: Mapping[int, str] = {r.value: r.name for r in RecType}
 
 VFUC_FLAGS: Mapping[int, str] = {
     0x01: "TRUNCATED", 0x02: "MORE_FRAGMENTS", 0x04: "FDS_CTRUNC", 0x08: "INJECTED",
-    0x10: "FRAMING_ERROR", 0x20: "FDS_NOT_AT_MSG_START", 0x40: "CONTEXT",
+    0x10: "FRAMING_ERROR", 0x20: "FDS_NOT_AT_MSG_START", 0x40: "CONTEXT", 0x80: "BEYOND_LIMIT",
 }
 VF_TRUNCATED, VF_MORE_FRAGMENTS, VF_FDS_CTRUNC, VF_INJECTED, VF_FRAMING_ERROR, VF_FDS_NOT_AT_MSG_START = (
     0x01, 0x02, 0x04, 0x08, 0x10, 0x20)
@@ -440,6 +440,10 @@ VF_TRUNCATED, VF_MORE_FRAGMENTS, VF_FDS_CTRUNC, VF_INJECTED, VF_FRAMING_ERROR, V
 # can be read on its own (VERSION, device/region/IRQ info, live DMA mappings, requests awaiting replies); it is
 # not traffic at this point, keeps its original timestamp, and draws no findings or statistics.
 VF_CONTEXT = 0x40
+# BEYOND_LIMIT: a message larger than its receiver accepts (its negotiated max_data_xfer_size, capped at 64 MiB) is
+# never held by the recorder: its header is recorded as the message (msg_len the size it claims), its body as RAW
+# records flagged BEYOND_LIMIT as it arrives, forwarded the same way; framing resumes after it.
+VF_BEYOND_LIMIT = 0x80
 # NOTE records the analysis acts on: a record the reader could not decode (CAPTURE_CORRUPT), and the last record
 # of a rotated capture's part, naming the next file (the traffic goes on: no NO_REPLY at this file's end).
 NOTE_CORRUPT_PREFIX = "corrupt record: "

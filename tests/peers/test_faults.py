@@ -109,7 +109,7 @@ END_TO_END = [
     (Fault("garbage", command=C.DEVICE_GET_INFO), "BAD_SIZE"),
     (Fault("extra_fd", command=C.DEVICE_GET_INFO), "FDS_UNEXPECTED"),
     (Fault("missing_fd", command=C.DEVICE_GET_REGION_INFO, nth=3), "FDS_MISSING"),
-    (Fault("oversized_header", command=C.DEVICE_GET_INFO), "FRAMING_LOST"),
+    (Fault("oversized_header", command=C.DEVICE_GET_INFO), "MESSAGE_TOO_LARGE"),  # framed by its header, body raw
     (Fault("truncate", command=C.DEVICE_GET_INFO, count=20), "MESSAGE_INCOMPLETE"),
     (Fault("patch_header", command=C.DEVICE_GET_INFO, header={"flags": 0x41}), "RESERVED_FLAGS"),
     (Fault("patch_header", command=C.DEVICE_GET_INFO, header={"flags": 0x11}), "MISPLACED_FLAG"),

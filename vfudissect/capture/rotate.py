@@ -95,7 +95,7 @@ class ContextTracker:
                 c.closed.update((spec.C2S, spec.S2C) if ev.dir is None else (ev.dir,))
                 if len(c.closed) == 2:
                     del self._conns[ev.conn]
-        elif isinstance(ev, RawIn):
+        elif isinstance(ev, RawIn) and not ev.flags & spec.VF_BEYOND_LIMIT:
             c = self._conns.get(ev.conn)
             if c is not None:  # that direction lost its framing: its requests will never be paired
                 for key in [k for k in c.pending if k[0] == ev.dir]:

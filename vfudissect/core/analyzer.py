@@ -206,7 +206,7 @@ class Analyzer:
 
     def _raw(self, ev: RawIn, out: list[Item]) -> None:
         c = self.state.conn(ev.conn)
-        said = header.raw_bytes(c, ev.dir, ev.note)
+        said = header.raw_bytes(c, ev.dir, ev.note, ev.flags)
         codes: tuple[str, ...] = ()
         if said is not None:
             c.raw_dirs.add(ev.dir)

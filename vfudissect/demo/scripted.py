@@ -10,13 +10,12 @@ proxy forwards before the next step starts, so the capture's frames are
 deterministic: frame 1 opens the connection, then one frame per message in
 order, then one per closed direction.
 
-``model()`` says which events the proxy records for the same steps (its
-framing contract: a header it cannot frame is recorded alone, a note
-follows and the direction is relayed raw; a message cut short by a closing
-peer is recorded as far as it came, with a note), numbered by a real
-``CaptureWriter`` (same fragments and snaplen); ``expected()`` feeds them to
-a sans-io ``Playbook``: the findings the live proxy and ``vfudissect read``
-must both report.
+``model()`` says which events the proxy records for the same steps: each
+step's bytes go through the deframer the relay itself uses
+(core/framing.py), and the events are numbered by a real judging
+``CaptureWriter`` (same fragments, snaplen and finding records);
+``expected()`` feeds them to a sans-io ``Playbook``: the findings the live
+proxy and ``vfudissect read`` must both report.
 """
 
 from __future__ import annotations
@@ -36,15 +35,13 @@ from ..capture.writer import CaptureWriter
 from .. import __version__
 from ..core.events import ConnClosed, ConnOpened, Event, FdInfo, MessageIn, NoteIn, RawIn, Tick, VerdictsIn
 from ..core.records import Finding
-from ..proxy.relay import usable_max_xfer, version_capabilities
+from ..core import framing
+from ..core.framing import ConnectionFraming
 from ..core.exchange import FD_KINDS, HOW, Scenario, Step, c2s, s2c  # noqa: F401  (the scripts' vocabulary)
 from ..testing import Playbook
 
 C2S, S2C = spec.C2S, spec.S2C
 MEMFD_SIZE = 0x10000
-# The relay frames a message when 16 <= size <= the largest negotiated max_data_xfer_size (at least the
-# default) + the largest fixed part of a data command (header + region/DMA access) + spec.FRAMING_SLACK.
-_FIXED_MAX = spec.HEADER_SIZE + max(spec.LAYOUTS[k].size for k in ("region_access", "dma_access", "mig_data"))
 _ANC = socket.CMSG_SPACE(253 * 4)
 _BIG = 1 << 16  # steps larger than this are sent from a helper thread (the socket buffers would fill)
 
@@ -70,74 +67,54 @@ def _fd_info(kind: str) -> FdInfo:
     return FdInfo("socket", 0, 0, 2, "socket:[0]")
 
 
-def _max_xfer(data: bytes) -> int:
-    """max_data_xfer_size of a VERSION message's capabilities, 0 when absent or unusable: the relay's own reading."""
-    return usable_max_xfer(version_capabilities(data))
-
-
 def model(scn: Scenario, socket_path: str = "scripted.sock") -> list[Recorded]:
-    """The events the proxy records for ``scn``, with frames (a real CaptureWriter numbers them)."""
+    """The events the proxy records for ``scn``, with frames: each step's bytes through the deframer the relay
+    uses, numbered by a real judging CaptureWriter (fragments, snaplen and the findings' own records included)."""
     ts = 1000.0
-    raw: set[str] = set()
     closed: set[str] = set()
-    xfer = {C2S: 0, S2C: 0}
+    conn = ConnectionFraming(stall_timeout=1e9)
     events: list[tuple[Event, int | None]] = [(ConnOpened(ts, 1, socket_path), None)]
 
-    def add(ev: Event, i: int | None) -> None:
-        events.append((ev, i))
+    def put(outs: list, d: str, infos: tuple[FdInfo, ...], i: int | None) -> None:
+        for o in outs:
+            if o.kind == framing.MESSAGE:
+                conn.saw(d, o.data)
+            ev = framing.to_event(o, 1, d, infos if o.fds else ())
+            if ev is not None:
+                events.append((ev, i))
 
     for i, st in enumerate(scn.steps):
         ts += 0.001 + st.delay
         d = st.dir
         if d in closed:
             raise ValueError(f"step {i}: the {d} direction was already closed")
-        fds = () if st.starve_fds else tuple(_fd_info(k) for k in st.fds)
-        fd_flags = spec.VF_FDS_CTRUNC if st.starve_fds else 0
+        df = conn.of(d)
+        infos = () if st.starve_fds else tuple(_fd_info(k) for k in st.fds)
+        tokens = tuple(range(len(infos)))  # stand-ins for the fds the relay would hold (none when starved)
         if st.how == "close":
-            add(ConnClosed(ts, 1, d), i)
+            put(df.close(ts), d, (), i)
+            events.append((ConnClosed(ts, 1, d), i))
             closed.add(d)
             continue
-        if d in raw:
-            if st.how == "split":
+        if st.how == "split":
+            if df.raw:
                 raise ValueError(f"step {i}: a split step in a raw direction is read in timing-dependent pieces")
-            add(RawIn(ts, 1, d, st.data, fds, flags=fd_flags), i)
+            put(df.feed(st.data[:spec.HEADER_SIZE], ts=ts), d, (), i)
+            put(df.feed(st.data[spec.HEADER_SIZE:], tokens, st.starve_fds, ts), d, infos, i)
         else:
-            hdr_ok = len(st.data) >= spec.HEADER_SIZE
-            size = st.size
-            limit = max(spec.DEFAULT_MAX_DATA_XFER_SIZE, *xfer.values()) + _FIXED_MAX + spec.FRAMING_SLACK
-            if hdr_ok and not spec.HEADER_SIZE <= size <= limit:
-                # recorded alone, a note, and the rest of the direction raw
-                late = spec.VF_FDS_NOT_AT_MSG_START if st.how == "split" and fds else 0
-                add(MessageIn(ts, 1, d, st.data[:spec.HEADER_SIZE], () if late else fds,
-                              flags=spec.VF_FRAMING_ERROR | fd_flags), i)
-                add(NoteIn(ts, 1, f"{d} header size {size} cannot be framed: relaying raw from here", d), i)
-                raw.add(d)
-                rest = st.data[spec.HEADER_SIZE:]
-                if rest:
-                    add(RawIn(ts, 1, d, rest, fds if late else ()), i)
-            elif st.how == "cut":
-                if hdr_ok:
-                    add(MessageIn(ts, 1, d, st.data), i)
-                else:
-                    add(RawIn(ts, 1, d, st.data), i)
-                add(NoteIn(ts, 1, f"{d} message cut short ({len(st.data)} bytes): peer closed mid-message", d), i)
-            else:
-                if size != len(st.data):
-                    raise ValueError(f"step {i}: header size {size} but {len(st.data)} bytes (use how='cut')")
-                flags = fd_flags | (spec.VF_FDS_NOT_AT_MSG_START if st.how == "split" and st.fds else 0)
-                add(MessageIn(ts, 1, d, st.data, fds, flags=flags), i)
-                _mid, cmd, _size, mflags, _err = spec.HEADER.unpack_from(st.data)
-                is_reply = mflags & spec.FLAG_TYPE_MASK == spec.MSG_TYPE_REPLY
-                if cmd == spec.Command.VERSION and d == (S2C if is_reply else C2S) \
-                        and not mflags & spec.FLAG_ERROR:
-                    xfer[d] = _max_xfer(st.data)
+            if st.how == "whole" and not df.raw and st.size != len(st.data) and st.size >= spec.HEADER_SIZE \
+                    and st.size <= df.limit:
+                raise ValueError(f"step {i}: header size {st.size} but {len(st.data)} bytes (use how='cut')")
+            put(df.feed(st.data, tokens, st.starve_fds, ts), d, infos, i)
         if st.how == "cut":
-            add(ConnClosed(ts, 1, d), i)
+            put(df.close(ts), d, (), i)
+            events.append((ConnClosed(ts, 1, d), i))
             closed.add(d)
     for d in (C2S, S2C):  # the orderly end: the client closes first, then the server
         if d not in closed:
             ts += 0.001
-            add(ConnClosed(ts, 1, d), None)
+            put(conn.of(d).close(ts), d, (), None)
+            events.append((ConnClosed(ts, 1, d), None))
     writer = CaptureWriter(io.BytesIO(), snaplen=scn.snaplen, judged=scn.timeout)
     judge = JudgingWriter(writer, timeout=scn.timeout)
     out: list[Recorded] = [Recorded(VerdictsIn(events[0][0].ts, f"vfudissect {__version__}", scn.timeout, 1), None)]

@@ -1,8 +1,9 @@
 """Message I/O for the emulated peers: build messages from spec layouts, send and receive them with fds.
 
 Every message goes out with ONE ``sendmsg`` (header, body and SCM_RIGHTS
-fds together), the way QEMU and libvfio-user send; receiving reads the
-header, then exactly the body, collecting fds on every read.
+fds together), the way QEMU and libvfio-user send; receiving is framed by
+the proxy's own sans-io deframer (core/framing.py): the header, then exactly
+the body, collecting fds on every read.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .. import spec
+from ..core.framing import MESSAGE, Deframer
 
 MAX_FDS = 253  # SCM_MAX_FD
 _ANC = socket.CMSG_SPACE(MAX_FDS * 4)
@@ -125,36 +127,34 @@ def _take_fds(ancdata: list[tuple[int, int, bytes]], out: list[int]) -> None:
             out.extend(a)
 
 
-def recv_exact(sock: socket.socket, n: int, fds: list[int], what: str) -> bytes:
-    """Exactly n bytes (collecting any fds); PeerClosed at EOF before the first byte, ProtocolError after."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k, anc, _fl, _addr = sock.recvmsg_into([view[got:]], _ANC, _RECV_FLAGS)
-        if anc:
-            _take_fds(anc, fds)
-        if k == 0:
-            if got == 0 and what == "header":
-                raise PeerClosed("peer closed the connection")
-            raise ProtocolError(f"peer closed in the middle of a message ({what}: {got} of {n} bytes)")
-        got += k
-    return bytes(buf)
-
-
 def recv_message(sock: socket.socket, max_size: int = spec.LVU_SERVER_MAX_MSG_SIZE) -> Message:
-    """Read one message: the header, then exactly the body. Raises PeerClosed / ProtocolError."""
+    """Read one message, framed by the deframer the proxy uses (core/framing.py): the header, then exactly its
+    body, collecting fds on every read.  Raises PeerClosed / ProtocolError."""
+    d = Deframer(limit=max_size)
     fds: list[int] = []
     try:
-        head = recv_exact(sock, spec.HEADER_SIZE, fds, "header")
-        msg_id, cmd, size, flags, err = _HDR.unpack(head)
-        if size < spec.HEADER_SIZE or size > max_size:
-            raise ProtocolError(f"message size {size} out of range (16..{max_size}), msg_id {msg_id} command {cmd}")
-        body = recv_exact(sock, size - spec.HEADER_SIZE, fds, "body") if size > spec.HEADER_SIZE else b""
+        while True:
+            buf = d.buffer()
+            k, anc, fl, _addr = sock.recvmsg_into([buf], _ANC, _RECV_FLAGS)
+            got: list[int] = []
+            if anc:
+                _take_fds(anc, got)
+                fds.extend(got)
+            if k == 0:
+                if not d.partial:
+                    raise PeerClosed("peer closed the connection")
+                raise ProtocolError(f"peer closed in the middle of a message ({d.got or d.hgot} bytes of it came)")
+            for o in d.received(k, got, bool(fl & socket.MSG_CTRUNC)):
+                if o.kind != MESSAGE or o.flags & (spec.VF_FRAMING_ERROR | spec.VF_BEYOND_LIMIT):
+                    msg_id, cmd, size, _f, _e = _HDR.unpack_from(bytes(o.data).ljust(16, b"\0"))
+                    raise ProtocolError(f"message size {size} out of range (16..{max_size}), msg_id {msg_id} "
+                                        f"command {cmd}")
+                data = bytes(o.data)
+                msg_id, cmd, size, flags, err = _HDR.unpack_from(data)
+                return Message(msg_id, cmd, size, flags, err, data, list(o.fds))
     except BaseException:
         close_fds(fds)
         raise
-    return Message(msg_id, cmd, size, flags, err, head + body, fds)
 
 
 def caps_json(obj: Any) -> bytes:

@@ -1,28 +1,38 @@
-"""The relay loop: one thread, epoll, every connection's two directions framed message by message.
+"""The relay loop: one thread, epoll, every connection's two directions framed (core/framing.py) and forwarded.
 
-Design (measured, see bench/README.md): a single-threaded epoll loop with
-non-blocking sockets.  Each direction reads a header, then exactly its
-body (recvmsg on every read, so each fd is tied to the message whose
-bytes carried it), and forwards the whole message with ONE sendmsg carrying
-its fds, then describes and closes its copies of the fds.  Recording
-(capture write, analysis, live view) is queued and done by the same thread
-only when no socket is ready, one event at a time (a poll between events),
-so it never sits between a message and its forwarding.  Optionally the loop
-keeps polling without sleeping for ``busy_poll`` seconds after a small
-message: a sleeping relay costs a scheduler wake-up per hop (~30 us on the
-VM this was measured on), which a spinning one saves when it has a CPU of
-its own (measured 1.79x -> 0.96x round trip); on a 2-CPU machine it competes
-with the peers instead, so the CLI enables it only with 4 or more CPUs.
-Backlog is bounded: past ``max_backlog`` queued bytes the loop records
-before it reads again, so a slow capture consumer slows the peers instead
-of growing memory.
+Design (measured, see bench/README.md):
+
+1. Forwarding first.  Each direction reads exactly what its deframer asks
+   for (a header, then its body: so the fds a read brings belong to the
+   message it reads) and forwards each whole message with ONE sendmsg
+   carrying its fds, then describes and closes its copies of the fds.
+2. Recording (capture write, analysis, live view) is queued and done in
+   slices between polls, each slice at most ``record_slice`` seconds, so a
+   message that arrives while the recorder works waits at most that long:
+   recording never stops the relay, whatever the load.
+3. Backpressure that slows, never stops: the queue is bounded in events
+   and in bytes (what a queued event costs: its data plus its overhead).
+   While it is full the relay reads nothing new and records; each slice
+   makes room for the next reads, so the peers are slowed to the recording
+   rate instead of being held while a backlog drains.
+4. Time the recorder may trust: a Tick (which lets REPLY_TIMEOUT fire while
+   a request waits) is queued in order behind every event read before it,
+   and none while the relay holds reads back (the replies it has not read
+   yet are the proxy's doing, not the peer's).
+5. A message larger than its receiver accepts is never held: the deframer
+   puts out its header and then its body in chunks as they arrive.
+
+Optionally the loop keeps polling without sleeping for ``busy_poll`` seconds
+after a small message (a sleeping relay costs a scheduler wake-up per hop);
+the CLI enables it only with 4 or more CPUs.
 """
 
 from __future__ import annotations
 
 import array
+import ctypes
+import ctypes.util
 import errno
-import json
 import os
 import select
 import socket
@@ -33,12 +43,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import spec
+from ..core import framing
 from ..core.events import ConnClosed, ConnOpened, Cred, Event, FdInfo, NoteIn, RawIn, Tick, make_message_in
+from ..core.framing import MESSAGE, NOTE, RAW, ConnectionFraming, Deframer, Out
 from .fdinfo import describe_fd
 from .recorder import Recorder
 
 C2S, S2C = spec.C2S, spec.S2C
-_HDR = spec.HEADER
 _ANC = socket.CMSG_SPACE(253 * 4)
 # plain ints: socket.MSG_* are enum members, and `int & member` runs enum code (~2.5 us per message measured)
 _DONTWAIT = int(socket.MSG_DONTWAIT)
@@ -46,15 +57,15 @@ _RECV_FLAGS = int(socket.MSG_DONTWAIT) | int(getattr(socket, "MSG_CMSG_CLOEXEC",
 _CTRUNC = int(socket.MSG_CTRUNC)
 _IN, _OUT = select.EPOLLIN, select.EPOLLOUT
 _ERRMASK = select.EPOLLERR | select.EPOLLHUP
-_FIXED_MAX = spec.HEADER_SIZE + max(spec.LAYOUTS[k].size for k in ("region_access", "dma_access", "mig_data"))
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF)
 _CRED = struct.Struct("3i")
 _SNDBUF = 4 << 20  # room for a whole 1 MiB message per sendmsg (SO_SNDBUFFORCE when allowed, else capped)
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
-_BIG = 64 << 10  # larger messages: handed to the recorder without a copy, and no busy-polling after them
+_BIG = 64 << 10  # larger messages: no busy-polling after them
+_EVENT_COST = 256  # bytes a queued event costs beyond its data (the objects that carry it)
 
-# pump modes
-FRAMED, RAW, EOF, DONE = 0, 1, 2, 3
+# pump states (framing itself is the deframer's)
+OPEN, EOF, DONE = 0, 2, 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +73,16 @@ class RelayConfig:
     stall_timeout: float = 0.5  # seconds without progress inside a message before it is forwarded raw
     busy_poll: float = 0.0  # seconds to keep polling after activity (0 = always sleep in epoll)
     tick_interval: float = 0.1  # how often the engine hears the time (live REPLY_TIMEOUT)
-    max_backlog: int = 64 << 20  # bytes queued for recording before reading pauses
-    read_budget: int = 64  # messages read from one socket before others get a turn
+    record_slice: float = 0.005  # longest stretch of recording between two polls: what a message may wait for it
+    max_events: int = 100_000  # events queued for recording before reading pauses
+    max_bytes: int = 32 << 20  # ... or bytes (data plus _EVENT_COST each)
     live_lag: int = 256  # events waiting to be recorded before the live view stops rendering messages
     connect_timeout: float = 2.0
+
+    @property
+    def max_hold(self) -> float:
+        """The most a message waits in the proxy for recording (one slice, plus the forwarding around it)."""
+        return self.record_slice
 
 
 def peer_cred(sock: socket.socket) -> Cred | None:
@@ -94,7 +111,7 @@ def _widen(sock: socket.socket) -> None:
             pass
 
 
-def _close_all(fds: list[int]) -> None:
+def _close_all(fds: list[int] | tuple[int, ...]) -> None:
     for fd in fds:
         try:
             os.close(fd)
@@ -102,79 +119,53 @@ def _close_all(fds: list[int]) -> None:
             pass
 
 
-def version_capabilities(data: bytes) -> dict:
-    """The capabilities object of a VERSION message, {} when absent or malformed."""
-    text = data[spec.HEADER_SIZE + 4:]
-    if not text.endswith(b"\0"):
-        return {}
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0): hand freed heap back to the system after a burst (a no-op elsewhere)."""
     try:
-        obj = json.loads(text[:-1].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):  # nesting beyond Python's limit, too
-        return {}
-    caps = obj.get("capabilities") if isinstance(obj, dict) else None
-    return caps if isinstance(caps, dict) else {}
-
-
-def usable_max_xfer(caps: dict) -> int:
-    v = caps.get("max_data_xfer_size")
-    return v if isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 31 else 0
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return lambda: None
+    return lambda: trim(0) and None
 
 
 class Conn:
-    """One proxied connection (or twin-socket channel): the two sockets and the two pumps."""
+    """One proxied connection (or twin-socket channel): the two sockets, the framing, the two pumps."""
 
-    __slots__ = ("id", "path", "client", "server", "c2s", "s2c", "twin_of", "limit", "xfer", "client_cred",
-                 "closed")
+    __slots__ = ("id", "path", "client", "server", "c2s", "s2c", "twin_of", "framing", "client_cred", "closed")
 
-    def __init__(self, cid: int, path: str, client: socket.socket, server: socket.socket, limit: int,
-                 twin_of: int | None = None) -> None:
+    def __init__(self, cid: int, path: str, client: socket.socket, server: socket.socket, stall: float,
+                 twin_of: int | None = None, framing_of: ConnectionFraming | None = None) -> None:
         self.id = cid
         self.path = path
         self.client = client
         self.server = server
         self.twin_of = twin_of
-        self.limit = limit
-        self.xfer = {C2S: 0, S2C: 0}
+        self.framing = ConnectionFraming(stall)
+        if framing_of is not None:  # a twin socket carries what its main connection negotiated
+            self.framing.c2s.limit, self.framing.s2c.limit = framing_of.c2s.limit, framing_of.s2c.limit
         self.client_cred: Cred | None = None
         self.closed = False
-        self.c2s = Pump(self, C2S, client, server)
-        self.s2c = Pump(self, S2C, server, client)
+        self.c2s = Pump(self, C2S, client, server, self.framing.c2s)
+        self.s2c = Pump(self, S2C, server, client, self.framing.s2c)
 
 
 class Pump:
-    """One direction of one connection: framing state, pending output, and the fds of the message in hand."""
+    """One direction of one connection: its deframer, its state, and the output still to send."""
 
-    __slots__ = ("conn", "dir", "src", "dst", "mode", "hbuf", "hview", "hgot", "body", "bview", "size", "got",
-                 "fds", "late",
-                 "ctrunc", "progress", "out", "out_fds", "out_close", "shut_pending", "raw_note", "gone")
+    __slots__ = ("conn", "dir", "src", "dst", "d", "state", "out", "out_fds", "shut_pending", "gone")
 
-    def __init__(self, conn: Conn, d: str, src: socket.socket, dst: socket.socket) -> None:
+    def __init__(self, conn: Conn, d: str, src: socket.socket, dst: socket.socket, deframer: Deframer) -> None:
         self.conn = conn
         self.dir = d
         self.src = src
         self.dst = dst
-        self.mode = FRAMED
-        self.hbuf = bytearray(spec.HEADER_SIZE)
-        self.hview = memoryview(self.hbuf)
-        self.hgot = 0
-        self.body: bytearray | None = None
-        self.bview: memoryview | None = None
-        self.size = 0
-        self.got = 0
-        self.fds: list[int] = []
-        self.late = False  # fds arrived after the message's first byte
-        self.ctrunc = False
-        self.progress = 0.0
+        self.d = deframer
+        self.state = OPEN
         self.out: memoryview | None = None  # bytes still to send to dst
         self.out_fds: list[int] = []  # fds to send with the next sendmsg (nothing of `out` sent yet)
-        self.out_close: list[int] = []  # fds to close once `out` is gone
         self.shut_pending = False  # src hit EOF while output was pending: shut dst down after it drains
-        self.raw_note = ""
         self.gone: OSError | None = None  # the last forward found the receiver gone (handled once recorded)
-
-    @property
-    def partial(self) -> bool:
-        return self.hgot > 0 or self.body is not None
 
 
 class Relay:
@@ -190,15 +181,18 @@ class Relay:
         self.recorder = recorder
         self.error = error or (lambda text: None)
         self.ep = select.epoll()
-        self._entries: dict[int, object] = {}  # fd -> listener marker / wake marker / (Conn, socket)
+        self._entries: dict[int, object] = {}  # fd -> listener marker / wake marker
         self._masks: dict[int, int] = {}
         self._by_sock: dict[int, tuple[Pump, Pump]] = {}  # fd -> (pump reading it, pump writing it)
         self.conns: dict[int, Conn] = {}
         self._next_conn = 1
         self.queue: deque[tuple[Event, int]] = deque()
-        self._queued_bytes = 0
+        self.queued_bytes = 0
+        self.peak_events = 0  # most events queued at once (the soak benchmark reports it)
         self._partial: set[Pump] = set()
         self._stopping = False
+        self._trim = _malloc_trim()
+        self._heavy = False  # the queue grew large since it was last empty: give memory back once it empties
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         listener.setblocking(False)
         self._register(listener.fileno(), _IN)
@@ -207,7 +201,6 @@ class Relay:
         self._entries[self.wake_r] = "wake"
         self.messages = 0
         self._spin_ok = True  # busy-poll only after small messages: bulk transfers need the CPU elsewhere
-        self.base_limit = spec.DEFAULT_MAX_DATA_XFER_SIZE + _FIXED_MAX + spec.FRAMING_SLACK
 
     # ------------------------------------------------------------ public
     def stop(self) -> None:
@@ -218,10 +211,14 @@ class Relay:
         except OSError:
             pass
 
+    @property
+    def full(self) -> bool:
+        """The recording queue is at its bound: reading waits for recording to make room."""
+        return len(self.queue) >= self.cfg.max_events or self.queued_bytes >= self.cfg.max_bytes
+
     def run(self) -> None:
         cfg = self.cfg
         poll = self.ep.poll
-        queue = self.queue
         mono = time.monotonic
         busy = cfg.busy_poll
         last_active = 0.0
@@ -232,45 +229,39 @@ class Relay:
                 if now >= next_timer:
                     self._timers(now)
                     next_timer = now + min(cfg.tick_interval, cfg.stall_timeout / 4 if self._partial else 1.0)
-                if self._queued_bytes > cfg.max_backlog:
-                    while queue and self._queued_bytes > cfg.max_backlog // 2:
-                        self._record_one()
-                    continue
-                if queue:
+                if self.queue:
                     evs = poll(0)
-                    if not evs:
-                        self._record_one()
-                        last_active = mono()  # spin on after recording too: traffic is still flowing
-                        continue
                 elif now - last_active < busy and self._spin_ok:
                     evs = poll(0)
                     if not evs:
                         continue
                 else:
                     evs = poll(max(next_timer - now, 0.0))
-                    if not evs:
-                        continue
-                last_active = mono()
-                self._dispatch(evs)
+                if evs:
+                    last_active = mono()
+                    self._dispatch(evs, read=not self.full)
+                if self.queue:
+                    self._record_slice(mono() + cfg.record_slice)
+                    last_active = mono()  # traffic is still flowing: spin on after recording too
             self._final_pass()
         finally:
             self._shutdown()
 
-    def _dispatch(self, evs: list[tuple[int, int]], accept: bool = True) -> None:
+    def _dispatch(self, evs: list[tuple[int, int]], accept: bool = True, read: bool = True) -> None:
         for fd, mask in evs:
             entry = self._by_sock.get(fd)
             if entry is not None:
                 reader, writer = entry
                 if mask & _OUT and writer.out is not None:
                     self._flush_out(writer)
-                if mask & (_IN | _ERRMASK) and reader.mode < EOF and reader.out is None:
+                if read and mask & (_IN | _ERRMASK) and reader.state == OPEN and reader.out is None:
                     self._read(reader)
-                elif mask & _ERRMASK and reader.mode >= EOF and writer.mode >= EOF:
+                elif mask & _ERRMASK and reader.state >= EOF and writer.state >= EOF:
                     self._teardown(reader.conn)
                 continue
             kind = self._entries.get(fd)
             if kind == "listener":
-                if accept:
+                if accept and read:
                     self._accept()
             elif kind == "wake":
                 try:
@@ -300,7 +291,7 @@ class Relay:
         if entry is None:
             return
         reader, writer = entry
-        mask = (_IN if reader.mode < EOF and reader.out is None else 0) | (_OUT if writer.out is not None else 0)
+        mask = (_IN if reader.state == OPEN and reader.out is None else 0) | (_OUT if writer.out is not None else 0)
         old = self._masks.get(fd, -1)
         if mask == old:
             return
@@ -315,20 +306,38 @@ class Relay:
             self.ep.modify(fd, mask)
             self._masks[fd] = mask
 
-    def _enqueue(self, ev: Event, cost: int = 64) -> None:
+    # ------------------------------------------------------------ recording
+    def _enqueue(self, ev: Event, size: int = 0) -> None:
+        cost = size + _EVENT_COST
         self.queue.append((ev, cost))
-        self._queued_bytes += cost
+        self.queued_bytes += cost
+        n = len(self.queue)
+        if n > self.peak_events:
+            self.peak_events = n
+            if n > 10_000:
+                self._heavy = True
 
-    def _record_one(self) -> None:
-        """Record the oldest queued event (capture write, analysis, live view)."""
-        ev, cost = self.queue.popleft()
-        self._queued_bytes -= cost
+    def _record_slice(self, until: float) -> None:
+        """Record queued events (capture write, analysis, live view) for at most one slice, oldest first."""
+        queue = self.queue
+        record = self.recorder.record
+        mono = time.monotonic
         live = self.recorder.live
-        if live is not None and len(self.queue) > self.cfg.live_lag:
+        if live is not None and len(queue) > self.cfg.live_lag:
             live.behind = True
-        self.recorder.record(ev)
-        if not self.queue:
+        n = 0
+        while queue:
+            ev, cost = queue.popleft()
+            self.queued_bytes -= cost
+            record(ev)
+            n += 1
+            if not n & 15 and mono() >= until:
+                break
+        if not queue:
             self.recorder.idle()
+            if self._heavy:
+                self._heavy = False
+                self._trim()
 
     # ------------------------------------------------------------ connections
     def _accept(self) -> None:
@@ -366,12 +375,12 @@ class Relay:
         conn.client_cred = ccred
         self._enqueue(ConnOpened(now, cid, self.label, ccred, peer_cred(server)))
 
-    def _add_conn(self, cid: int, client: socket.socket, server: socket.socket, twin_of: int | None = None,
-                  limit: int | None = None) -> Conn:
+    def _add_conn(self, cid: int, client: socket.socket, server: socket.socket, twin_of: Conn | None = None) -> Conn:
         for s in (client, server):
             s.setblocking(False)
             _widen(s)
-        conn = Conn(cid, self.label, client, server, limit or self.base_limit, twin_of)
+        conn = Conn(cid, self.label, client, server, self.cfg.stall_timeout,
+                    twin_of.id if twin_of is not None else None, twin_of.framing if twin_of is not None else None)
         self.conns[cid] = conn
         self._by_sock[client.fileno()] = (conn.c2s, conn.s2c)
         self._by_sock[server.fileno()] = (conn.s2c, conn.c2s)
@@ -388,17 +397,15 @@ class Relay:
         now = time.time()
         if why:
             self._enqueue(NoteIn(now, conn.id, why))
-        if conn.c2s.mode < DONE or conn.s2c.mode < DONE:
+        if conn.c2s.state < DONE or conn.s2c.state < DONE:
             for p in (conn.c2s, conn.s2c):
-                if p.partial:
-                    self._incomplete(p, "connection torn down")
+                if p.d.partial:
+                    self._outs(p, p.d.close(now, "connection torn down"), send=False)
             self._enqueue(ConnClosed(now, conn.id))
         for p in (conn.c2s, conn.s2c):
-            _close_all(p.fds)
             _close_all(p.out_fds)
-            _close_all(p.out_close)
-            p.fds, p.out_fds, p.out_close, p.out = [], [], [], None
-            p.mode = DONE
+            p.out_fds, p.out = [], None
+            p.state = DONE
             self._partial.discard(p)
         for s in (conn.client, conn.server):
             fd = s.fileno()
@@ -415,177 +422,96 @@ class Relay:
 
     # ------------------------------------------------------------ reading
     def _read(self, p: Pump) -> None:
-        """Read on while it makes progress on the message in hand; return after delivering one message
+        """Read what the deframer asks for while it makes progress; return after putting something out
         (level-triggered epoll reports the socket again if more is waiting: no extra EAGAIN read)."""
-        if p.mode == RAW:
-            for _ in range(self.cfg.read_budget):
-                if p.out is not None or p.mode != RAW or not self._read_raw(p):
-                    return
-            return
+        d = p.d
         src = p.src
         while True:
+            buf = d.buffer()
+            if not len(buf):
+                return
             try:
-                if p.body is None:
-                    n, anc, flags, _ = src.recvmsg_into([p.hview[p.hgot:]], _ANC, _RECV_FLAGS)
-                else:
-                    n, anc, flags, _ = src.recvmsg_into([p.bview[p.got:]], _ANC, _RECV_FLAGS)
+                n, anc, flags, _ = src.recvmsg_into([buf], _ANC, _RECV_FLAGS)
             except (BlockingIOError, InterruptedError):
-                if p.body is not None and p not in self._partial:  # a header whose body has not started: it
-                    p.progress = time.monotonic()  # must stall out too (off the path of whole messages)
+                if d.partial and p not in self._partial:  # a message in hand must stall out if it stops
                     self._partial.add(p)
                 return
             except OSError as exc:
                 self._src_gone(p, exc)
                 return
+            fds: list[int] = []
             if anc:
-                if p.hgot or p.body is not None:
-                    p.late = True
-                _take_fds(anc, p.fds)
-            if flags & _CTRUNC:
-                p.ctrunc = True
+                _take_fds(anc, fds)
             if n == 0:
+                if fds:
+                    _close_all(fds)
                 self._eof(p)
                 return
-            if p.body is None:
-                p.hgot += n
-                if p.hgot < spec.HEADER_SIZE:
-                    p.progress = time.monotonic()
-                    self._partial.add(p)
-                    continue
-                size = _HDR.unpack_from(p.hbuf)[2]
-                if size == spec.HEADER_SIZE:
-                    self._deliver(p, bytes(p.hbuf))
-                    return
-                if size < spec.HEADER_SIZE or size > p.conn.limit:
-                    self._unframeable(p, size)
-                    return
-                body = bytearray(size)
-                body[:spec.HEADER_SIZE] = p.hbuf
-                p.body, p.bview, p.size, p.got = body, memoryview(body), size, spec.HEADER_SIZE
-                continue
-            p.got += n
-            if p.got < p.size:
-                p.progress = time.monotonic()
-                self._partial.add(p)
-                if p.size > _BIG:
-                    self._spin_ok = False
-                continue
-            body = p.body
-            self._deliver(p, bytes(body) if p.size <= _BIG else body)  # type: ignore[arg-type]
-            return
+            outs = d.received(n, fds, bool(flags & _CTRUNC), time.time())
+            if outs:
+                if not d.partial:
+                    self._partial.discard(p)
+                self._outs(p, outs)
+                return
+            if d.want() > _BIG:
+                self._spin_ok = False
 
-    def _read_raw(self, p: Pump) -> bool:
-        try:
-            data, anc, flags, _ = p.src.recvmsg(65536, _ANC, _RECV_FLAGS)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as exc:
-            self._src_gone(p, exc)
-            return False
-        if anc:
-            _take_fds(anc, p.fds)
-        if not data:
-            self._eof(p)
-            return False
-        fds, p.fds = p.fds, []
-        fl = spec.VF_FDS_CTRUNC if flags & _CTRUNC else 0
-        infos = self._send(p, data, fds)
-        self._enqueue(RawIn(time.time(), p.conn.id, p.dir, data, infos, 0, p.raw_note, fl), len(data) + 64)
-        p.raw_note = ""
+    def _outs(self, p: Pump, outs: list[Out], send: bool = True) -> None:
+        """Forward (unless the connection is gone) and queue for recording what the deframer put out."""
+        conn = p.conn
+        for o in outs:
+            kind = o.kind
+            if kind == MESSAGE:
+                self._message(p, o, send)
+            elif kind == RAW:
+                infos = self._send(p, o.data, list(o.fds)) if send else self._describe_and_close(o.fds)
+                self._enqueue(RawIn(o.ts, conn.id, p.dir, bytes(o.data), infos, 0, o.note, o.flags), len(o.data))
+            else:
+                if o.fds:
+                    _close_all(o.fds)  # fds that came with no bytes: nothing to forward them with
+                if o.note:
+                    self._enqueue(NoteIn(o.ts, conn.id, o.note, p.dir))
         self._after_send(p)
-        return True
 
-    def _reset_msg(self, p: Pump) -> None:
-        p.hgot = 0
-        if p.body is not None:
-            p.bview.release()  # type: ignore[union-attr]
-            p.body = p.bview = None
-        p.size = p.got = 0
-        p.late = p.ctrunc = False
-        if p in self._partial:
-            self._partial.discard(p)
-
-    def _flags(self, p: Pump) -> int:
-        return (spec.VF_FDS_NOT_AT_MSG_START if p.late else 0) | (spec.VF_FDS_CTRUNC if p.ctrunc else 0)
-
-    def _deliver(self, p: Pump, data: bytes) -> None:
-        """A whole message: forward it (one sendmsg with its fds), then queue it for recording."""
-        ts = time.time()
-        fds, p.fds = p.fds, []
-        flags = self._flags(p)
-        self._reset_msg(p)
+    def _message(self, p: Pump, o: Out, send: bool) -> None:
+        conn = p.conn
+        data = o.data
+        fds = list(o.fds)
         twin: tuple[socket.socket, socket.socket] | None = None
         infos: tuple[FdInfo, ...] | None = None
-        if data[2] == 1 and data[3] == 0:  # VERSION: negotiated limits (and the twin socket) matter to the relay
-            if fds:
-                infos = tuple(describe_fd(fd) for fd in fds)  # as the server sent them, before any swap
-            twin = self._version(p, data, fds)
-        infos = self._send(p, data, fds, infos)
+        caps = conn.framing.saw(p.dir, data)  # VERSION: the receivers' limits (and the twin socket) follow it
+        if caps is not None and fds:
+            infos = tuple(describe_fd(fd) for fd in fds)  # as the sender sent them, before any swap
+            if p.dir == S2C and send:
+                twin = self._twin_socket(caps, fds)
+        if send:
+            infos = self._send(p, data, fds, infos)
+        else:
+            infos = infos or self._describe_and_close(fds)
         self.messages += 1
         self._spin_ok = len(data) <= _BIG
-        self._enqueue(make_message_in(ts, p.conn.id, p.dir, data, infos, 0, -1, flags), len(data) + 64)
+        self._enqueue(make_message_in(o.ts, conn.id, p.dir, data, infos, 0, o.msg_len, o.flags), len(data))
         if twin is not None:
             if p.gone is None:
-                self._open_twin(p.conn, *twin)
+                self._open_twin(conn, *twin)
             else:  # the client is gone: nobody will use the twin channel
                 for sock in twin:
                     sock.close()
-        self._after_send(p)
 
-    def _unframeable(self, p: Pump, size: int) -> None:
-        """A header that cannot be framed: forward it at once and relay this direction raw from now on."""
-        data = bytes(p.hbuf)
-        fds, p.fds = p.fds, []
-        flags = self._flags(p) | spec.VF_FRAMING_ERROR
-        self._reset_msg(p)
-        why = (f"header size {size} is below 16" if size < spec.HEADER_SIZE
-               else f"header size {size} is beyond the negotiated maximum ({p.conn.limit})")
-        infos = self._send(p, data, fds)
-        self._enqueue(make_message_in(time.time(), p.conn.id, p.dir, data, infos, 0, -1, flags), 80)
-        self._enqueue(NoteIn(time.time(), p.conn.id, f"{p.dir} {why}: relaying raw from here", p.dir))
-        p.mode = RAW
-        p.raw_note = why
-        self._after_send(p)
-
-    def _incomplete(self, p: Pump, why: str) -> None:
-        """Forward and record what arrived of the message in hand (stall, EOF or teardown mid-message)."""
-        fds, p.fds = p.fds, []
-        flags = self._flags(p)
-        if p.body is not None:
-            data, size = bytes(p.bview[:p.got]), p.size  # type: ignore[index]
-        else:
-            data, size = bytes(p.hbuf[:p.hgot]), 0
-        self._reset_msg(p)
-        if p.mode < DONE and not p.conn.closed:
-            infos = self._send(p, data, fds)
-        else:
-            infos = tuple(describe_fd(fd) for fd in fds)
-            _close_all(fds)
-        now = time.time()
-        if size:
-            self._enqueue(make_message_in(now, p.conn.id, p.dir, data, infos, 0, -1, flags), len(data) + 64)
-            what = f"{p.dir} message cut short: {len(data)} of {size} bytes ({why})"
-        else:
-            self._enqueue(RawIn(now, p.conn.id, p.dir, data, infos, 0, f"{len(data)}-byte partial header ({why})",
-                                flags), len(data) + 64)
-            what = f"{p.dir} partial header of {len(data)} bytes ({why})"
-        self._enqueue(NoteIn(now, p.conn.id, what, p.dir))
-        self._after_send(p)
-
-    def _stall(self, p: Pump) -> None:
-        self._incomplete(p, f"no progress for {self.cfg.stall_timeout:g} s; forwarded as far as it came, "
-                            "relaying raw from here")
-        if p.mode == FRAMED:
-            p.mode = RAW
-            p.raw_note = "after a stalled message"
+    @staticmethod
+    def _describe_and_close(fds: tuple[int, ...] | list[int]) -> tuple[FdInfo, ...]:
+        infos = tuple(describe_fd(fd) for fd in fds)
+        _close_all(fds)
+        return infos
 
     def _eof(self, p: Pump) -> None:
-        if p.partial:
-            self._incomplete(p, "peer closed mid-message")
-        if p.fds:  # fds with no bytes at all
-            _close_all(p.fds)
-            p.fds = []
-        p.mode = EOF
+        now = time.time()
+        outs = p.d.close(now)
+        self._partial.discard(p)
+        if outs:
+            self._outs(p, outs, send=p.state < DONE and not p.conn.closed)
+        if p.state < EOF:
+            p.state = EOF
         self._enqueue(ConnClosed(time.time(), p.conn.id, p.dir))
         if p.out is None:
             self._shut_dst(p)
@@ -603,13 +529,13 @@ class Relay:
         self._half_done(p, p.dst, socket.SHUT_WR)
 
     # ------------------------------------------------------------ writing
-    def _send(self, p: Pump, data: bytes, fds: list[int],
+    def _send(self, p: Pump, data: bytes | bytearray, fds: list[int],
               infos: tuple[FdInfo, ...] | None = None) -> tuple[FdInfo, ...]:
         """Forward with one sendmsg; returns the fds' descriptions.  Keeps the rest pending if the peer is full."""
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else None
         sent = 0
         gone: OSError | None = None
-        if p.mode < DONE:
+        if p.state < DONE:
             try:
                 sent = p.dst.sendmsg([data], anc) if anc else p.dst.send(data, _DONTWAIT)
             except (BlockingIOError, InterruptedError):
@@ -618,7 +544,7 @@ class Relay:
                 gone = exc
         if infos is None:
             infos = tuple(describe_fd(fd) for fd in fds) if fds else ()
-        if gone is not None or p.mode >= DONE:
+        if gone is not None or p.state >= DONE:
             _close_all(fds)
             p.gone = gone  # the caller records the message first, then _after_send() says it went nowhere
             return infos
@@ -666,79 +592,72 @@ class Relay:
                 return
             self._update(p.dst)
             self._update(p.src)
-            if p.mode < EOF:
+            if p.state == OPEN and not self.full:
                 self._read(p)
 
     def _dst_gone(self, p: Pump, exc: OSError) -> None:
         """The receiving peer is gone: stop this direction and tell the sender (its writes now fail)."""
         self._enqueue(NoteIn(time.time(), p.conn.id, f"{p.dir} could not be forwarded: {exc.strerror or exc}; "
                                                      "the receiving peer is gone", p.dir, proxy_errno=exc.errno or 0))
-        if p.partial:
-            self._reset_msg(p)
-        _close_all(p.fds)
-        p.fds = []
-        if p.mode < EOF:
+        for o in p.d.close(time.time(), "the receiving peer is gone"):
+            _close_all(o.fds)  # what arrived of a message in hand can go nowhere: dropped
+        self._partial.discard(p)
+        if p.state < EOF:
             self._enqueue(ConnClosed(time.time(), p.conn.id, p.dir))
         self._half_done(p, p.src, socket.SHUT_RD)
 
     def _half_done(self, p: Pump, sock: socket.socket, how: int) -> None:
         """One direction is finished: shut its socket half; tear the connection down once both are."""
-        p.mode = DONE
+        p.state = DONE
         try:
             sock.shutdown(how)
         except OSError:
             pass
         other = p.conn.s2c if p is p.conn.c2s else p.conn.c2s
-        if other.mode == DONE:
+        if other.state == DONE:
             self._teardown(p.conn)
         else:
             self._update(sock)
 
-    # ------------------------------------------------------------ VERSION and the twin socket
-    def _version(self, p: Pump, data: bytes, fds: list[int]) -> tuple[socket.socket, socket.socket] | None:
-        conn = p.conn
-        flags = _HDR.unpack_from(data)[3]
-        is_reply = (flags & spec.FLAG_TYPE_MASK) == spec.MSG_TYPE_REPLY
-        if p.dir == (S2C if is_reply else C2S) and not flags & spec.FLAG_ERROR:
-            caps = version_capabilities(data)
-            conn.xfer[p.dir] = usable_max_xfer(caps)
-            conn.limit = max(self.base_limit, max(conn.xfer.values()) + _FIXED_MAX + spec.FRAMING_SLACK)
-            if is_reply and fds:
-                tw = caps.get("twin_socket")
-                if isinstance(tw, dict) and tw.get("supported") is True:
-                    idx = tw.get("fd_index")
-                    if isinstance(idx, int) and not isinstance(idx, bool) and 0 <= idx < len(fds):
-                        if describe_fd(fds[idx]).kind == "socket":
-                            theirs = socket.socket(fileno=fds[idx])
-                            to_client, mine = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                            fds[idx] = to_client.detach()
-                            return theirs, mine
-        return None
+    # ------------------------------------------------------------ the twin socket
+    def _twin_socket(self, caps: dict, fds: list[int]) -> tuple[socket.socket, socket.socket] | None:
+        """A VERSION reply naming a twin socket among its fds: put our end of a socket pair in its place."""
+        idx = framing.twin_socket_index(caps, len(fds))
+        if idx is None or describe_fd(fds[idx]).kind != "socket":
+            return None
+        theirs = socket.socket(fileno=fds[idx])
+        to_client, mine = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds[idx] = to_client.detach()
+        return theirs, mine
 
     def _open_twin(self, main: Conn, theirs: socket.socket, mine: socket.socket) -> None:
         """Relay the twin socket as its own connection: `mine` faces the client, `theirs` is the server's end."""
         cid = self._next_conn
         self._next_conn += 1
-        twin = self._add_conn(cid, mine, theirs, twin_of=main.id, limit=main.limit)
+        twin = self._add_conn(cid, mine, theirs, twin_of=main)
         twin.client_cred = main.client_cred
         self._enqueue(ConnOpened(time.time(), cid, self.label, main.client_cred, peer_cred(theirs), main.id))
 
     # ------------------------------------------------------------ timers and shutdown
     def _timers(self, now: float) -> None:
         self.recorder.commit()  # traffic that never pauses still reaches the capture file every tick
-        stall = self.cfg.stall_timeout
-        for p in [p for p in self._partial if now - p.progress > stall]:
-            if p.mode == FRAMED and p.partial:
-                self._stall(p)
+        wall = time.time()
+        for p in list(self._partial):
+            if p.state == OPEN and p.d.partial:
+                outs = p.d.tick(wall)
+                if outs:
+                    self._partial.discard(p)
+                    self._outs(p, outs)
             else:
                 self._partial.discard(p)
-        self._enqueue(Tick(time.time()), 0)
+        if not self.full:  # while reads are held back, the time of replies not yet read is not the peer's
+            self._enqueue(Tick(wall))
 
     def _shutdown(self) -> None:
         for conn in list(self.conns.values()):
             self._teardown(conn)
         while self.queue:
-            self._record_one()
+            self._record_slice(float("inf"))
         self.recorder.finish(time.time())
         for fd in (self.wake_r, self.wake_w):
             try:
@@ -746,3 +665,15 @@ class Relay:
             except OSError:
                 pass
         self.ep.close()
+
+
+def version_capabilities(data: bytes) -> dict:
+    """The capabilities object of a VERSION message, {} when absent or malformed (core/framing's reading)."""
+    return framing.version_capabilities(data)
+
+
+def usable_max_xfer(caps: dict) -> int:
+    """max_data_xfer_size of capabilities when present and valid for the schema, else 0."""
+    from ..core import capabilities
+
+    return capabilities.cap(caps, "max_data_xfer_size", 0)

@@ -26,7 +26,10 @@ def header(m: Msg) -> None:
             m.add(Code.MESSAGE_INCOMPLETE, f"size says {size} bytes, only {wire} arrived")
         else:
             m.add(Code.BAD_SIZE, f"size says {size} bytes but the message is {wire}")
-    if size > spec.LVU_SERVER_MAX_MSG_SIZE:
+    if m.ev.flags & spec.VF_BEYOND_LIMIT:
+        m.add(Code.MESSAGE_TOO_LARGE, f"size {size} is beyond what its receiver accepts: the recorder kept its header "
+                                      "and recorded its body as raw bytes as it came")
+    elif size > spec.LVU_SERVER_MAX_MSG_SIZE:
         m.add(Code.MESSAGE_TOO_LARGE, f"size {size} exceeds libvfio-user's {spec.LVU_SERVER_MAX_MSG_SIZE}")
     flags = m.flags
     if flags & _RESERVED_OR_TYPE:
@@ -66,9 +69,10 @@ def unframeable_header(c: ConnState, d: str, size: int) -> tuple[str, str] | Non
 
 
 @declares(Code.FRAMING_LOST)
-def raw_bytes(c: ConnState, d: str, note: str) -> tuple[str, str] | None:
-    """Bytes relayed raw: the first of a direction says why framing was lost."""
-    if d in c.raw_dirs:
+def raw_bytes(c: ConnState, d: str, note: str, flags: int = 0) -> tuple[str, str] | None:
+    """Bytes relayed raw: the first of a direction says why framing was lost (the body of a message beyond its
+    receiver's limit is raw by design: framing resumes after it)."""
+    if d in c.raw_dirs or flags & spec.VF_BEYOND_LIMIT:
         return None
     why = f": {note}" if note else ""
     return Code.FRAMING_LOST, f"{d} stream could not be framed{why}; relayed raw from here on"
