@@ -68,6 +68,20 @@ def test_a_proxy_that_cannot_start_says_why(tmp_path) -> None:  # type: ignore[n
     assert "is not a socket" in (tmp_path / "live.txt").read_text()
 
 
+def _wait_for_open(capture: str, timeout: float = 10.0) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if any(isinstance(ev, ConnOpened) for ev in open_capture(capture)):
+                return
+        except Exception:  # noqa: BLE001 - a capture still being written may end mid-record
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"{capture} never recorded the connection")
+
+
 def test_start_starve_feed_and_stop(tmp_path) -> None:  # type: ignore[no-untyped-def]
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(os.path.join(tmp_path, "dev.sock"))
