@@ -2,17 +2,26 @@
 -- vfudissect 0.2.0: vfio-user dissector for Wireshark 4.0+ (Lua 5.2)
 --
 -- Two protocols:
---   vfucap    the capture record: exported-PDU payload named "vfucap" = the VFUC
---             pseudo-header (connection, direction, fds, fragments, TLVs) + bytes
---   vfio_user one vfio-user message: header, every command's payload fields,
---             request/response links, response time, and the same findings
---             (expert info, same codes) as `vfudissect read`
+--   vfucap    the capture record: exported-PDU payload named "vfucap" = the VFUC pseudo-header
+--             (connection, direction, fds, fragments, TLVs) + bytes
+--   vfio_user one vfio-user message: header, every command's payload fields, request/response links
+--             and response time; the engine's findings
+--
+-- The plugin decodes and displays; it judges nothing.  The findings are those of vfudissect's engine,
+-- stored in the capture as FINDING records: each shows as a frame of its own and, on a second pass
+-- (tshark -2, or the GUI, which re-dissects), as the same expert item on every frame it names.  A capture
+-- without them (its first record is not a VERDICTS record) says so on frame 1; `vfudissect annotate IN -w
+-- OUT` adds them.
 --
 -- Use:  tshark -r capture.pcapng -X lua_script:vfio_user.lua [-2]
---       or copy this file into ~/.local/lib/wireshark/plugins/ (`vfudissect lua --install`).
--- Links to later frames (response_in, "reassembled in") and the findings only
--- known later (REPLY_TIMEOUT, NO_REPLY) need a second pass: tshark -2, or the GUI.
--- Every protocol table below (SPEC) is generated from vfudissect/spec.py.
+--       or `vfudissect lua --install` (the personal plugin folder); given both ways, it loads once.
+-- Response times: Statistics > vfio-user > Response times (GUI), `tshark -q -z vfio_user,srt`.
+-- Every protocol table below (SPEC) is generated from vfudissect/spec.py and core/findings.py.
+
+-- loaded once, whichever way it was given (plugin folder and -X lua_script): plugins have environments of
+-- their own, package.loaded is shared
+if package.loaded.vfudissect_vfio_user then return end
+package.loaded.vfudissect_vfio_user = true
 
 local SPEC = {
   version = "0.2.0",
@@ -21,44 +30,15 @@ local SPEC = {
     FLAG_NO_REPLY = 16,
     FLAG_ERROR = 32,
     FLAG_RESERVED_MASK = 4294967232,
-    DEFAULT_MAX_DATA_XFER_SIZE = 1048576,
-    DEFAULT_MAX_MSG_FDS = 1,
-    QEMU_DEFAULT_MAX_MSG_FDS = 8,
-    LVU_SERVER_MAX_MSG_SIZE = 1048608,
-    DEFAULT_MAX_DMA_MAPS = 65535,
-    DEFAULT_PGSIZES = 4096,
-    DEFAULT_REPLY_TIMEOUT = 5.0,
-    DMA_MAP_FLAGS_LVU = 15,
-    QEMU_MAX_REGIONS = 100,
-    QEMU_MAX_IRQS = 50,
-    PCI_MIN_REGIONS = 9,
-    REGION_FLAG_READ = 1,
-    REGION_FLAG_WRITE = 2,
-    REGION_FLAG_MMAP = 4,
     REGION_FLAG_CAPS = 8,
-    IRQ_SET_DATA_NONE = 1,
-    IRQ_SET_DATA_BOOL = 2,
-    IRQ_SET_DATA_EVENTFD = 4,
-    IRQ_SET_DATA_MASK = 7,
-    IRQ_SET_ACTION_MASK_BIT = 8,
-    IRQ_SET_ACTION_UNMASK = 16,
-    IRQ_SET_ACTION_TRIGGER = 32,
-    IRQ_SET_ACTION_MASK = 56,
     REGION_CAP_SPARSE_MMAP = 1,
     REGION_CAP_TYPE = 2,
     FEATURE_MASK = 65535,
-    FEATURE_GET = 65536,
-    FEATURE_SET = 131072,
-    FEATURE_PROBE = 262144,
     FEATURE_MIGRATION = 1,
     FEATURE_MIG_DEVICE_STATE = 2,
     FEATURE_DMA_LOGGING_START = 6,
     FEATURE_DMA_LOGGING_STOP = 7,
     FEATURE_DMA_LOGGING_REPORT = 8,
-    MIG_STATE_STOP_COPY = 3,
-    MIG_STATE_RESUMING = 4,
-    MIG_STATE_PRE_COPY = 6,
-    MAX_ERRNO = 4096,
     VFUC_MAGIC = "VFUC",
     VFUC_VERSION = 1,
     VFUC_FIXED_SIZE = 32,
@@ -66,12 +46,9 @@ local SPEC = {
     VFUC_DIR_NONE = 255,
     VF_TRUNCATED = 1,
     VF_MORE_FRAGMENTS = 2,
-    VF_FDS_CTRUNC = 4,
     VF_FRAMING_ERROR = 16,
-    VF_FDS_NOT_AT_MSG_START = 32,
     VF_CONTEXT = 64,
     NOTE_CORRUPT_PREFIX = "corrupt record: ",
-    NOTE_CONTINUED_PREFIX = "capture continues in ",
   },
   enums = {
     MSG_TYPE_NAMES = {[0] = "command", [1] = "reply"},
@@ -311,6 +288,7 @@ local SPEC = {
       [16] = "FRAMING_ERROR",
       [32] = "FDS_NOT_AT_MSG_START",
       [64] = "CONTEXT",
+      [128] = "BEYOND_LIMIT",
     },
     TLV_NAMES = {
       [1] = "SOCKET_PATH",
@@ -339,10 +317,7 @@ local SPEC = {
       [9] = "anon_inode",
     },
   },
-  sets = {
-    VFIO_USER_FEATURES = {[1] = true, [2] = true, [6] = true, [7] = true, [8] = true},
-    MIG_STATES_SETTABLE = {[1] = true, [2] = true, [3] = true, [4] = true, [6] = true},
-  },
+  sets = {},
   dir_codes = {c2s = 0, s2c = 1},
   commands = {
     [1] = {
@@ -1425,6 +1400,22 @@ local SPEC = {
       basis = "capture",
     },
   },
+  severities = {"note", "warning", "error"},
+  rec_types = {MSG = 0, CONN_OPEN = 1, CONN_CLOSE = 2, NOTE = 3, RAW = 4, FINDING = 5, VERDICTS = 6},
+  tlvs = {
+    SOCKET_PATH = 1,
+    CLIENT_CRED = 2,
+    SERVER_CRED = 3,
+    NOTE = 4,
+    FD_PATH = 5,
+    PROXY_ERRNO = 6,
+    TWIN_OF = 7,
+    FINDING_CODE = 8,
+    SEVERITY = 9,
+    FRAMES = 10,
+    ENGINE = 11,
+    TIMEOUT = 12,
+  },
   structs = {
     region_cap = {
       key = "region_cap",
@@ -1574,12 +1565,11 @@ local SPEC = {
   struct_order = {"region_cap", "sparse_mmap", "sparse_area", "region_type", "io_fd", "io_fd_lvu", "write_multi_entry", "unmap_bitmap", "dirty_bitmap", "qemu_dma_access", "mig_state", "dma_logging", "dma_logging_range", "dma_logging_report"},
 }
 
-local C, E, SETS = SPEC.C, SPEC.enums, SPEC.sets
-local band, bor, bnot, rshift = bit32.band, bit32.bor, bit32.bnot, bit32.rshift
+local C, E, REC, TLV = SPEC.C, SPEC.enums, SPEC.rec_types, SPEC.tlvs
+local band, bor, bnot = bit32.band, bit32.bor, bit32.bnot
 local byte, sub, fmt, find, concat, lower = string.byte, string.sub, string.format, string.find, table.concat,
     string.lower
-local floor, huge = math.floor, math.huge
-local tinsert, tremove = table.insert, table.remove
+local floor, tremove = math.floor, table.remove
 
 local C2S, S2C = SPEC.dir_codes.c2s, SPEC.dir_codes.s2c
 local OTHER = {[C2S] = S2C, [S2C] = C2S}
@@ -1587,13 +1577,11 @@ local DIR_WORD = {[C2S] = "c2s", [S2C] = "s2c"}
 local ARROW = {[C2S] = "C→S", [S2C] = "S→C"}
 local TWO32 = 4294967296
 local TWO53 = 9007199254740992
-local HI_EXACT = 2097152 -- 2^21: hi words below this give values below 2^53
-local TWO64 = {TWO32, 0}
-local CORRUPT_PREFIX = C.NOTE_CORRUPT_PREFIX
+local COMMANDS, LAYOUTS = SPEC.commands, SPEC.layouts
+local NO_REPLY_KEPT = 64  -- no_reply commands kept per id to pair stray replies with (core/state.py)
 
 -- ======================================================================
--- Exact unsigned integers.  A value below 2^53 is a Lua number; larger ones
--- (u64 fields, sums of two u64) are {hi, lo} in base 2^32.  Zero is always 0.
+-- Integers for display.  A u64 below 2^53 is a Lua number; larger ones are {hi, lo} in base 2^32.
 -- ======================================================================
 local function rd16(s, i)
   local a, b = byte(s, i, i + 1)
@@ -1607,72 +1595,13 @@ end
 
 local function rd64(s, i)
   local lo, hi = rd32(s, i), rd32(s, i + 4)
-  if hi < HI_EXACT then return hi * TWO32 + lo end
+  if hi < 2097152 then return hi * TWO32 + lo end
   return {hi, lo}
-end
-
-local function split(x)
-  if type(x) == "table" then return x[1], x[2] end
-  local hi = floor(x / TWO32)
-  return hi, x - hi * TWO32
-end
-
-local function norm(hi, lo)
-  if lo >= TWO32 then
-    local carry = floor(lo / TWO32)
-    hi, lo = hi + carry, lo - carry * TWO32
-  end
-  if hi < HI_EXACT then return hi * TWO32 + lo end
-  return {hi, lo}
-end
-
-local function uadd(a, b)
-  if type(a) == "number" and type(b) == "number" then
-    local s = a + b
-    if s < TWO53 then return s end
-  end
-  local ah, al = split(a)
-  local bh, bl = split(b)
-  return norm(ah + bh, al + bl)
-end
-
-local function ucmp(a, b)
-  if type(a) == "number" and type(b) == "number" then
-    if a < b then return -1 elseif a > b then return 1 end
-    return 0
-  end
-  local ah, al = split(a)
-  local bh, bl = split(b)
-  if ah ~= bh then return ah < bh and -1 or 1 end
-  if al ~= bl then return al < bl and -1 or 1 end
-  return 0
-end
-
-local function ugt(a, b) return ucmp(a, b) > 0 end
-local function ueq(a, b)
-  if type(a) == "number" and type(b) == "number" then return a == b end
-  return ucmp(a, b) == 0
-end
-local function ukey(a)
-  if type(a) == "number" then return a end
-  return fmt("B%d:%d", a[1], a[2])
-end
-local function ulow32(a)
-  local _, lo = split(a)
-  return lo
-end
--- a % pg ~= 0 for a power of two pg (a number, possibly huge or inf)
-local function umod_nonzero(a, pg)
-  if pg ~= pg or pg >= TWO32 * TWO32 then return not ueq(a, 0) end
-  if type(a) == "number" then return a % pg ~= 0 end
-  if pg <= TWO32 then return a[2] % pg ~= 0 end
-  return a[1] % (pg / TWO32) ~= 0 or a[2] ~= 0
 end
 
 local function dec(a)
   if type(a) == "number" then return fmt("%d", a) end
-  -- exact decimal of hi * 2^32 + lo via base-10^7 limbs
-  local limbs = {0}
+  local limbs = {0}  -- exact decimal of hi * 2^32 + lo, base-10^7 limbs
   local function mul_add(m, add)
     local carry = add
     for i = 1, #limbs do
@@ -1696,142 +1625,218 @@ end
 
 local function hex(a)
   if type(a) == "number" then return fmt("0x%x", a) end
-  if a[1] < TWO32 then return fmt("0x%x%08x", a[1], a[2]) end
-  return dec(a)
+  return fmt("0x%x%08x", a[1], a[2])
 end
 
-local POPCOUNT3 = {[0] = 0, 1, 1, 2, 1, 2, 2, 3}
+-- text for Wireshark's labels: bytes decoded as Python's decode("utf-8", "replace") does (each maximal invalid
+-- subpart becomes U+FFFD), control characters escaped
+local UTF8_LEAD = {}  -- lead byte -> {continuation bytes, range of the first one}
+for c = 0xC2, 0xDF do UTF8_LEAD[c] = {1, 0x80, 0xBF} end
+UTF8_LEAD[0xE0] = {2, 0xA0, 0xBF}
+for c = 0xE1, 0xEF do UTF8_LEAD[c] = {2, 0x80, 0xBF} end
+UTF8_LEAD[0xED] = {2, 0x80, 0x9F}
+UTF8_LEAD[0xF0] = {3, 0x90, 0xBF}
+for c = 0xF1, 0xF3 do UTF8_LEAD[c] = {3, 0x80, 0xBF} end
+UTF8_LEAD[0xF4] = {3, 0x80, 0x8F}
+local REPLACEMENT = "\239\191\189"
+
+local function utf8_repair(s)
+  if not find(s, "[\128-\255]") then return s end
+  local out, i, n, start = {}, 1, #s, 1
+  while i <= n do
+    if byte(s, i) < 0x80 then
+      i = i + 1
+    else
+      local lead = UTF8_LEAD[byte(s, i)]
+      local j, ok = i + 1, lead ~= nil
+      if ok then
+        for k = 1, lead[1] do
+          local ck = byte(s, j)
+          if ck == nil or ck < (k == 1 and lead[2] or 0x80) or ck > (k == 1 and lead[3] or 0xBF) then
+            ok = false
+            break
+          end
+          j = j + 1
+        end
+      end
+      if ok then
+        i = j
+      else
+        out[#out + 1] = sub(s, start, i - 1)
+        out[#out + 1] = REPLACEMENT
+        i, start = j, j
+      end
+    end
+  end
+  out[#out + 1] = sub(s, start)
+  return concat(out)
+end
+
+local function safe(s)
+  s = utf8_repair(s)
+  if find(s, "%c") then s = string.gsub(s, "%c", function(c) return fmt("\\x%02x", byte(c)) end) end
+  return s
+end
+
+-- an expert item's text: Wireshark keeps 239 bytes of it; longer texts are cut at a character with "…"
+local EXPERT_MAX = 239
+local function expert_text(s)
+  if #s <= EXPERT_MAX then return s end
+  local cut = EXPERT_MAX - 3
+  while cut > 0 and band(byte(s, cut + 1), 0xC0) == 0x80 do cut = cut - 1 end
+  return sub(s, 1, cut) .. "…"
+end
+
+local function bits_text(value, names)
+  local parts, masks, known = {}, {}, 0
+  for mask in pairs(names) do masks[#masks + 1] = mask end
+  table.sort(masks)
+  for _, mask in ipairs(masks) do
+    known = bor(known, mask)
+    if band(value, mask) ~= 0 then parts[#parts + 1] = names[mask] end
+  end
+  local rest = band(value, bnot(known))
+  if rest ~= 0 then parts[#parts + 1] = fmt("0x%x", rest) end
+  if #parts == 0 then return "0" end
+  return concat(parts, "|")
+end
+
+local function cmd_name(cmd)
+  local info = COMMANDS[cmd]
+  return info and info.name or fmt("CMD_%d", cmd)
+end
 
 -- ======================================================================
 -- Protocols, fields, experts, preferences
 -- ======================================================================
 local vfucap = Proto("vfucap", "vfudissect capture record (VFUC)")
 local vfu = Proto("vfio_user", "vfio-user")
+local BY_ABBR = {}  -- abbreviation -> ProtoField (a fields-only run names them)
+
+local function field(list, pf, abbr)
+  list[#list + 1] = pf
+  BY_ABBR[abbr] = pf
+  return pf
+end
 
 local function flag_fields(list, prefix, bitnames, width)
-  local out = {}
-  local masks = {}
+  local out, masks = {}, {}
   for mask in pairs(bitnames) do masks[#masks + 1] = mask end
   table.sort(masks)
   for _, mask in ipairs(masks) do
-    local f = ProtoField.bool(prefix .. "." .. lower(bitnames[mask]), bitnames[mask], width, nil, mask)
-    out[#out + 1] = f
-    list[#list + 1] = f
+    local abbr = prefix .. "." .. lower(bitnames[mask])
+    out[#out + 1] = field(list, ProtoField.bool(abbr, bitnames[mask], width, nil, mask), abbr)
   end
   return out
 end
 
--- ---- vfucap
-local RF = {}
-local rf_list = {}
-local function rf(key, f)
-  RF[key] = f
-  rf_list[#rf_list + 1] = f
-  return f
+-- ---- vfucap: the record
+local RF, rf_list = {}, {}
+local function rf(key, ctor, abbr, ...)
+  RF[key] = field(rf_list, ctor(abbr, ...), abbr)
 end
 local DIR_NAMES = {[C2S] = "client to server", [S2C] = "server to client", [C.VFUC_DIR_NONE] = "none"}
-rf("magic", ProtoField.string("vfucap.magic", "Magic"))
-rf("version", ProtoField.uint8("vfucap.version", "Version"))
-rf("rec_type", ProtoField.uint8("vfucap.rec_type", "Record type", base.DEC, E.REC_TYPE_NAMES))
-rf("hdr_len", ProtoField.uint16("vfucap.hdr_len", "Header length"))
-rf("conn", ProtoField.uint32("vfucap.conn", "Connection"))
-rf("dir", ProtoField.uint8("vfucap.dir", "Direction", base.DEC, DIR_NAMES))
-rf("flags", ProtoField.uint8("vfucap.flags", "Flags", base.HEX))
+rf("magic", ProtoField.string, "vfucap.magic", "Magic")
+rf("version", ProtoField.uint8, "vfucap.version", "Version")
+rf("rec_type", ProtoField.uint8, "vfucap.rec_type", "Record type", base.DEC, E.REC_TYPE_NAMES)
+rf("hdr_len", ProtoField.uint16, "vfucap.hdr_len", "Header length")
+rf("conn", ProtoField.uint32, "vfucap.conn", "Connection")
+rf("dir", ProtoField.uint8, "vfucap.dir", "Direction", base.DEC, DIR_NAMES)
+rf("flags", ProtoField.uint8, "vfucap.flags", "Flags", base.HEX)
 local RF_FLAG_BITS = flag_fields(rf_list, "vfucap.flags", E.VFUC_FLAGS, 8)
-rf("num_fds", ProtoField.uint16("vfucap.num_fds", "Number of fds"))
-rf("msg_len", ProtoField.uint32("vfucap.msg_len", "Message length"))
-rf("frag_off", ProtoField.uint32("vfucap.frag_off", "Fragment offset"))
-rf("msg_seq", ProtoField.uint32("vfucap.msg_seq", "Message sequence"))
-rf("fd_ent_len", ProtoField.uint16("vfucap.fd_ent_len", "fd entry length"))
-rf("reserved", ProtoField.uint16("vfucap.reserved", "Reserved", base.HEX))
-rf("fd", ProtoField.none("vfucap.fd", "fd"))
-rf("fd_kind", ProtoField.uint8("vfucap.fd.kind", "Kind", base.DEC, E.FD_KINDS))
-rf("fd_reserved", ProtoField.uint24("vfucap.fd.reserved", "Reserved", base.HEX))
-rf("fd_status_flags", ProtoField.uint32("vfucap.fd.status_flags", "Status flags (F_GETFL)", base.HEX))
-rf("fd_size", ProtoField.uint64("vfucap.fd.size", "Size"))
-rf("fd_ino", ProtoField.uint64("vfucap.fd.ino", "Inode"))
-rf("fd_path", ProtoField.string("vfucap.fd.path", "Path"))
-rf("tlv", ProtoField.none("vfucap.tlv", "TLV"))
-rf("tlv_type", ProtoField.uint16("vfucap.tlv.type", "Type", base.DEC, E.TLV_NAMES))
-rf("tlv_len", ProtoField.uint16("vfucap.tlv.len", "Length"))
-rf("tlv_value", ProtoField.bytes("vfucap.tlv.value", "Value"))
-rf("socket_path", ProtoField.string("vfucap.socket_path", "Socket path"))
+rf("num_fds", ProtoField.uint16, "vfucap.num_fds", "Number of fds")
+rf("msg_len", ProtoField.uint32, "vfucap.msg_len", "Message length")
+rf("frag_off", ProtoField.uint32, "vfucap.frag_off", "Fragment offset")
+rf("msg_seq", ProtoField.uint32, "vfucap.msg_seq", "Message sequence")
+rf("fd_ent_len", ProtoField.uint16, "vfucap.fd_ent_len", "fd entry length")
+rf("reserved", ProtoField.uint16, "vfucap.reserved", "Reserved", base.HEX)
+rf("fd", ProtoField.none, "vfucap.fd", "fd")
+rf("fd_kind", ProtoField.uint8, "vfucap.fd.kind", "Kind", base.DEC, E.FD_KINDS)
+rf("fd_reserved", ProtoField.uint24, "vfucap.fd.reserved", "Reserved", base.HEX)
+rf("fd_status_flags", ProtoField.uint32, "vfucap.fd.status_flags", "Status flags (F_GETFL)", base.HEX)
+rf("fd_size", ProtoField.uint64, "vfucap.fd.size", "Size")
+rf("fd_ino", ProtoField.uint64, "vfucap.fd.ino", "Inode")
+rf("fd_path", ProtoField.string, "vfucap.fd.path", "Path")
+rf("tlv", ProtoField.none, "vfucap.tlv", "TLV")
+rf("tlv_type", ProtoField.uint16, "vfucap.tlv.type", "Type", base.DEC, E.TLV_NAMES)
+rf("tlv_len", ProtoField.uint16, "vfucap.tlv.len", "Length")
+rf("tlv_value", ProtoField.bytes, "vfucap.tlv.value", "Value")
+rf("socket_path", ProtoField.string, "vfucap.socket_path", "Socket path")
 for _, who in ipairs({"client", "server"}) do
   for _, what in ipairs({"pid", "uid", "gid"}) do
-    rf(who .. "_" .. what, ProtoField.uint32("vfucap." .. who .. "." .. what, who .. " " .. what))
+    rf(who .. "_" .. what, ProtoField.uint32, "vfucap." .. who .. "." .. what, who .. " " .. what)
   end
 end
-rf("note", ProtoField.string("vfucap.note", "Note"))
-rf("fd_index", ProtoField.uint16("vfucap.fd_path.index", "fd index"))
-rf("proxy_errno", ProtoField.uint32("vfucap.proxy_errno", "Proxy errno", base.DEC, E.ERRNO_NAMES))
-rf("twin_of", ProtoField.uint32("vfucap.twin_of", "Twin socket of connection"))
-rf("payload", ProtoField.bytes("vfucap.payload", "Payload"))
-rf("fragment", ProtoField.framenum("vfucap.fragment", "Fragment", base.NONE))
-rf("fragment_count", ProtoField.uint32("vfucap.fragment.count", "Fragment count"))
-rf("reassembled_in", ProtoField.framenum("vfucap.reassembled_in", "Reassembled in", base.NONE))
-rf("reassembled_length", ProtoField.uint32("vfucap.reassembled.length", "Reassembled length"))
-rf("corrupt", ProtoField.string("vfucap.corrupt", "Corrupt record"))
+rf("note", ProtoField.string, "vfucap.note", "Note")
+rf("fd_index", ProtoField.uint16, "vfucap.fd_path.index", "fd index")
+rf("proxy_errno", ProtoField.uint32, "vfucap.proxy_errno", "Proxy errno", base.DEC, E.ERRNO_NAMES)
+rf("twin_of", ProtoField.uint32, "vfucap.twin_of", "Twin socket of connection")
+rf("engine", ProtoField.string, "vfucap.engine", "Judged by")
+rf("timeout", ProtoField.string, "vfucap.timeout", "Reply timeout the verdicts were judged with (s)")
+rf("payload", ProtoField.bytes, "vfucap.payload", "Payload")
+rf("fragment", ProtoField.framenum, "vfucap.fragment", "Fragment", base.NONE)
+rf("fragment_count", ProtoField.uint32, "vfucap.fragment.count", "Fragment count")
+rf("reassembled_in", ProtoField.framenum, "vfucap.reassembled_in", "Reassembled in", base.NONE)
+rf("reassembled_length", ProtoField.uint32, "vfucap.reassembled.length", "Reassembled length")
+rf("incomplete", ProtoField.string, "vfucap.fragment.incomplete", "Incomplete message")
+rf("corrupt", ProtoField.string, "vfucap.corrupt", "Corrupt record")
 vfucap.fields = rf_list
 
-local EX_VFUC_NEWER = ProtoExpert.new("vfucap.version_newer", "VFUC header version newer than this plugin",
-  expert.group.PROTOCOL, expert.severity.WARN)
-local EX_INCOMPLETE = ProtoExpert.new("vfucap.fragment_incomplete", "Fragment of a message the capture never completes",
-  expert.group.REASSEMBLE, expert.severity.NOTE)
-vfucap.experts = {EX_VFUC_NEWER, EX_INCOMPLETE}
-
--- ---- vfio_user
-local VF = {}
-local vf_list = {}
-local function vf(key, f)
-  VF[key] = f
-  vf_list[#vf_list + 1] = f
-  return f
+-- ---- vfio_user: the message and the findings on it
+local VF, vf_list = {}, {}
+local function vf(key, ctor, abbr, ...)
+  VF[key] = field(vf_list, ctor(abbr, ...), abbr)
+  return VF[key]
 end
-vf("msg_id", ProtoField.uint16("vfio_user.msg_id", "Message ID"))
-vf("command", ProtoField.uint16("vfio_user.command", "Command", base.DEC, E.COMMAND_NAMES))
-vf("size", ProtoField.uint32("vfio_user.size", "Message size"))
-vf("flags", ProtoField.uint32("vfio_user.flags", "Flags", base.HEX))
-vf("flags_type", ProtoField.uint32("vfio_user.flags.type", "Type", base.DEC, E.MSG_TYPE_NAMES, C.FLAG_TYPE_MASK))
-vf("flags_no_reply", ProtoField.bool("vfio_user.flags.no_reply", "No_reply", 32, nil, C.FLAG_NO_REPLY))
-vf("flags_error", ProtoField.bool("vfio_user.flags.error", "Error", 32, nil, C.FLAG_ERROR))
-vf("flags_reserved", ProtoField.uint32("vfio_user.flags.reserved", "Reserved", base.HEX, nil, C.FLAG_RESERVED_MASK))
+local SEVERITY_NAMES = {}
+for rank, name in ipairs(SPEC.severities) do SEVERITY_NAMES[rank - 1] = name end
+vf("msg_id", ProtoField.uint16, "vfio_user.msg_id", "Message ID")
+vf("command", ProtoField.uint16, "vfio_user.command", "Command", base.DEC, E.COMMAND_NAMES)
+vf("size", ProtoField.uint32, "vfio_user.size", "Message size")
+vf("flags", ProtoField.uint32, "vfio_user.flags", "Flags", base.HEX)
+vf("flags_type", ProtoField.uint32, "vfio_user.flags.type", "Type", base.DEC, E.MSG_TYPE_NAMES, C.FLAG_TYPE_MASK)
+vf("flags_no_reply", ProtoField.bool, "vfio_user.flags.no_reply", "No_reply", 32, nil, C.FLAG_NO_REPLY)
+vf("flags_error", ProtoField.bool, "vfio_user.flags.error", "Error", 32, nil, C.FLAG_ERROR)
+vf("flags_reserved", ProtoField.uint32, "vfio_user.flags.reserved", "Reserved", base.HEX, nil, C.FLAG_RESERVED_MASK)
 local ERRNO_VS = {[0] = "none"}
 for k, v in pairs(E.ERRNO_NAMES) do ERRNO_VS[k] = v end
-vf("error", ProtoField.uint32("vfio_user.error", "Error (errno)", base.DEC, ERRNO_VS))
-vf("request_in", ProtoField.framenum("vfio_user.request_in", "Request in", base.NONE, frametype.REQUEST))
-vf("response_in", ProtoField.framenum("vfio_user.response_in", "Response in", base.NONE, frametype.RESPONSE))
-vf("time", ProtoField.relative_time("vfio_user.time", "Response time"))
-vf("finding", ProtoField.string("vfio_user.finding", "Finding"))
-vf("payload", ProtoField.bytes("vfio_user.payload", "Payload"))
-vf("data", ProtoField.bytes("vfio_user.data", "Data"))
-vf("version_data", ProtoField.string("vfio_user.version.data", "Version data (JSON)"))
-vf("caps", ProtoField.none("vfio_user.caps", "Capabilities"))
-vf("caps_member", ProtoField.string("vfio_user.caps.member", "Member"))
-vf("feature", ProtoField.uint32("vfio_user.device_feature.feature", "Feature", base.DEC, E.FEATURES, C.FEATURE_MASK))
-vf("migration_flags", ProtoField.uint64("vfio_user.device_feature.migration_flags", "Migration flags", base.HEX))
-vf("bitmap", ProtoField.bytes("vfio_user.bitmap", "Bitmap"))
-vf("irq_bools", ProtoField.bytes("vfio_user.irq_set.data", "Data (one bool per interrupt)"))
-vf("internal_error", ProtoField.string("vfio_user.internal_error", "Plugin error"))
+vf("error", ProtoField.uint32, "vfio_user.error", "Error (errno)", base.DEC, ERRNO_VS)
+vf("request_in", ProtoField.framenum, "vfio_user.request_in", "Request in", base.NONE, frametype.REQUEST)
+vf("response_in", ProtoField.framenum, "vfio_user.response_in", "Response in", base.NONE, frametype.RESPONSE)
+vf("time", ProtoField.relative_time, "vfio_user.time", "Response time")
+vf("payload", ProtoField.bytes, "vfio_user.payload", "Payload")
+vf("data", ProtoField.bytes, "vfio_user.data", "Data")
+vf("version_data", ProtoField.string, "vfio_user.version.data", "Version data (JSON)")
+vf("caps", ProtoField.none, "vfio_user.caps", "Capabilities")
+vf("caps_member", ProtoField.string, "vfio_user.caps.member", "Member")
+vf("feature", ProtoField.uint32, "vfio_user.device_feature.feature", "Feature", base.DEC, E.FEATURES, C.FEATURE_MASK)
+vf("migration_flags", ProtoField.uint64, "vfio_user.device_feature.migration_flags", "Migration flags", base.HEX)
+vf("bitmap", ProtoField.bytes, "vfio_user.bitmap", "Bitmap")
+vf("irq_bools", ProtoField.bytes, "vfio_user.irq_set.data", "Data (one bool per interrupt)")
+vf("finding", ProtoField.string, "vfio_user.finding", "Finding")
+vf("finding_severity", ProtoField.uint8, "vfio_user.finding.severity", "Severity", base.DEC, SEVERITY_NAMES)
+vf("finding_text", ProtoField.string, "vfio_user.finding.text", "Text")
+vf("finding_frame", ProtoField.framenum, "vfio_user.finding.frame", "Frame", base.NONE)
+vf("finding_conn", ProtoField.uint32, "vfio_user.finding.conn", "Connection")
+vf("finding_record", ProtoField.framenum, "vfio_user.finding.record", "Finding record", base.NONE)
+vf("internal_error", ProtoField.string, "vfio_user.internal_error", "Plugin error")
+local MSG_FLAG_BITS = {VF.flags_type, VF.flags_no_reply, VF.flags_error}
 local VF_MIGFLAG_BITS = flag_fields(vf_list, "vfio_user.device_feature.migration_flags", E.MIGRATION_FLAGS, 64)
 
 -- payload layouts: vfio_user.<layout key> (subtree), .<field>, flag bits below them
 local LAYOUT_F, LAYOUT_T = {}, {}
 for _, key in ipairs(SPEC.layout_order) do
-  local lay = SPEC.layouts[key]
-  LAYOUT_T[key] = vf("layout_" .. key, ProtoField.none("vfio_user." .. key, lay.title))
+  local lay = LAYOUTS[key]
+  LAYOUT_T[key] = field(vf_list, ProtoField.none("vfio_user." .. key, lay.title), "vfio_user." .. key)
   local entries = {}
   for _, f in ipairs(lay.fields) do
     local abbr = "vfio_user." .. key .. "." .. f.name
     local b = f.hex and base.HEX or base.DEC
     local vals = f.size <= 4 and f.values and E[f.values] or nil
-    local pf
-    if f.size == 1 then pf = ProtoField.uint8(abbr, f.name, b, vals, nil, f.desc)
-    elseif f.size == 2 then pf = ProtoField.uint16(abbr, f.name, b, vals, nil, f.desc)
-    elseif f.size == 4 then pf = ProtoField.uint32(abbr, f.name, b, vals, nil, f.desc)
-    else pf = ProtoField.uint64(abbr, f.name, b, nil, nil, f.desc) end
-    vf_list[#vf_list + 1] = pf
+    local ctor = ({ProtoField.uint8, ProtoField.uint16, nil, ProtoField.uint32})[f.size] or ProtoField.uint64
+    local pf = field(vf_list, ctor(abbr, f.name, b, f.size <= 4 and vals or nil, nil, f.desc), abbr)
     local bits = f.bits and flag_fields(vf_list, abbr, E[f.bits], f.size * 8) or nil
-    entries[#entries + 1] = {spec = f, pf = pf, bits = bits}
+    entries[#entries + 1] = {spec = f, pf = pf, bits = bits, at = 16 + f.offset}
   end
   LAYOUT_F[key] = entries
 end
@@ -1840,7 +1845,7 @@ end
 local STRUCT_F, STRUCT_T = {}, {}
 for _, key in ipairs(SPEC.struct_order) do
   local st = SPEC.structs[key]
-  STRUCT_T[key] = vf("struct_" .. key, ProtoField.none("vfio_user." .. key, st.title))
+  STRUCT_T[key] = field(vf_list, ProtoField.none("vfio_user." .. key, st.title), "vfio_user." .. key)
   local entries = {}
   for _, f in ipairs(st.fields) do
     local abbr = "vfio_user." .. key .. "." .. f.name
@@ -1851,199 +1856,455 @@ for _, key in ipairs(SPEC.struct_order) do
     elseif f.size == 2 then pf = ProtoField.uint16(abbr, f.name, b, vals)
     elseif f.size == 4 then pf = ProtoField.uint32(abbr, f.name, b, vals)
     else pf = ProtoField.uint64(abbr, f.name, b) end
-    vf_list[#vf_list + 1] = pf
-    entries[#entries + 1] = {spec = f, pf = pf}
+    entries[#entries + 1] = {spec = f, pf = field(vf_list, pf, abbr)}
   end
   STRUCT_F[key] = entries
 end
 
 -- capabilities: vfio_user.caps.<path> for every key of the schema
-local CAP_F = {}
+local CAPS, CAP_F = SPEC.capabilities, {}
 for _, path in ipairs(SPEC.capability_order) do
-  local k = SPEC.capabilities[path]
+  local k = CAPS[path]
   local abbr = "vfio_user.caps." .. path
   local pf
   if k.kind == "int" then pf = ProtoField.int64(abbr, path, base.DEC, nil, nil, k.desc)
   elseif k.kind == "bool" then pf = ProtoField.bool(abbr, path, base.NONE, nil, nil, k.desc)
   else pf = ProtoField.none(abbr, path, k.desc) end
-  CAP_F[path] = pf
-  vf_list[#vf_list + 1] = pf
+  CAP_F[path] = field(vf_list, pf, abbr)
 end
 vfu.fields = vf_list
 
--- one expert per finding code: vfio_user.finding.<code>
+-- one expert per finding code, vfio_user.finding.<code>, severity and group from the catalogue; codes a newer
+-- engine wrote are vfio_user.finding.other.<severity>
 local GROUPS = {
   sequence = expert.group.SEQUENCE, protocol = expert.group.PROTOCOL, malformed = expert.group.MALFORMED,
   response_code = expert.group.RESPONSE_CODE, request_code = expert.group.REQUEST_CODE,
   undecoded = expert.group.UNDECODED,
 }
 local SEVERITIES = {note = expert.severity.NOTE, warning = expert.severity.WARN, error = expert.severity.ERROR}
-local EXPERT = {}
-local experts = {}
+local EXPERT, SEVERITY_OF, experts = {}, {}, {}
 for _, f in ipairs(SPEC.findings) do
-  local e = ProtoExpert.new("vfio_user.finding." .. lower(f.code), f.title, GROUPS[f.group], SEVERITIES[f.severity])
-  EXPERT[f.code] = e
-  experts[#experts + 1] = e
+  local abbr = "vfio_user.finding." .. lower(f.code)
+  EXPERT[f.code] = ProtoExpert.new(abbr, f.title, GROUPS[f.group], SEVERITIES[f.severity])
+  SEVERITY_OF[f.code] = f.severity
+  BY_ABBR[abbr] = false  -- an expert, added whatever the run asks for
+  experts[#experts + 1] = EXPERT[f.code]
+end
+local EX_OTHER = {}
+for _, sev in ipairs(SPEC.severities) do
+  local abbr = "vfio_user.finding.other." .. sev
+  EX_OTHER[sev] = ProtoExpert.new(abbr, "finding of a newer engine", expert.group.PROTOCOL, SEVERITIES[sev])
+  BY_ABBR[abbr] = false
+  experts[#experts + 1] = EX_OTHER[sev]
 end
 local EX_INTERNAL = ProtoExpert.new("vfio_user.internal_error.expert", "vfio_user Lua plugin error",
   expert.group.MALFORMED, expert.severity.ERROR)
+BY_ABBR["vfio_user.internal_error.expert"] = false
 experts[#experts + 1] = EX_INTERNAL
 vfu.experts = experts
+local EX_NO_VERDICTS = ProtoExpert.new("vfucap.no_verdicts", "capture without stored findings",
+  expert.group.COMMENTS_GROUP or expert.group.PROTOCOL, expert.severity.NOTE)
+BY_ABBR["vfucap.no_verdicts"] = false
+vfucap.experts = {EX_NO_VERDICTS}
+local NO_VERDICTS_TEXT = "no vfio-user findings stored in this capture (its first record is not a VERDICTS "
+  .. "record): add them with `vfudissect annotate IN -w OUT`"
 
-vfu.prefs.reply_timeout_ms = Pref.uint("Reply timeout (ms)", floor(C.DEFAULT_REPLY_TIMEOUT * 1000 + 0.5),
-  "REPLY_TIMEOUT when a command waits longer than this for its reply (QEMU's x-msg-timeout); 0 disables")
 vfu.prefs.show_payload = Pref.bool("Show data payloads", true,
   "Show the data bytes of region/DMA/migration reads and writes in the tree")
-
-local function timeout_s()
-  return vfu.prefs.reply_timeout_ms / 1000
-end
+vfu.prefs.fields_only = Pref.bool("Fields-only runs build only their fields", true,
+  "tshark -T fields (Wireshark 4.0 builds the whole tree for it): build only the vfio_user/vfucap fields "
+  .. "its command line names (-e, -Y, -R)")
+vfu.prefs.colour_errors = Pref.bool("Colour frames with error findings", true,
+  "GUI: temporary colouring rule 1 (pink) selects vfio_user.finding.severity == 2")
 
 -- ======================================================================
--- Per-frame results.  Lua's collector walks every live table on each cycle, and a
--- cycle comes every few hundred frames: results kept in one table entry per frame
--- would make the cost per message grow with the capture.  So the two newest chunks
--- of FS_CHUNK frames are tables and older chunks are sealed into one ByteArray each
--- (its bytes live outside Lua's heap); a later write to a sealed frame goes to a
--- small patch table.  Record fields: req, rtt (replies), resp (commands), fnd.
+-- Which tree to build.  tshark keeps the kind of tree (none, or one) and of columns for a whole pass, and
+-- a `-T fields` run needs only the fields it prints or filters on: in tshark these are learnt once per pass.
 -- ======================================================================
-local FS_CHUNK = 4096
+local RISKY_OPTS = "VOPxSjJGzwU"  -- tshark options that print or use the whole tree
+local ARG_OPTS = "aAbBcCdeEfFGHijJKMNoOrRsStTuUwWXyYz"  -- tshark options that take a value
 
-local function fs_new()
-  return {open = {}, sealed = {}, patch = {}, top = -1, ck = -1, cache = nil}
-end
-
-local function fs_seal(fs, k)
-  local chunk = fs.open[k]
-  fs.open[k] = nil
-  if chunk == nil then return end
-  local out = {}
-  for f, rec in pairs(chunk) do
-    local parts = {fmt("%d", f)}
-    if rec.req then parts[#parts + 1] = fmt("q%d", rec.req) end
-    if rec.rtt then parts[#parts + 1] = fmt("t%.17g", rec.rtt) end
-    if rec.resp then parts[#parts + 1] = fmt("r%d", rec.resp) end
-    if rec.fnd then parts[#parts + 1] = "F" .. concat(rec.fnd, "\2") end
-    out[#out + 1] = concat(parts, "\1")
-  end
-  -- a ByteArray keeps the bytes outside Lua's heap: the collector's work stays flat
-  fs.sealed[k] = ByteArray.new(concat(out, "\3"), true)
-end
-
-local function fs_decode(str)
-  local chunk = {}
-  for recs in string.gmatch(str, "[^\3]+") do
-    local rec, f = {}, nil
-    for item in string.gmatch(recs, "[^\1]+") do
-      local tag = byte(item, 1)
-      if f == nil then f = tonumber(item)
-      elseif tag == 113 then rec.req = tonumber(sub(item, 2))
-      elseif tag == 116 then rec.rtt = tonumber(sub(item, 2))
-      elseif tag == 114 then rec.resp = tonumber(sub(item, 2))
-      elseif tag == 70 then
-        local l = {}
-        for x in string.gmatch(sub(item, 2) .. "\2", "([^\2]*)\2") do l[#l + 1] = x end
-        rec.fnd = l
+-- the vfio_user/vfucap fields a `tshark -T fields` run names (-e, -Y, -R), or nil: the whole tree
+local function asked_fields()
+  local fh = io.open("/proc/self/cmdline", "rb")
+  if fh == nil then return nil end
+  local raw = fh:read("*a")
+  fh:close()
+  local args = {}
+  for a in string.gmatch(raw, "([^%z]*)%z") do args[#args + 1] = a end
+  if args[1] == nil or not find(args[1], "tshark[^/]*$") then return nil end
+  local values, fields_mode = {}, false
+  local i = 2
+  while i <= #args do
+    local a = args[i]
+    if sub(a, 1, 2) == "--" then return nil end
+    if sub(a, 1, 1) == "-" and #a > 1 then
+      for k = 2, #a do
+        local o = sub(a, k, k)
+        if find(RISKY_OPTS, o, 1, true) then return nil end
+        if find(ARG_OPTS, o, 1, true) then
+          local v = sub(a, k + 1)
+          if v == "" then
+            i = i + 1
+            v = args[i] or ""
+          end
+          if o == "T" then
+            if v ~= "fields" then return nil end
+            fields_mode = true
+          elseif o == "e" and sub(v, 1, 7) == "_ws.col" then
+            return nil
+          end
+          values[#values + 1] = v
+          break
+        end
       end
     end
-    chunk[f] = rec
+    i = i + 1
   end
-  return chunk
+  if not fields_mode then return nil end
+  local need = {}
+  for _, v in ipairs(values) do
+    if find(v, "${", 1, true) then return nil end
+    for tok in string.gmatch(v, "[%w_%.%-]+") do
+      if tok == "vfio_user" or tok == "vfucap" then return nil end
+      if sub(tok, 1, 10) == "vfio_user." or sub(tok, 1, 7) == "vfucap." then
+        local pf = BY_ABBR[tok]
+        if pf == nil then return nil end
+        if pf then need[pf] = true end
+      end
+    end
+  end
+  return need
 end
 
--- the record of a frame, or nil (read only)
-local function fs_get(fs, f)
-  local k = floor(f / FS_CHUNK)
-  local rec
-  local c = fs.open[k]
+local IS_TSHARK, ASKED = false, nil
+do
+  local fh = io.open("/proc/self/cmdline", "rb")
+  if fh ~= nil then
+    local argv0 = string.match(fh:read("*a") or "", "^([^%z]*)")
+    fh:close()
+    IS_TSHARK = argv0 ~= nil and find(argv0, "tshark[^/]*$") ~= nil
+  end
+  if IS_TSHARK then ASKED = asked_fields() end
+end
+
+-- the message header's fields: {field, offset, length, only when ("reserved" bits set, "error" set or reply)}
+local HEADER_FIELDS = {{VF.msg_id, 0, 2}, {VF.command, 2, 2}, {VF.size, 4, 4}, {VF.flags, 8, 4},
+  {VF.flags_type, 8, 4}, {VF.flags_no_reply, 8, 4}, {VF.flags_error, 8, 4}, {VF.flags_reserved, 8, 4, "reserved"},
+  {VF.error, 12, 4, "error"}}
+
+-- parts of the tree: a fields-only run skips the parts it needs no field of
+local function groups(need)
+  local part = {}  -- field -> the part it belongs to (the rest: the payload tails)
+  local function part_of(name, list)
+    local any = false
+    for _, pf in ipairs(list) do
+      part[pf] = name
+      any = any or need[pf] == true
+    end
+    return any
+  end
+  local g = {lay = {}, tail = false}
+  g.hdr = part_of("hdr", {VF.msg_id, VF.command, VF.size, VF.flags, VF.flags_type, VF.flags_no_reply,
+    VF.flags_error, VF.flags_reserved, VF.error})
+  g.hdr_list = {}  -- the header fields asked for: {field, offset, length, only when}
+  for _, h in ipairs(HEADER_FIELDS) do
+    if need[h[1]] then g.hdr_list[#g.hdr_list + 1] = h end
+  end
+  g.links = part_of("links", {VF.request_in, VF.response_in, VF.time})
+  g.fnd = part_of("fnd", {VF.finding, VF.finding_severity, VF.finding_text, VF.finding_frame, VF.finding_conn,
+    VF.finding_record})
+  g.rec = part_of("rec", rf_list)
+  for key, entries in pairs(LAYOUT_F) do
+    local list = {LAYOUT_T[key]}
+    if key == "device_feature" then list[#list + 1] = VF.feature end
+    for _, e in ipairs(entries) do
+      list[#list + 1] = e.pf
+      for _, b in ipairs(e.bits or {}) do list[#list + 1] = b end
+    end
+    g.lay[key] = part_of("lay", list)
+  end
+  for pf in pairs(need) do
+    if part[pf] == nil then g.tail = true end
+  end
+  return g
+end
+
+local G_ALL = {hdr = true, links = true, fnd = true, rec = true, tail = true, lay = {}}
+for key in pairs(LAYOUT_F) do G_ALL.lay[key] = true end
+local G_ASKED = ASKED and groups(ASKED)
+
+local ALL, NEED, G = true, {}, G_ALL  -- the whole tree, or only the fields in NEED (parts G)
+local LINKS = true                    -- requests and replies are paired (not in a run that shows no link)
+local WANT_TREE, WANT_COLS = true, true
+local PASS = {last = 0, visited = nil}
+
+local function tree_mode(pinfo, tree, f)
+  local visited = pinfo.visited
+  if IS_TSHARK and f > PASS.last and visited == PASS.visited then
+    PASS.last = f
+    return
+  end
+  PASS.last, PASS.visited = f, visited
+  WANT_TREE = tree.text ~= nil  -- a NULL tree (first pass of -2, summary-only runs) has no item
+  WANT_COLS = tostring(pinfo.cols.info) ~= "(info)"  -- "(info)" when no columns are being filled
+  ALL = not (IS_TSHARK and ASKED and vfu.prefs.fields_only)
+  NEED, G = ALL and {} or ASKED, ALL and G_ALL or G_ASKED
+  LINKS = ALL or G.links
+end
+
+-- the one door to the tree: in a fields-only run a field not asked for is not built (nil); ranges are made
+-- only for the items built.  String fields get their value (safe()), never bytes for Wireshark to decode.
+local TVB
+local function put(parent, pf, off, len, value)
+  if ALL or NEED[pf] then
+    if value == nil then return parent:add_le(pf, TVB(off, len)) end
+    return parent:add_le(pf, TVB(off, len), value)
+  end
+end
+
+local function put_value(parent, pf, value)
+  if ALL or NEED[pf] then return parent:add(pf, value) end
+end
+
+local function put_generated(parent, pf, value)
+  if ALL or NEED[pf] then
+    local it = parent:add(pf, value)
+    it:set_generated()
+    return it
+  end
+end
+
+-- a field and the flag bits below it, on one range
+local function put_bits(parent, pf, bits, off, len)
+  local r
+  local it = parent
+  if ALL or NEED[pf] then
+    r = TVB(off, len)
+    it = parent:add_le(pf, r)
+  end
+  for _, b in ipairs(bits) do
+    if ALL or NEED[b] then
+      r = r or TVB(off, len)
+      it:add_le(b, r)
+    end
+  end
+  return it
+end
+
+-- ======================================================================
+-- Links per frame, kept out of the collector's way.  Lua's collector walks every live table on each cycle,
+-- and a tree brings a cycle every few hundred frames: a table entry per frame would make the cost of a frame
+-- grow with the capture.  The two newest chunks of CHUNK frames are tables; older ones are sealed into one
+-- string each, of fixed SLOT-byte slots (peer u32, command u16, flags u8, |response time| in ns u48); the
+-- response frame of a command in a sealed chunk goes to a small patch table.
+-- ======================================================================
+local CHUNK, SLOT = 4096, 13
+local L_RTT, L_CTX, L_NEG = 1, 2, 4  -- slot flags: a reply with a response time, a CONTEXT copy, negative time
+local NS_MAX = 2 ^ 48
+local EMPTY_SLOT = string.rep("\0", SLOT)
+
+local function links_new()
+  return {open = {}, sealed = {}, patch = {}, big = {}, top = -1}
+end
+
+local function links_seal(lk, k)
+  local c = lk.open[k]
+  lk.open[k] = nil
+  local parts, char = {}, string.char
+  for i = 0, CHUNK - 1 do
+    local p = c.peer[i]
+    if p == nil then
+      parts[i + 1] = EMPTY_SLOT
+    else
+      local cmd, fl, ns = c.cmd[i] or 0, c.flags[i] or 0, c.ns[i] or 0
+      parts[i + 1] = char(p % 256, floor(p / 256) % 256, floor(p / 65536) % 256, floor(p / 16777216) % 256,
+        cmd % 256, floor(cmd / 256) % 256, fl, ns % 256, floor(ns / 256) % 256, floor(ns / 65536) % 256,
+        floor(ns / 16777216) % 256, floor(ns / 4294967296) % 256, floor(ns / 1099511627776) % 256)
+    end
+  end
+  lk.sealed[k] = concat(parts)
+end
+
+local function links_chunk(lk, f)
+  local k = floor(f / CHUNK)
+  if k > lk.top then
+    for old in pairs(lk.open) do
+      if old < k - 1 then links_seal(lk, old) end
+    end
+    lk.top = k
+  end
+  local c = lk.open[k]
+  if c == nil and lk.sealed[k] == nil then
+    c = {peer = {}, cmd = {}, flags = {}, ns = {}}
+    lk.open[k] = c
+  end
+  return c, f % CHUNK
+end
+
+-- a reply's link (first pass, frames in order): its request, that request's command, response time
+local function links_reply(lk, f, req, cmd, rtt, ctx)
+  local c, i = links_chunk(lk, f)
+  local fl = L_RTT + (ctx and L_CTX or 0) + (rtt < 0 and L_NEG or 0)
+  local ns = floor(math.abs(rtt) * 1e9 + 0.5)
+  if ns >= NS_MAX then
+    lk.big[f] = rtt
+    ns = 0
+  end
+  c.peer[i], c.cmd[i], c.flags[i], c.ns[i] = req, cmd, fl, ns
+end
+
+-- a command's response frame (a command has at most one reply: it waits no more once answered)
+local function links_response(lk, f, resp)
+  local c = lk.open[floor(f / CHUNK)]
+  if c ~= nil then c.peer[f % CHUNK] = resp else lk.patch[f] = resp end
+end
+
+-- peer frame (request of a reply, response of a command), request's command, response time (s), CONTEXT copy
+local function links_get(lk, f)
+  local k = floor(f / CHUNK)
+  local i = f % CHUNK
+  local c = lk.open[k]
+  local peer, cmd, fl, ns
   if c ~= nil then
-    rec = c[f]
-  elseif fs.sealed[k] ~= nil then
-    if fs.ck ~= k then
-      fs.cache, fs.ck = fs_decode(fs.sealed[k]:raw()), k
-    end
-    rec = fs.cache[f]
+    peer, cmd, fl, ns = c.peer[i], c.cmd[i], c.flags[i] or 0, c.ns[i]
+  else
+    local sealed = lk.sealed[k]
+    if sealed == nil then return lk.patch[f] end
+    local p1, p2, p3, p4, c1, c2, f1, n1, n2, n3, n4, n5, n6 = byte(sealed, i * SLOT + 1, i * SLOT + SLOT)
+    peer = p1 + p2 * 256 + p3 * 65536 + p4 * 16777216
+    if peer == 0 then return lk.patch[f] end
+    cmd, fl = c1 + c2 * 256, f1
+    ns = n1 + n2 * 256 + n3 * 65536 + n4 * 16777216 + n5 * 4294967296 + n6 * 1099511627776
   end
-  local p = fs.patch[f]
-  if p ~= nil then
-    local merged = {}
-    if rec then for key, v in pairs(rec) do merged[key] = v end end
-    for key, v in pairs(p) do merged[key] = v end
-    rec = merged
-  end
-  return rec
-end
-
--- a writable record for a frame (first pass: frames come in order)
-local function fs_put(fs, f)
-  local k = floor(f / FS_CHUNK)
-  if k > fs.top then
-    for old in pairs(fs.open) do
-      if old < k - 1 then fs_seal(fs, old) end
-    end
-    fs.top = k
-  end
-  local c = fs.open[k]
-  if c == nil then
-    if k < fs.top - 1 or fs.sealed[k] ~= nil then
-      local p = fs.patch[f]
-      if p == nil then
-        p = {}
-        fs.patch[f] = p
-      end
-      return p
-    end
-    c = {}
-    fs.open[k] = c
-  end
-  local rec = c[f]
-  if rec == nil then
-    rec = {}
-    c[f] = rec
-  end
-  return rec
+  if peer == nil or band(fl, L_RTT) == 0 then return peer end
+  local rtt = lk.big[f] or ns / 1e9 * (band(fl, L_NEG) ~= 0 and -1 or 1)
+  return peer, cmd, rtt, band(fl, L_CTX) ~= 0
 end
 
 -- ======================================================================
--- Per-file state: built on the first pass, read on later passes
+-- Per-file state: built on the first pass, read on later ones
 -- ======================================================================
 local S
 
-local function fnd_of(frame)
-  local rec = fs_get(S.fs, frame)
-  return rec and rec.fnd
-end
-
 local function reset()
   S = {
-    conns = {},
-    dl = {h = 1, t = 0},     -- reply deadlines, oldest first
-    seq = 0,
-    last_ts = 0,
-    events = 0,              -- events seen on the first pass
-    partial = {},            -- fragments being reassembled
-    fs = fs_new(),           -- frame -> {req, rtt, resp, fnd = {code, text, ...}} (see above)
-    late = {},               -- frame -> findings about it found later (REPLY_TIMEOUT, NO_REPLY at close)
-    endf = {},               -- frame -> findings of the end of the capture (NO_REPLY, REPLY_TIMEOUT)
-    end_at = -1,             -- S.events when endf was computed
-    continued = false,       -- a rotated capture's part: the traffic goes on in the next file (no NO_REPLY at its end)
-    corrupt = {},            -- frame -> text, for records that are corrupt because of their sequence
-    frag_in = {},            -- fragment frame -> frame that completes the message
-    reasm = {},              -- completing frame -> {data, frames, flags, fds, msg_len}
+    links = links_new(),  -- frame -> request (replies: with command, response time) or response (commands)
+    pend = {},      -- (conn, requester direction, msg_id) -> commands waiting, oldest first
+    outst = {},     -- conn -> {command = true} still expecting a reply
+    closed = {},    -- conn -> {[dir] = true}
+    partial = {},   -- fragments being reassembled
+    reasm = {},     -- completing frame -> {data, len, frames, flags, fds, msg_len, note}
+    frag_in = {},   -- fragment frame -> frame that completes the message
+    corrupt = {},   -- frame -> why its record cannot be decoded (fragment order)
+    findings = {},  -- FINDING records: {code, sev, text, frames, conn, record}
+    by_frame = {},  -- frame -> the findings that name it
   }
+  PASS.last, PASS.visited = 0, nil
 end
 reset()
 
+local COLOURED = false
+local ERROR_FILTER = "vfio_user.finding.severity == 2"
+
 function vfucap.init()
   reset()
+  if not COLOURED and gui_enabled() and vfu.prefs.colour_errors then
+    COLOURED = pcall(set_color_filter_slot, 1, ERROR_FILTER)
+  end
 end
 
 -- ======================================================================
--- JSON, as Python's json module reads it (strict strings, no NaN/Infinity)
+-- Request/response links: display-level conversation tracking, as the engine pairs (core/state.py): a
+-- reply answers the oldest command waiting with its (connection, requester direction, msg_id) that expects
+-- one, else the oldest no_reply command; once both directions of a connection closed, nothing waits.
 -- ======================================================================
-local JSON_MAX_DEPTH = 980
+local function pend_key(conn, d, msg_id)
+  return conn * 131072 + d * 65536 + msg_id
+end
 
-local function is_digit(b) return b ~= nil and b >= 48 and b <= 57 end
+local function track(conn, d, msg_id, frame, ts, cmd, no_reply)
+  local key = pend_key(conn, d, msg_id)
+  local q = S.pend[key]
+  if q == nil then
+    q = {}
+    S.pend[key] = q
+  end
+  local p = {frame = frame, ts = ts, cmd = cmd, no_reply = no_reply, key = key}
+  q[#q + 1] = p
+  if not no_reply then
+    local o = S.outst[conn]
+    if o == nil then
+      o = {}
+      S.outst[conn] = o
+    end
+    o[p] = true
+  elseif #q > NO_REPLY_KEPT then
+    tremove(q, 1)
+  end
+end
+
+local function match(conn, d, msg_id)
+  local key = pend_key(conn, OTHER[d], msg_id)
+  local q = S.pend[key]
+  if q == nil then return nil end
+  local p
+  for i = 1, #q do
+    if not q[i].no_reply then
+      p = tremove(q, i)
+      S.outst[conn][p] = nil
+      break
+    end
+  end
+  p = p or tremove(q, 1)
+  if #q == 0 then S.pend[key] = nil end
+  return p
+end
+
+local function closed(conn, d)
+  local c = S.closed[conn]
+  if c == nil then
+    c = {}
+    S.closed[conn] = c
+  end
+  if d == nil then c[C2S], c[S2C] = true, true else c[d] = true end
+  if not (c[C2S] and c[S2C]) then return end
+  for p in pairs(S.outst[conn] or {}) do
+    local q = S.pend[p.key]
+    if q ~= nil then
+      for i = 1, #q do
+        if q[i] == p then
+          tremove(q, i)
+          break
+        end
+      end
+      if #q == 0 then S.pend[p.key] = nil end
+    end
+  end
+  S.outst[conn] = nil
+end
+
+-- a message of the first pass: its bytes s[base + 1 .. base + n], vflags the record's flags, ts its time
+local function link(frame, ts, conn, d, s, base, n, vflags)
+  if n < 16 then return end
+  local msg_id, cmd, flags = rd16(s, base + 1), rd16(s, base + 3), rd32(s, base + 9)
+  local mtype = band(flags, C.FLAG_TYPE_MASK)
+  if mtype == 0 then
+    track(conn, d, msg_id, frame, ts, cmd, band(flags, C.FLAG_NO_REPLY) ~= 0)
+  elseif mtype == 1 and band(vflags, C.VF_FRAMING_ERROR) == 0 then
+    local req = match(conn, d, msg_id)
+    if req ~= nil then
+      links_reply(S.links, frame, req.frame, req.cmd, ts - req.ts, band(vflags, C.VF_CONTEXT) ~= 0)
+      links_response(S.links, req.frame, frame)
+    end
+  end
+end
+
+-- ======================================================================
+-- JSON for the VERSION tree: values with their byte positions (p..e, keys at kp); nil when malformed
+-- ======================================================================
+local JSON_MAX_DEPTH = 200
+local json_value
 
 local function skip_ws(s, i)
   local b = byte(s, i)
@@ -2054,158 +2315,88 @@ local function skip_ws(s, i)
   return i
 end
 
-local function hex4(s, i)
-  local v = 0
-  for k = i, i + 3 do
-    local b = byte(s, k)
-    if b == nil then return nil end
-    local d
-    if b >= 48 and b <= 57 then d = b - 48
-    elseif b >= 97 and b <= 102 then d = b - 87
-    elseif b >= 65 and b <= 70 then d = b - 55
-    else return nil end
-    v = v * 16 + d
-  end
-  return v
-end
+local ESCAPES = {[34] = '"', [92] = "\\", [47] = "/", [98] = "\b", [102] = "\f", [110] = "\n", [114] = "\r",
+  [116] = "\t"}
 
 local function utf8_char(cp)
   if cp < 0x80 then return string.char(cp) end
   if cp < 0x800 then return string.char(0xC0 + floor(cp / 64), 0x80 + cp % 64) end
-  if cp < 0x10000 then
-    return string.char(0xE0 + floor(cp / 4096), 0x80 + floor(cp / 64) % 64, 0x80 + cp % 64)
-  end
+  if cp < 0x10000 then return string.char(0xE0 + floor(cp / 4096), 0x80 + floor(cp / 64) % 64, 0x80 + cp % 64) end
   return string.char(0xF0 + floor(cp / 262144), 0x80 + floor(cp / 4096) % 64, 0x80 + floor(cp / 64) % 64,
     0x80 + cp % 64)
 end
 
-local ESCAPES = {[34] = '"', [92] = "\\", [47] = "/", [98] = "\b", [102] = "\f", [110] = "\n", [114] = "\r",
-  [116] = "\t"}
-
 local function json_string(s, i)
-  local out = {}
-  local j = i + 1
-  local n = #s
+  local out, j = {}, i + 1
   while true do
-    if j > n then return nil end
-    local b = byte(s, j)
-    if b == 34 then return concat(out), j + 1 end
-    if b == 92 then
-      local e = byte(s, j + 1)
-      if e == 117 then
-        local cp = hex4(s, j + 2)
-        if cp == nil then return nil end
-        j = j + 6
-        if cp >= 0xD800 and cp <= 0xDBFF and byte(s, j) == 92 and byte(s, j + 1) == 117 then
-          local c2 = hex4(s, j + 2)
-          if c2 ~= nil and c2 >= 0xDC00 and c2 <= 0xDFFF then
-            cp = 0x10000 + (cp - 0xD800) * 1024 + (c2 - 0xDC00)
-            j = j + 6
-          end
+    local k = find(s, '["\\%c]', j)
+    if k == nil then return nil end
+    out[#out + 1] = sub(s, j, k - 1)
+    local b = byte(s, k)
+    if b == 34 then return concat(out), k + 1 end
+    if b ~= 92 then return nil end
+    local e = byte(s, k + 1)
+    if e == 117 then
+      local cp = tonumber(sub(s, k + 2, k + 5), 16)
+      if cp == nil or #sub(s, k + 2, k + 5) ~= 4 then return nil end
+      j = k + 6
+      if cp >= 0xD800 and cp <= 0xDBFF and sub(s, j, j + 1) == "\\u" then
+        local c2 = tonumber(sub(s, j + 2, j + 5), 16)
+        if c2 ~= nil and c2 >= 0xDC00 and c2 <= 0xDFFF then
+          cp = 0x10000 + (cp - 0xD800) * 1024 + (c2 - 0xDC00)
+          j = j + 6
         end
-        out[#out + 1] = utf8_char(cp)
-      else
-        local r = ESCAPES[e]
-        if r == nil then return nil end
-        out[#out + 1] = r
-        j = j + 2
       end
-    elseif b < 32 then
-      return nil
+      out[#out + 1] = utf8_char(cp)
     else
-      local k = j + 1
-      while k <= n do
-        local c = byte(s, k)
-        if c == 34 or c == 92 or c < 32 then break end
-        k = k + 1
-      end
-      out[#out + 1] = sub(s, j, k - 1)
-      j = k
+      local r = ESCAPES[e]
+      if r == nil then return nil end
+      out[#out + 1] = r
+      j = k + 2
     end
   end
 end
 
 local function json_number(s, i)
-  local j = i
-  if byte(s, j) == 45 then j = j + 1 end
-  local b = byte(s, j)
-  if b == 48 then
-    j = j + 1
-  elseif b ~= nil and b >= 49 and b <= 57 then
-    repeat j = j + 1 until not is_digit(byte(s, j))
-  else
-    return nil
-  end
-  local isfloat = false
-  if byte(s, j) == 46 and is_digit(byte(s, j + 1)) then
-    isfloat = true
-    j = j + 2
-    while is_digit(byte(s, j)) do j = j + 1 end
-  end
-  b = byte(s, j)
-  if b == 101 or b == 69 then
-    local k = j + 1
-    local c = byte(s, k)
-    if c == 43 or c == 45 then k = k + 1 end
-    if is_digit(byte(s, k)) then
-      while is_digit(byte(s, k)) do k = k + 1 end
-      isfloat = true
-      j = k
-    end
-  end
-  local lit = sub(s, i, j - 1)
-  return {t = isfloat and "float" or "int", lit = lit, v = tonumber(lit), p = i, e = j - 1}, j
+  local lit = string.match(s, "^-?%d+%.?%d*[eE]?[-+]?%d*", i)
+  if lit == nil then return nil end
+  local int = find(lit, "^-?%d+$") ~= nil
+  local v = tonumber(lit)
+  if v == nil then return nil end
+  return {t = int and "int" or "float", lit = lit, v = v, p = i, e = i + #lit - 1}, i + #lit
 end
 
-local json_value
-
-local function json_object(s, i, depth)
-  local obj = {t = "obj", keys = {}, map = {}, p = i}
+local function json_container(s, i, depth, close)
+  local node = close == 125 and {t = "obj", keys = {}, map = {}, p = i} or {t = "arr", items = {}, p = i}
   local j = skip_ws(s, i + 1)
-  if byte(s, j) == 125 then
-    obj.e = j
-    return obj, j + 1
+  if byte(s, j) == close then
+    node.e = j
+    return node, j + 1
   end
   while true do
-    if byte(s, j) ~= 34 then return nil end
-    local kp = j
-    local k, j2 = json_string(s, j)
-    if k == nil then return nil end
-    j = skip_ws(s, j2)
-    if byte(s, j) ~= 58 then return nil end
-    j = skip_ws(s, j + 1)
-    local v, j3 = json_value(s, j, depth + 1)
-    if v == nil then return nil end
-    v.kp = kp
-    if obj.map[k] == nil then obj.keys[#obj.keys + 1] = k end
-    obj.map[k] = v
-    j = skip_ws(s, j3)
-    local c = byte(s, j)
-    if c == 125 then
-      obj.e = j
-      return obj, j + 1
+    local kp, k = j, nil
+    if close == 125 then
+      if byte(s, j) ~= 34 then return nil end
+      k, j = json_string(s, j)
+      if k == nil then return nil end
+      j = skip_ws(s, j)
+      if byte(s, j) ~= 58 then return nil end
+      j = skip_ws(s, j + 1)
     end
-    if c ~= 44 then return nil end
-    j = skip_ws(s, j + 1)
-  end
-end
-
-local function json_array(s, i, depth)
-  local arr = {t = "arr", items = {}, p = i}
-  local j = skip_ws(s, i + 1)
-  if byte(s, j) == 93 then
-    arr.e = j
-    return arr, j + 1
-  end
-  while true do
     local v, j2 = json_value(s, j, depth + 1)
     if v == nil then return nil end
-    arr.items[#arr.items + 1] = v
+    if close == 125 then
+      v.kp = kp
+      if node.map[k] == nil then node.keys[#node.keys + 1] = k end
+      node.map[k] = v
+    else
+      node.items[#node.items + 1] = v
+    end
     j = skip_ws(s, j2)
     local c = byte(s, j)
-    if c == 93 then
-      arr.e = j
-      return arr, j + 1
+    if c == close then
+      node.e = j
+      return node, j + 1
     end
     if c ~= 44 then return nil end
     j = skip_ws(s, j + 1)
@@ -2219,106 +2410,55 @@ json_value = function(s, i, depth)
     local str, j = json_string(s, i)
     if str == nil then return nil end
     return {t = "str", v = str, p = i, e = j - 1}, j
-  elseif b == 123 then
-    return json_object(s, i, depth)
-  elseif b == 91 then
-    return json_array(s, i, depth)
-  elseif b == 110 then
-    if sub(s, i, i + 3) == "null" then return {t = "null", p = i, e = i + 3}, i + 4 end
-  elseif b == 116 then
-    if sub(s, i, i + 3) == "true" then return {t = "bool", v = true, p = i, e = i + 3}, i + 4 end
-  elseif b == 102 then
-    if sub(s, i, i + 4) == "false" then return {t = "bool", v = false, p = i, e = i + 4}, i + 5 end
-  elseif b == 45 or is_digit(b) then
+  elseif b == 123 or b == 91 then
+    return json_container(s, i, depth, b + 2)
+  elseif sub(s, i, i + 3) == "null" then return {t = "null", p = i, e = i + 3}, i + 4
+  elseif sub(s, i, i + 3) == "true" then return {t = "bool", v = true, p = i, e = i + 3}, i + 4
+  elseif sub(s, i, i + 4) == "false" then return {t = "bool", v = false, p = i, e = i + 4}, i + 5
+  elseif b == 45 or (b ~= nil and b >= 48 and b <= 57) then
     return json_number(s, i)
   end
   return nil
 end
 
 local function json_decode(s)
-  local v, j = json_value(s, skip_ws(s, 1), 0)
-  if v == nil then return nil end
-  if skip_ws(s, j) ~= #s + 1 then return nil end
+  local ok, v, j = pcall(json_value, s, skip_ws(s, 1), 0)
+  if not ok or v == nil or skip_ws(s, j) ~= #s + 1 then return nil end
   return v
 end
 
--- Python's strict UTF-8 decoder: no overlongs, no surrogates, nothing above U+10FFFF
-local function utf8_valid(s)
-  local i, n = 1, #s
-  while i <= n do
-    local c = byte(s, i)
-    if c < 0x80 then
-      i = i + 1
-    else
-      local need, lo, hi
-      if c >= 0xC2 and c <= 0xDF then need, lo, hi = 1, 0x80, 0xBF
-      elseif c == 0xE0 then need, lo, hi = 2, 0xA0, 0xBF
-      elseif (c >= 0xE1 and c <= 0xEC) or c == 0xEE or c == 0xEF then need, lo, hi = 2, 0x80, 0xBF
-      elseif c == 0xED then need, lo, hi = 2, 0x80, 0x9F
-      elseif c == 0xF0 then need, lo, hi = 3, 0x90, 0xBF
-      elseif c >= 0xF1 and c <= 0xF3 then need, lo, hi = 3, 0x80, 0xBF
-      elseif c == 0xF4 then need, lo, hi = 3, 0x80, 0x8F
-      else return false end
-      local c2 = byte(s, i + 1)
-      if c2 == nil or c2 < lo or c2 > hi then return false end
-      for k = 2, need do
-        local ck = byte(s, i + k)
-        if ck == nil or ck < 0x80 or ck > 0xBF then return false end
-      end
-      i = i + need + 1
-    end
-  end
-  return true
-end
-
--- text for Wireshark's labels: valid UTF-8 only
-local function safe(s)
-  if not utf8_valid(s) then s = string.gsub(s, "[\128-\255]", "?") end
-  if find(s, "[%c]") then s = string.gsub(s, "[%c]", function(c) return fmt("\\x%02x", byte(c)) end) end
-  return s
-end
-
-local function json_type_name(v)
-  local t = v.t
-  if t == "null" then return "null" end
-  if t == "bool" then return "a boolean" end
-  if t == "int" or t == "float" then return "a number" end
-  if t == "str" then return "a string" end
-  if t == "arr" then return "an array" end
-  return "an object"
-end
-
--- compact JSON text of a parsed value (for the Info column and labels)
+-- compact JSON text of a parsed value (Info column, labels)
 local function json_text(v, limit)
-  local out = {}
-  local n = 0
-  local function put(x)
+  local out, n = {}, 0
+  local function put_s(x)
     out[#out + 1] = x
     n = n + #x
+  end
+  local function quote(x)
+    return (fmt("%q", x):gsub("\\\n", "\\n"))
   end
   local function walk(x)
     if limit and n > limit then return end
     local t = x.t
     if t == "obj" then
-      put("{")
+      put_s("{")
       for i, k in ipairs(x.keys) do
-        if i > 1 then put(",") end
-        put(fmt("%q", k):gsub("\\\n", "\\n"))
-        put(":")
+        if i > 1 then put_s(",") end
+        put_s(quote(k) .. ":")
         walk(x.map[k])
       end
-      put("}")
+      put_s("}")
     elseif t == "arr" then
-      put("[")
+      put_s("[")
       for i, item in ipairs(x.items) do
-        if i > 1 then put(",") end
+        if i > 1 then put_s(",") end
         walk(item)
       end
-      put("]")
-    elseif t == "str" then put((fmt("%q", x.v):gsub("\\\n", "\\n")))
-    elseif t == "bool" then put(x.v and "true" or "false")
-    elseif t == "null" then put("null")
-    else put(x.lit) end
+      put_s("]")
+    elseif t == "str" then put_s(quote(x.v))
+    elseif t == "bool" then put_s(x.v and "true" or "false")
+    elseif t == "null" then put_s("null")
+    else put_s(x.lit) end
   end
   walk(v)
   local s = concat(out)
@@ -2326,1223 +2466,48 @@ local function json_text(v, limit)
   return s
 end
 
--- exact value mod 4096 of an integer literal
-local function lit_mod4096(lit)
-  local r = 0
-  for i = 1, #lit do
-    local b = byte(lit, i)
-    if b >= 48 and b <= 57 then r = (r * 10 + b - 48) % 4096 end
-  end
-  return r
-end
-
--- lowest set bit of a positive integer literal, as a number (2^k; inf beyond doubles)
-local function lit_lowbit(lit)
-  local digits = {}
-  for i = 1, #lit do
-    local b = byte(lit, i)
-    if b >= 48 and b <= 57 then digits[#digits + 1] = b - 48 end
-  end
-  local k = 0
-  while true do
-    local last = digits[#digits]
-    if last % 2 == 1 then break end
-    -- divide the decimal digit string by 2
-    local carry = 0
-    for i = 1, #digits do
-      local v = carry * 10 + digits[i]
-      digits[i] = floor(v / 2)
-      carry = v % 2
-    end
-    k = k + 1
-    if k > 4096 then break end
-  end
-  return 2 ^ k
-end
-
--- ======================================================================
--- VERSION data and the capability schema (spec.CAPABILITIES)
--- ======================================================================
-local CAPS = SPEC.capabilities
-
-local function problem(list, code, text)
-  list[#list + 1] = code
-  list[#list + 1] = text
-end
-
-local function check_cap_value(schema, v)
-  local kind = schema.kind
-  if kind == "object" then
-    if v.t == "obj" then return nil end
-    return "must be an object, not " .. json_type_name(v)
-  end
-  if kind == "bool" then
-    if v.t == "bool" then return nil end
-    return "must be a boolean, not " .. json_type_name(v)
-  end
-  if v.t ~= "int" then return "must be an integer, not " .. json_type_name(v) end
-  if schema.minimum ~= nil and v.v < schema.minimum then return fmt("below the minimum %d", schema.minimum) end
-  if schema.maximum ~= nil and v.v > schema.maximum then return fmt("above the maximum %d", schema.maximum) end
-  if schema.page_aligned and lit_mod4096(v.lit) ~= 0 then
-    return "low 12 bits must be clear (page sizes of at least 4 KiB)"
-  end
-  return nil
-end
-
-local function check_cap_object(obj, prefix, out)
-  for _, key in ipairs(obj.keys) do
-    local v = obj.map[key]
-    local path = prefix .. key
-    local schema = CAPS[path]
-    if schema == nil then
-      problem(out, "CAPS_UNKNOWN_KEY", fmt("unknown capability '%s' (QEMU warns 'spurious capabilities')", path))
-    else
-      if schema.legacy and not find(path, ".", 1, true) then
-        problem(out, "CAPS_LEGACY_KEY", fmt("legacy capability '%s' (not in the final spec; QEMU and "
-          .. "libvfio-user still send it)", path))
-      end
-      local bad = check_cap_value(schema, v)
-      if bad then
-        problem(out, "CAPS_BAD_VALUE", fmt("%s = %s: %s", path, json_text(v, 60), bad))
-      elseif schema.kind == "object" then
-        check_cap_object(v, path .. ".", out)
-      end
-    end
-  end
-end
-
--- raw: the bytes after major/minor.  Returns caps (object node or nil), problems, doc, body
-local function parse_version_data(raw)
-  local out = {}
-  local n = #raw
-  if n == 0 then return nil, out end
-  local body
-  if byte(raw, n) ~= 0 then
-    problem(out, "CAPS_NOT_NUL_TERMINATED", fmt("version data of %d bytes does not end with NUL (last byte 0x%02x)",
-      n, byte(raw, n)))
-    body = raw
-  else
-    body = sub(raw, 1, n - 1)
-  end
+-- the VERSION data after major/minor: the JSON document (or nil) and its text up to the first NUL
+local function version_doc(raw)
+  local body = raw
   local nul = find(body, "\0", 1, true)
-  if nul then
-    problem(out, "CAPS_EMBEDDED_NUL", fmt("NUL at byte %d of the version data; implementations parse only up to it",
-      nul - 1))
-    body = sub(body, 1, nul - 1)
-  end
-  if not utf8_valid(body) then
-    problem(out, "CAPS_MALFORMED", "version data is not UTF-8")
-    return nil, out
-  end
-  if raw == "\0" then return nil, out, nil, body end
-  local doc = json_decode(body)
-  if doc == nil then
-    if find(body, "^[%s]*$") then
-      problem(out, "CAPS_MALFORMED", "version data holds no JSON")
-    else
-      problem(out, "CAPS_MALFORMED", "capabilities JSON does not parse")
-    end
-    return nil, out, nil, body
-  end
-  if doc.t ~= "obj" then
-    problem(out, "CAPS_NOT_OBJECT", fmt("JSON top level is %s, not an object (QEMU rejects it; libvfio-user "
-      .. "ignores it)", json_type_name(doc)))
-    return nil, out, doc, body
-  end
-  local caps
-  for _, key in ipairs(doc.keys) do
-    local v = doc.map[key]
-    if key == "capabilities" then
-      if v.t == "obj" then
-        caps = v
-      else
-        problem(out, "CAPS_NOT_OBJECT", fmt("'capabilities' is %s, not an object", json_type_name(v)))
-      end
-    else
-      problem(out, "CAPS_UNKNOWN_KEY", fmt("unknown top-level key '%s'", key))
-    end
-  end
-  if caps then check_cap_object(caps, "", out) end
-  return caps, out, doc, body
-end
-
--- a capability node by dotted path if present and well typed, else nil
-local function cap_node(caps, path)
-  local cur = caps
-  for part in string.gmatch(path, "[^.]+") do
-    if cur == nil or cur.t ~= "obj" then return nil end
-    cur = cur.map[part]
-  end
-  if cur == nil then return nil end
-  local schema = CAPS[path]
-  if schema ~= nil and check_cap_value(schema, cur) ~= nil then return nil end
-  return cur
-end
-
-local function cap_num(caps, path, default)
-  local node = cap_node(caps, path)
-  if node == nil then return default end
-  return node.v
+  if nul then body = sub(body, 1, nul - 1) end
+  return json_decode(body), body
 end
 
 -- ======================================================================
--- The analysis engine (a port of vfudissect/core/analyzer.py, same codes on
--- the same frames).  Runs on the first pass only; results go to S by frame.
+-- Payload layouts: one decoder and one Info formatter per layout, compiled once from spec.LAYOUTS
 -- ======================================================================
-local COMMANDS = SPEC.commands
-local LAYOUTS = SPEC.layouts
-local FLAG_PCI, IRQ_MASKABLE = 0, 0
-for bit, name in pairs(E.DEVICE_INFO_FLAGS) do
-  if name == "PCI" then FLAG_PCI = bit end
-end
-for bit, name in pairs(E.IRQ_INFO_FLAGS) do
-  if name == "MASKABLE" then IRQ_MASKABLE = bit end
-end
-local ERRNO = E.ERRNO_NAMES
-
-local function cmd_name(cmd)
-  local info = COMMANDS[cmd]
-  return info and info.name or fmt("CMD_%d", cmd)
-end
-
-local function newq()
-  return {h = 1, t = 0}
-end
-
-local function new_conn(id)
-  return {
-    conn = id, twin_of = nil, twin_conn = nil,
-    version_state = "none", version_req = nil, seen_c2s = false,
-    client_max_xfer = C.DEFAULT_MAX_DATA_XFER_SIZE, server_max_xfer = C.DEFAULT_MAX_DATA_XFER_SIZE,
-    client_max_fds = C.QEMU_DEFAULT_MAX_MSG_FDS, server_max_fds = C.QEMU_DEFAULT_MAX_MSG_FDS,
-    max_dma_maps = C.DEFAULT_MAX_DMA_MAPS, min_pgsize = 4096, twin_negotiated = false,
-    num_regions = nil, num_irqs = nil, regions = {}, irqs = {},
-    maps_starts = {}, maps = {}, mig_state = nil,
-    raw_dirs = {}, closed_dirs = {}, nclosed = 0,
-    out = {[C2S] = newq(), [S2C] = newq()},   -- outstanding commands per requester, oldest first
-    pend = {[C2S] = {}, [S2C] = {}},          -- requester -> msg_id -> FIFO of commands
-  }
-end
-
-local function get_conn(id)
-  local c = S.conns[id]
-  if c == nil then
-    c = new_conn(id)
-    S.conns[id] = c
-  end
-  return c
-end
-
--- outstanding queues: ordered, lazily compacted
-local function out_first(q)
-  local h = q.h
-  while h <= q.t do
-    local p = q[h]
-    if p.in_out then
-      q.h = h
-      return p
-    end
-    q[h] = nil
-    h = h + 1
-  end
-  q.h = h
-  return nil
-end
-
-local function out_add(q, p)
-  q.t = q.t + 1
-  q[q.t] = p
-  p.in_out = true
-end
-
-local function out_list(q)
-  local list = {}
-  for i = q.h, q.t do
-    local p = q[i]
-    if p ~= nil and p.in_out then list[#list + 1] = p end
-  end
-  return list
-end
-
-local function add_late(frame, code, text)
-  local l = S.late[frame]
-  if l == nil then
-    l = {}
-    S.late[frame] = l
-  end
-  l[#l + 1] = code
-  l[#l + 1] = text
-end
-
-local function unpend(c, p)
-  local byid = c.pend[p.dir]
-  local q = byid[p.msg_id]
-  if q ~= nil then
-    for i = 1, #q do
-      if q[i] == p then
-        tremove(q, i)
-        break
-      end
-    end
-    if #q == 0 then byid[p.msg_id] = nil end
-  end
-  p.in_pend = false
-  p.in_out = false
-end
-
-local function expire(now)
-  local timeout = timeout_s()
-  local dl = S.dl
-  while dl.h <= dl.t do
-    local p = dl[dl.h]
-    if p.answered then
-      dl[dl.h] = nil
-      dl.h = dl.h + 1
-    elseif now - p.ts <= timeout then
-      break
-    else
-      dl[dl.h] = nil
-      dl.h = dl.h + 1
-      p.timed_out = true
-      add_late(p.frame, "REPLY_TIMEOUT", fmt("%s id=%d unanswered after %g s", cmd_name(p.command), p.msg_id,
-        timeout))
-    end
-  end
-end
-
--- every event of the first pass starts here (timeouts fire on the passing of time)
-local function event_time(ts)
-  S.events = S.events + 1
-  if S.dl.h <= S.dl.t and ts > S.last_ts then expire(ts) end
-  if ts > S.last_ts then S.last_ts = ts end
-end
-
--- the end of the capture: commands still waiting get NO_REPLY (or REPLY_TIMEOUT); recomputed
--- whenever the first pass saw more events since (live captures), without touching the state
-local function finish()
-  if S.end_at == S.events then return end
-  S.end_at = S.events
-  S.endf = {}
-  local timeout = timeout_s()
-  local last = S.last_ts
-  for _, c in pairs(S.conns) do
-    for _, d in ipairs({C2S, S2C}) do
-      for _, p in ipairs(out_list(c.out[d])) do
-        if not p.timed_out then
-          local code, text
-          if timeout > 0 and last - p.ts > timeout and not p.context then
-            code, text = "REPLY_TIMEOUT", fmt("%s id=%d unanswered after %g s", cmd_name(p.command), p.msg_id, timeout)
-          elseif p.in_pend and not S.continued then
-            code, text = "NO_REPLY", fmt("%s id=%d got no reply before the capture ended (%.3f s)",
-              cmd_name(p.command), p.msg_id, last - p.ts)
-          end
-          if code then
-            local l = S.endf[p.frame]
-            if l == nil then
-              l = {}
-              S.endf[p.frame] = l
-            end
-            l[#l + 1] = code
-            l[#l + 1] = text
-          end
-        end
-      end
-    end
-  end
-end
-
--- ---- per-command checks --------------------------------------------------
-local function bisect_right(a, x)
-  local lo, hi = 0, #a
-  while lo < hi do
-    local mid = floor((lo + hi) / 2)
-    if ucmp(x, a[mid + 1]) < 0 then hi = mid else lo = mid + 1 end
-  end
-  return lo
-end
-
-local function bits_text(value, names)
-  local parts = {}
-  local masks = {}
-  for mask in pairs(names) do masks[#masks + 1] = mask end
-  table.sort(masks)
-  local known = 0
-  for _, mask in ipairs(masks) do
-    known = bor(known, mask)
-    if band(value, mask) ~= 0 then parts[#parts + 1] = names[mask] end
-  end
-  local rest = band(value, bnot(known))
-  if rest ~= 0 then parts[#parts + 1] = fmt("0x%x", rest) end
-  if #parts == 0 then return "0" end
-  return concat(parts, "|")
-end
-
-local function region_name(r)
-  return E.PCI_REGIONS[r] or fmt("%d", r)
-end
-
-local function region_access_checks(c, cmd, f, plen, found)
-  local region, count, offset = f.region, f.count, f.offset
-  if count > c.server_max_xfer then
-    problem(found, "DATA_BEYOND_MAX_XFER", fmt("count %d exceeds the server's max_data_xfer_size %d", count,
-      c.server_max_xfer))
-  end
-  if cmd == 10 and plen ~= 16 + count then
-    problem(found, "DATA_LENGTH_MISMATCH", fmt("REGION_WRITE payload %d bytes, 16 + count = %d", plen, 16 + count))
-  end
-  if count == 0 then
-    problem(found, "ZERO_COUNT", "access of zero bytes (libvfio-user answers with an empty payload)")
-  end
-  if c.num_regions ~= nil and region >= c.num_regions then
-    problem(found, "REGION_INDEX_INVALID", fmt("region %d but the device has %d", region, c.num_regions))
-    return
-  end
-  local info = c.regions[region]
-  if info ~= nil then
-    if ugt(uadd(offset, count), info.size) then
-      problem(found, "REGION_ACCESS_OUT_OF_RANGE", fmt("%s offset %s + count %d is beyond its size %s",
-        region_name(region), hex(offset), count, hex(info.size)))
-    end
-    local need = cmd == 9 and C.REGION_FLAG_READ or C.REGION_FLAG_WRITE
-    if band(info.flags, need) == 0 then
-      problem(found, "REGION_ACCESS_NOT_PERMITTED", fmt("%s of %s, whose flags lack %s",
-        cmd == 9 and "read" or "write", region_name(region), cmd == 9 and "READ" or "WRITE"))
-    end
-  end
-end
-
-local function dma_map_checks(c, frame, f, nfds, found)
-  local argsz, flags, offset, address, size = f.argsz, f.flags, f.offset, f.address, f.size
-  if argsz ~= 32 then problem(found, "DMA_MAP_BAD_ARGSZ", fmt("argsz %d, the spec says 32", argsz)) end
-  if band(flags, bnot(C.DMA_MAP_FLAGS_LVU)) ~= 0 then
-    problem(found, "DMA_MAP_FLAGS", fmt("flag bits 0x%x are not defined", band(flags, bnot(C.DMA_MAP_FLAGS_LVU))))
-  end
-  if nfds > 1 then
-    problem(found, "FDS_UNEXPECTED", fmt("%d fds on DMA_MAP (at most 1; libvfio-user closes the rest)", nfds))
-  end
-  if band(flags, 0xC) ~= 0 and nfds == 0 then
-    problem(found, "FDS_MISSING", "MMAP/FILE_IO flag without an fd (libvfio-user: EINVAL)")
-  end
-  if ueq(size, 0) or ugt(uadd(address, size), TWO64) then
-    problem(found, "DMA_MAP_DEGENERATE", fmt("range %s+%s is empty or wraps", hex(address), hex(size)))
-    return
-  end
-  if not ueq(offset, 0) and nfds == 0 then
-    problem(found, "DMA_MAP_DEGENERATE", fmt("offset %s without an fd", hex(offset)))
-  end
-  local pg = c.min_pgsize
-  if umod_nonzero(address, pg) or umod_nonzero(size, pg) then
-    problem(found, "DMA_MAP_MISALIGNED", fmt("address %s / size %s not multiples of the page size %s", hex(address),
-      hex(size), pg < TWO53 and hex(pg) or "2^big"))
-  end
-  local starts, maps = c.maps_starts, c.maps
-  local i = bisect_right(starts, address)
-  local clash
-  if i > 0 and ugt(uadd(starts[i], maps[ukey(starts[i])].size), address) then
-    clash = maps[ukey(starts[i])]
-  elseif i < #starts and ucmp(starts[i + 1], uadd(address, size)) < 0 then
-    clash = maps[ukey(starts[i + 1])]
-  end
-  if clash ~= nil then
-    local same = ueq(clash.address, address) and ueq(clash.size, size) and clash.flags == flags
-    if not same then
-      problem(found, "DMA_MAP_OVERLAP", fmt("%s+%s overlaps the mapping %s+%s (frame %d); the spec wants EEXIST, "
-        .. "libvfio-user answers EINVAL", hex(address), hex(size), hex(clash.address), hex(clash.size), clash.frame))
-    end
-    return
-  end
-  if #starts >= c.max_dma_maps then
-    problem(found, "DMA_MAPS_EXCEEDED", fmt("%d live mappings, max_dma_maps is %d", #starts + 1, c.max_dma_maps))
-  end
-  tinsert(starts, i + 1, address)
-  maps[ukey(address)] = {address = address, size = size, flags = flags, frame = frame, fd = nfds > 0}
-end
-
-local function clear_maps(c)
-  local starts, maps = c.maps_starts, c.maps
-  for k = #starts, 1, -1 do starts[k] = nil end
-  for k in pairs(maps) do maps[k] = nil end
-end
-
-local function dma_unmap_checks(c, f, found)
-  local flags, address, size = f.flags, f.address, f.size
-  if flags ~= 0 then
-    if flags == 2 and ueq(address, 0) and ueq(size, 0) then
-      problem(found, "DMA_UNMAP_FLAGS", "unmap all (flag ALL, follows QEMU/libvfio-user; the final spec leaves "
-        .. "flags unused)")
-      clear_maps(c)
-      return
-    end
-    problem(found, "DMA_UNMAP_FLAGS", fmt("flags 0x%x (%s); the final spec leaves them unused", flags,
-      bits_text(flags, E.DMA_UNMAP_FLAGS)))
-  end
-  local m = c.maps[ukey(address)]
-  if m == nil or not ueq(m.size, size) then
-    problem(found, "DMA_UNMAP_UNKNOWN", fmt("%s+%s is not a live mapping", hex(address), hex(size)))
-    return
-  end
-  c.maps[ukey(address)] = nil
-  tremove(c.maps_starts, bisect_right(c.maps_starts, address))
-end
-
-local function dma_access_checks(c, cmd, f, plen, found)
-  local address, count = f.address, f.count
-  if ugt(count, c.client_max_xfer) then
-    problem(found, "DATA_BEYOND_MAX_XFER", fmt("count %s exceeds the client's max_data_xfer_size %d", dec(count),
-      c.client_max_xfer))
-  end
-  if cmd == 12 and not ueq(plen < 0 and -1 or plen, uadd(16, count)) then
-    problem(found, "DATA_LENGTH_MISMATCH", fmt("DMA_WRITE payload %d bytes, 16 + count = %s", plen,
-      dec(uadd(16, count))))
-  end
-  if ueq(count, 0) then
-    problem(found, "ZERO_COUNT", "DMA access of zero bytes")
-    return
-  end
-  local starts = c.maps_starts
-  local i = bisect_right(starts, address)
-  local m = i > 0 and c.maps[ukey(starts[i])] or nil
-  if m == nil or ugt(uadd(address, count), uadd(m.address, m.size)) then
-    problem(found, "DMA_ACCESS_UNMAPPED", fmt("%s+%s is not inside one live DMA mapping", hex(address), hex(count)))
-  elseif cmd == 12 and band(m.flags, 0x2) == 0 then
-    problem(found, "DMA_WRITE_READ_ONLY", fmt("DMA_WRITE into the read-only mapping %s (frame %d)", hex(m.address),
-      m.frame), m.frame)
-  end
-end
-
-local function set_irqs_checks(c, f, plen, nfds, found)
-  local flags, index, start, count = f.flags, f.index, f.start, f.count
-  if f.argsz ~= plen then
-    problem(found, "SET_IRQS_BAD_ARGSZ", fmt("argsz %d but the payload is %d bytes%s", f.argsz, plen,
-      f.argsz < 20 and " (below the 20-byte fixed part)" or ""))
-  end
-  local data_bits = band(flags, C.IRQ_SET_DATA_MASK)
-  local act_bits = band(flags, C.IRQ_SET_ACTION_MASK)
-  if POPCOUNT3[data_bits] ~= 1 or POPCOUNT3[rshift(act_bits, 3)] ~= 1 or flags >= 0x40 then
-    problem(found, "SET_IRQS_BAD_FLAGS", fmt("flags 0x%x (%s) need exactly one DATA and one ACTION bit", flags,
-      bits_text(flags, E.IRQ_SET_FLAGS)))
-  end
-  if data_bits == C.IRQ_SET_DATA_EVENTFD then
-    if nfds ~= 0 and nfds ~= count then
-      problem(found, nfds < count and "FDS_MISSING" or "FDS_UNEXPECTED",
-        fmt("%d eventfds for count %d (0 de-assigns, else one per interrupt)", nfds, count))
-    end
-    if nfds > c.server_max_fds then
-      problem(found, "FDS_UNEXPECTED", fmt("%d fds exceed the server's max_msg_fds %d", nfds, c.server_max_fds))
-    end
-  elseif nfds ~= 0 then
-    problem(found, "FDS_UNEXPECTED", fmt("%d fds with %s", nfds, bits_text(data_bits, E.IRQ_SET_FLAGS)))
-  end
-  if data_bits == C.IRQ_SET_DATA_BOOL and plen ~= 20 + count then
-    problem(found, "DATA_LENGTH_MISMATCH", fmt("DATA_BOOL payload %d bytes, 20 + count = %d", plen, 20 + count))
-  end
-  if act_bits == C.IRQ_SET_ACTION_MASK_BIT or act_bits == C.IRQ_SET_ACTION_UNMASK then
-    local what = fmt("%s on %s", E.IRQ_SET_FLAGS[act_bits], E.PCI_IRQS[index] or fmt("%d", index))
-    local info = c.irqs[index]
-    if E.PCI_IRQS[index] == "ERR" or E.PCI_IRQS[index] == "REQ" then
-      problem(found, "IRQ_NOT_MASKABLE", what .. ": ERR and REQ interrupts cannot be masked")
-    elseif info ~= nil and band(info.flags, IRQ_MASKABLE) == 0 then
-      problem(found, "IRQ_NOT_MASKABLE", fmt("%s, whose IRQ_INFO flags 0x%x lack MASKABLE", what, info.flags))
-    end
-  end
-  if c.num_irqs ~= nil and index >= c.num_irqs then
-    problem(found, "IRQ_OUT_OF_RANGE", fmt("IRQ index %d but the device has %d", index, c.num_irqs))
-    return
-  end
-  if count == 0 then
-    if start ~= 0 or flags ~= bor(C.IRQ_SET_DATA_NONE, C.IRQ_SET_ACTION_TRIGGER) then
-      problem(found, "IRQ_OUT_OF_RANGE", "count 0 is only valid with start 0 and DATA_NONE|ACTION_TRIGGER")
-    end
-    return
-  end
-  local info = c.irqs[index]
-  if info ~= nil and start + count > info.count then
-    problem(found, "IRQ_OUT_OF_RANGE", fmt("%s start %d + count %d beyond its %d interrupts",
-      E.PCI_IRQS[index] or fmt("%d", index), start, count, info.count))
-  end
-end
-
-local function feature_checks(c, s, n, f, found)
-  local flags = f.flags
-  local feature = band(flags, C.FEATURE_MASK)
-  local ops = band(flags, bor(C.FEATURE_GET, C.FEATURE_SET, C.FEATURE_PROBE))
-  local get, set, probe = band(ops, C.FEATURE_GET) ~= 0, band(ops, C.FEATURE_SET) ~= 0, band(ops, C.FEATURE_PROBE) ~= 0
-  if ops == 0 or (get and set and not probe) or band(flags, bnot(bor(C.FEATURE_MASK, 0x70000))) ~= 0 then
-    problem(found, "FEATURE_BAD_OPS", fmt("flags 0x%x: GET, SET and PROBE bits are inconsistent", flags))
-  end
-  if not SETS.VFIO_USER_FEATURES[feature] then
-    problem(found, "FEATURE_UNKNOWN", fmt("feature %s is not used by vfio-user", E.FEATURES[feature] or
-      fmt("%d", feature)))
-  end
-  if feature == C.FEATURE_MIG_DEVICE_STATE and ops == C.FEATURE_SET and n >= 28 then
-    local state = rd32(s, 25)
-    if not SETS.MIG_STATES_SETTABLE[state] then
-      problem(found, "MIG_STATE_INVALID", fmt("device state %s cannot be requested", E.MIG_STATES[state] or
-        fmt("%d", state)))
-    elseif c.mig_state == C.MIG_STATE_STOP_COPY and state == C.MIG_STATE_PRE_COPY then
-      problem(found, "MIG_STATE_INVALID", "STOP_COPY -> PRE_COPY is forbidden")
-    end
-    f.device_state = state
-  end
-end
-
-local function check_version(c, s, is_reply, f, found)
-  local caps, problems = parse_version_data(sub(s, 21))
-  for k = 1, #problems do found[#found + 1] = problems[k] end
-  if caps ~= nil and not is_reply then
-    local twin = caps.map["twin_socket"]
-    if twin ~= nil and twin.t == "obj" and twin.map["fd_index"] ~= nil then
-      problem(found, "TWIN_SOCKET_BAD", "twin_socket.fd_index in a request (only valid in the reply)")
-    end
-  end
-  f.capabilities = caps or false
-  return caps
-end
-
-local function check_request(c, ev, cmd, f, decoded, plen, nfds, found)
-  if cmd == 9 or cmd == 10 then
-    if decoded then region_access_checks(c, cmd, f, plen, found) end
-    if nfds ~= 0 then problem(found, "FDS_UNEXPECTED", fmt("%d fds on %s", nfds, cmd_name(cmd))) end
-    return
-  end
-  if COMMANDS[cmd].request_fds_max == 0 and nfds ~= 0 then
-    problem(found, "FDS_UNEXPECTED", fmt("%d fds on a %s request, which carries none", nfds, cmd_name(cmd)))
-  end
-  if cmd == 1 then
-    if c.version_state == "negotiated" and c.twin_of == nil then
-      problem(found, "VERSION_REPEATED", "VERSION after the negotiation completed")
-    end
-    local caps = check_version(c, ev.s, false, f, found)
-    if c.version_state == "none" then
-      c.version_state = "requested"
-      c.version_req = {major = f.major, minor = f.minor, caps = caps, frame = ev.frame}
-      c.client_max_xfer = cap_num(caps, "max_data_xfer_size", C.DEFAULT_MAX_DATA_XFER_SIZE)
-      c.client_max_fds = cap_num(caps, "max_msg_fds", C.DEFAULT_MAX_MSG_FDS)
-    end
-  elseif not decoded then
-    return
-  elseif cmd == 2 then
-    dma_map_checks(c, ev.frame, f, nfds, found)
-  elseif cmd == 3 then
-    dma_unmap_checks(c, f, found)
-  elseif cmd >= 4 and cmd <= 7 then
-    local need = cmd == 5 and 32 or 16
-    if f.argsz < need then
-      problem(found, "ARGSZ_TOO_SMALL", fmt("argsz %d is below the %d-byte reply", f.argsz, need))
-    end
-    local nonzero = {}
-    for _, fd in ipairs(LAYOUTS[COMMANDS[cmd].request_layout].fields) do
-      local v = f[fd.name]
-      if fd.name ~= "argsz" and fd.name ~= "index" and v ~= nil and not ueq(v, 0) then
-        nonzero[#nonzero + 1] = fd.name .. "=" .. hex(v)
-      end
-    end
-    if #nonzero > 0 then
-      problem(found, "INPUT_NOT_ZERO", concat(nonzero, ", ") .. " in the request (must be zero)")
-    end
-    if (cmd == 5 or cmd == 6) and c.num_regions ~= nil and f.index >= c.num_regions then
-      problem(found, "REGION_INDEX_INVALID", fmt("region %d but the device has %d", f.index, c.num_regions))
-    end
-    if cmd == 7 and c.num_irqs ~= nil and f.index >= c.num_irqs then
-      problem(found, "IRQ_OUT_OF_RANGE", fmt("IRQ index %d but the device has %d", f.index, c.num_irqs))
-    end
-  elseif cmd == 8 then
-    set_irqs_checks(c, f, plen, nfds, found)
-  elseif cmd == 11 or cmd == 12 then
-    dma_access_checks(c, cmd, f, plen, found)
-  elseif cmd == 16 then
-    feature_checks(c, ev.s, ev.n, f, found)
-  elseif cmd == 17 or cmd == 18 then
-    if f.size > c.client_max_xfer then
-      problem(found, "DATA_BEYOND_MAX_XFER", fmt("size %d exceeds max_data_xfer_size %d", f.size, c.client_max_xfer))
-    end
-    if cmd == 18 and plen ~= 8 + f.size then
-      problem(found, "DATA_LENGTH_MISMATCH", fmt("payload %d bytes, 8 + size would be %d", plen, 8 + f.size))
-    end
-    local st = c.mig_state
-    if st ~= nil then
-      local ok
-      if cmd == 17 then ok = st == C.MIG_STATE_PRE_COPY or st == C.MIG_STATE_STOP_COPY
-      else ok = st == C.MIG_STATE_RESUMING end
-      if not ok then
-        problem(found, "MIG_DATA_WRONG_STATE", fmt("%s in device state %s", cmd_name(cmd), E.MIG_STATES[st] or
-          fmt("%d", st)))
-      end
-    end
-  elseif cmd == 15 then
-    local w = f.wr_cnt
-    if type(w) == "table" or plen ~= 8 + 24 * w then
-      problem(found, "DATA_LENGTH_MISMATCH", fmt("payload %d bytes for wr_cnt %s", plen, dec(w)))
-    end
-  end
-end
-
--- the findings list carries extra frames after the text; only codes and texts are kept
-local function track_request(c, ev, msg_id, cmd, flags, f, found, no_expect)
-  local byid = c.pend[ev.dir]
-  local q = byid[msg_id]
-  if q ~= nil then
-    local older = q[#q]
-    if not older.answered then
-      problem(found, "DUPLICATE_PENDING_ID", fmt("msg_id %d is still outstanding (%s in frame %d)", msg_id,
-        cmd_name(older.command), older.frame))
-    end
-  else
-    q = {}
-    byid[msg_id] = q
-  end
-  if ev.dir == C2S and c.twin_conn == nil then
-    local dma = out_first(c.out[S2C])
-    if dma ~= nil and not dma.no_reply then
-      problem(found, "DMA_COLLISION", fmt("client sent a command while server %s id=%d (frame %d) is unanswered: "
-        .. "libvfio-user reads it as the awaited reply", cmd_name(dma.command), dma.msg_id, dma.frame))
-    end
-  end
-  S.seq = S.seq + 1
-  local no_reply = band(flags, C.FLAG_NO_REPLY) ~= 0
-  local p = {frame = ev.frame, ts = ev.ts, rel = ev.rel, conn = ev.conn, dir = ev.dir, msg_id = msg_id,
-    command = cmd, no_reply = no_reply, fields = f, seq = S.seq, answered = false, timed_out = false,
-    in_out = false, in_pend = true, context = band(ev.vflags, C.VF_CONTEXT) ~= 0}
-  q[#q + 1] = p
-  if not no_reply then
-    out_add(c.out[ev.dir], p)
-    if no_expect then
-      p.timed_out = true  -- pairs with a reply if one comes; no REPLY_TIMEOUT or NO_REPLY if none
-    elseif timeout_s() > 0 and not p.context then  -- a copy's time ran in its own file
-      local dl = S.dl
-      dl.t = dl.t + 1
-      dl[dl.t] = p
-    end
-  elseif #q > 64 then
-    q[1].in_pend = false
-    tremove(q, 1)
-  end
-end
-
-local function match_reply(c, ev, msg_id, cmd, found)
-  local rdir = OTHER[ev.dir]
-  local byid = c.pend[rdir]
-  local q = byid[msg_id]
-  if q == nil then
-    problem(found, "UNMATCHED_REPLY", fmt("reply id=%d matches no outstanding %s command", msg_id,
-      ev.dir == S2C and "client" or "server"))
-    return nil
-  end
-  local req, at
-  for i = 1, #q do
-    if not q[i].no_reply then
-      req, at = q[i], i
-      break
-    end
-  end
-  if req == nil then
-    local nr = tremove(q, 1)
-    nr.in_pend = false
-    if #q == 0 then byid[msg_id] = nil end
-    problem(found, "REPLY_TO_NO_REPLY", fmt("reply to %s id=%d (frame %d) which was sent with No_reply",
-      cmd_name(nr.command), msg_id, nr.frame))
-    return nr
-  end
-  tremove(q, at)
-  req.in_pend = false
-  if #q == 0 then byid[msg_id] = nil end
-  req.answered = true
-  local outq = c.out[req.dir]
-  local first = out_first(outq)
-  req.in_out = false
-  if first ~= req and c.twin_of == nil then
-    local older = out_first(outq)
-    if older ~= nil and older.seq < req.seq then
-      problem(found, "OUT_OF_ORDER_REPLY", fmt("answers frame %d before the older %s id=%d (frame %d)", req.frame,
-        cmd_name(older.command), older.msg_id, older.frame))
-    end
-  end
-  if req.command ~= cmd then
-    problem(found, "REPLY_COMMAND_MISMATCH", fmt("reply says %s, its request (frame %d) was %s", cmd_name(cmd),
-      req.frame, cmd_name(req.command)))
-  end
-  return req
-end
-
-local function version_order(c, d, cmd, is_reply, found)
-  if d == C2S and not c.seen_c2s then
-    c.seen_c2s = true
-    if cmd ~= 1 or is_reply then
-      problem(found, "VERSION_NOT_FIRST", fmt("first client message is %s, not VERSION", cmd_name(cmd)))
-      c.version_state = "failed"
-      return
-    end
-  end
-  if c.version_state == "failed" then return end
-  if cmd ~= 1 then
-    problem(found, "TRAFFIC_BEFORE_VERSION_REPLY", fmt("%s before the VERSION reply", cmd_name(cmd)))
-  end
-end
-
-local function check_error_reply(c, cmd, err, plen, req, found)
-  if err == 0 then
-    problem(found, "ERROR_REPLY_NO_ERRNO", "error reply with errno 0")
-  else
-    local name = ERRNO[err]
-    problem(found, "ERROR_REPLY", fmt("%s failed: %s (%d)", cmd_name(cmd), name or fmt("errno %d", err), err))
-    if err > C.MAX_ERRNO or name == nil then
-      problem(found, "UNKNOWN_ERRNO", fmt("errno %d is unknown or above %d", err, C.MAX_ERRNO))
-    end
-  end
-  if plen > 0 then
-    problem(found, "ERROR_REPLY_WITH_PAYLOAD", fmt("error reply with %d payload bytes (libvfio-user's way for "
-      .. "region accesses; the spec says header only)", plen))
-  end
-  if req == nil then return end
-  if cmd == 1 and c.twin_of == nil then
-    c.version_state = "failed"
-    problem(found, "VERSION_REFUSED", fmt("server refused VERSION: %s", ERRNO[err] or fmt("errno %d", err)))
-  elseif cmd == 2 then
-    local addr = req.fields.address
-    local m = addr ~= nil and c.maps[ukey(addr)] or nil
-    if m ~= nil and m.frame == req.frame then
-      c.maps[ukey(m.address)] = nil
-      tremove(c.maps_starts, bisect_right(c.maps_starts, m.address))
-    end
-  end
-end
-
-local function check_caps_chain(s, base, plen, first, region_size)
-  local n = #s
-  local off, seen, prev = first, 0, 0
-  while off ~= 0 do
-    if off < 32 or off + 8 > plen then
-      return fmt("capability at offset %d is outside the reply payload (%d bytes)", off, plen)
-    end
-    if off <= prev then
-      return fmt("capability chain does not move forward (next %d after %d)", off, prev)
-    end
-    seen = seen + 1
-    if seen > 64 then return "capability chain longer than 64 entries" end
-    if base + off + 8 > n then return nil end
-    local cap_id, nxt = rd16(s, base + off + 1), rd32(s, base + off + 5)
-    if E.REGION_CAP_IDS[cap_id] == nil then
-      return fmt("unknown capability id %d at offset %d", cap_id, off)
-    end
-    if cap_id == C.REGION_CAP_SPARSE_MMAP and base + off + 16 <= n then
-      local nr = rd32(s, base + off + 9)
-      if off + 16 + 16 * nr > plen then
-        return fmt("sparse mmap cap with %d areas runs past the payload", nr)
-      end
-      for i = 0, nr - 1 do
-        local p = base + off + 16 + 16 * i
-        if p + 16 > n then break end
-        local a_off, a_size = rd64(s, p + 1), rd64(s, p + 9)
-        if ugt(uadd(a_off, a_size), region_size) then
-          return fmt("sparse area %d (%s+%s) lies outside the region (%s)", i, hex(a_off), hex(a_size),
-            hex(region_size))
-        end
-      end
-    end
-    prev = off
-    off = nxt
-  end
-  return nil
-end
-
-local function nonempty(t)
-  return t ~= nil and next(t) ~= nil
-end
-
-local function version_reply(c, ev, f, nfds, req, found)
-  if c.twin_of ~= nil then return end
-  local caps = check_version(c, ev.s, true, f, found)
-  local vr = c.version_req or {}
-  local ok = true
-  if f.major ~= nil and vr.major ~= nil then
-    if f.major ~= vr.major then
-      problem(found, "VERSION_MAJOR_MISMATCH", fmt("server answered major %d, client proposed %d", f.major, vr.major))
-      ok = false
-    end
-    if f.minor > vr.minor then
-      problem(found, "VERSION_MINOR_TOO_HIGH", fmt("server answered minor %d, above the proposed %d", f.minor,
-        vr.minor))
-      ok = false
-    end
-  end
-  local req_caps = vr.caps
-  if caps ~= nil then
-    local extra = {}
-    for _, k in ipairs(caps.keys) do
-      if req_caps == nil or req_caps.map[k] == nil then extra[#extra + 1] = k end
-    end
-    if #extra > 0 then
-      table.sort(extra)
-      problem(found, "CAPS_REPLY_NOT_SUBSET", fmt("reply has %s which the request lacked (libvfio-user always sends "
-        .. "its limits)", concat(extra, ", ")))
-    end
-  end
-  local twin = caps ~= nil and caps.map["twin_socket"] or nil
-  local sup = twin ~= nil and twin.t == "obj" and twin.map["supported"] or nil
-  if sup ~= nil and sup.t == "bool" and sup.v == true then
-    local rt = req_caps ~= nil and req_caps.map["twin_socket"] or nil
-    local rsup = rt ~= nil and rt.t == "obj" and rt.map["supported"] or nil
-    local asked = rsup ~= nil and rsup.t == "bool" and rsup.v == true
-    local idx = twin.map["fd_index"]
-    local fd = idx ~= nil and idx.t == "int" and ev.fds[idx.v + 1] or nil
-    local fd_kind = fd and E.FD_KINDS[fd.kind] or "unknown"
-    if not asked then
-      problem(found, "TWIN_SOCKET_BAD", "twin_socket.supported in the reply but the client did not ask")
-    elseif idx == nil or idx.t ~= "int" or not (idx.v >= 0 and idx.v < nfds) then
-      problem(found, "TWIN_SOCKET_BAD", fmt("twin_socket.fd_index %s but the reply carries %d fds",
-        idx and json_text(idx, 20) or "None", nfds))
-    elseif fd_kind ~= "socket" and fd_kind ~= "unknown" then
-      problem(found, "TWIN_SOCKET_BAD", fmt("twin_socket.fd_index %d is not a socket (kind %s)", idx.v, fd_kind))
-    else
-      c.twin_negotiated = true
-    end
-  elseif nfds ~= 0 then
-    problem(found, "FDS_UNEXPECTED", fmt("%d fds on a VERSION reply without twin_socket", nfds))
-  end
-  c.version_state = ok and "negotiated" or "failed"
-  c.server_max_xfer = cap_num(caps, "max_data_xfer_size", C.DEFAULT_MAX_DATA_XFER_SIZE)
-  c.server_max_fds = cap_num(caps, "max_msg_fds", C.QEMU_DEFAULT_MAX_MSG_FDS)
-  c.max_dma_maps = cap_num(caps, "max_dma_maps", C.DEFAULT_MAX_DMA_MAPS)
-  local pgs = cap_node(caps, "pgsizes")
-  c.min_pgsize = pgs ~= nil and lit_lowbit(pgs.lit) or lit_lowbit(fmt("%d", C.DEFAULT_PGSIZES))
-end
-
-local function region_info_reply(c, ev, f, plen, nfds, rq, req, found)
-  local index, flags, argsz, size = f.index, f.flags, f.argsz, f.size
-  local has_rq = nonempty(rq)
-  if has_rq and index ~= rq.index then
-    problem(found, "REPLY_ECHO_MISMATCH", fmt("reply for region %d, request asked for %s", index,
-      rq.index and fmt("%d", rq.index) or "None"))
-  end
-  c.regions[index] = {size = size, flags = flags}
-  local truncated = has_rq and argsz > (rq.argsz or 0)
-  if truncated then
-    problem(found, "REPLY_TRUNCATED", fmt("reply needs argsz %d, the request allowed %d; the client retries with more",
-      argsz, rq.argsz or 0))
-  end
-  if nfds > 1 then problem(found, "FDS_UNEXPECTED", fmt("%d fds on a region info reply (at most 1)", nfds)) end
-  if band(flags, C.REGION_FLAG_MMAP) ~= 0 and nfds == 0 and not truncated then
-    problem(found, "FDS_MISSING", fmt("%s is MMAP but the reply has no fd", region_name(index)))
-  end
-  if band(flags, C.REGION_FLAG_CAPS) ~= 0 and not truncated then
-    local bad = check_caps_chain(ev.s, 16, plen, f.cap_offset, size)
-    if bad then problem(found, "REGION_CAPS_BAD", bad) end
-  end
-end
-
-local function check_reply(c, ev, cmd, f, decoded, plen, nfds, req, found)
-  local info = COMMANDS[cmd]
-  local rq = req.fields
-  local has_rq = nonempty(rq)
-  if cmd == 9 or cmd == 10 then
-    if plen == 0 and rq.count == 0 then return end
-    if plen < 16 or not decoded then
-      problem(found, "PAYLOAD_TOO_SHORT", fmt("%s reply payload is %d bytes, needs 16", cmd_name(cmd), plen))
-      return
-    end
-    if has_rq and (not ueq(f.offset, rq.offset) or f.region ~= rq.region) then
-      problem(found, "REPLY_ECHO_MISMATCH", fmt("reply region %d offset %s, request region %d offset %s", f.region,
-        hex(f.offset), rq.region, hex(rq.offset)))
-    end
-    if cmd == 9 then
-      if has_rq and f.count > rq.count then
-        problem(found, "REPLY_COUNT_TOO_BIG", fmt("reply count %d above the requested %d", f.count, rq.count))
-      end
-      if plen ~= 16 + f.count then
-        problem(found, "DATA_LENGTH_MISMATCH", fmt("REGION_READ reply payload %d bytes, 16 + count = %d", plen,
-          16 + f.count))
-      end
-    elseif has_rq and f.count ~= rq.count then
-      problem(found, "REPLY_ECHO_MISMATCH", fmt("reply count %d, request count %d", f.count, rq.count))
-    end
-    if nfds ~= 0 then problem(found, "FDS_UNEXPECTED", fmt("%d fds on a %s reply", nfds, cmd_name(cmd))) end
-    return
-  end
-  if info.reply_fds_max == 0 and nfds ~= 0 then
-    problem(found, "FDS_UNEXPECTED", fmt("%d fds on a %s reply, which carries none", nfds, cmd_name(cmd)))
-  end
-  if plen < info.reply_min and not (cmd == 3 and plen == 0) and cmd ~= 12 then
-    problem(found, "PAYLOAD_TOO_SHORT", fmt("%s reply payload is %d bytes, needs at least %d", cmd_name(cmd), plen,
-      info.reply_min))
-    return
-  end
-  if cmd == 1 then
-    version_reply(c, ev, f, nfds, req, found)
-  elseif cmd == 12 then
-    if plen == 16 then
-      problem(found, "DMA_LAYOUT_VARIANT", "DMA_WRITE reply of 16 bytes (libvfio-user's layout; the spec table says 12)")
-    elseif plen == 0 then
-      problem(found, "DMA_LAYOUT_VARIANT", "header-only DMA_WRITE reply (QEMU's layout)")
-    elseif plen ~= 12 then
-      problem(found, "DATA_LENGTH_MISMATCH", fmt("DMA_WRITE reply payload %d bytes", plen))
-    end
-  elseif not decoded then
-    return
-  elseif cmd == 4 then
-    c.num_regions, c.num_irqs = f.num_regions, f.num_irqs
-    local odd = {}
-    if band(f.flags, FLAG_PCI) == 0 then odd[#odd + 1] = "no PCI flag" end
-    if f.num_regions < C.PCI_MIN_REGIONS then
-      odd[#odd + 1] = fmt("%d regions, below %d", f.num_regions, C.PCI_MIN_REGIONS)
-    end
-    if f.num_regions > C.QEMU_MAX_REGIONS then
-      odd[#odd + 1] = fmt("%d regions, above QEMU's %d", f.num_regions, C.QEMU_MAX_REGIONS)
-    end
-    if f.num_irqs > C.QEMU_MAX_IRQS then
-      odd[#odd + 1] = fmt("%d IRQ types, above QEMU's %d", f.num_irqs, C.QEMU_MAX_IRQS)
-    end
-    if #odd > 0 then problem(found, "DEVICE_INFO_UNUSUAL", concat(odd, "; ")) end
-  elseif cmd == 3 then  -- M11: the reply echoes the unmapped entry
-    if has_rq and rq.address ~= nil and (not ueq(f.address, rq.address) or not ueq(f.size, rq.size)) then
-      problem(found, "REPLY_ECHO_MISMATCH", fmt("DMA_UNMAP reply %s+%s, request %s+%s", hex(f.address), hex(f.size),
-        hex(rq.address), hex(rq.size)))
-    end
-  elseif cmd == 5 then
-    region_info_reply(c, ev, f, plen, nfds, rq, req, found)
-  elseif cmd == 6 then
-    if has_rq and f.argsz > (rq.argsz or 0) then
-      problem(found, "REPLY_TRUNCATED", fmt("reply needs argsz %d, the request allowed %d", f.argsz, rq.argsz or 0))
-    elseif f.count ~= 0 and nfds == 0 then
-      problem(found, "FDS_MISSING", fmt("%d sub-regions but no fds", f.count))
-    end
-  elseif cmd == 7 then
-    c.irqs[f.index] = {count = f.count, flags = f.flags}
-  elseif cmd == 11 then
-    if has_rq and not ueq(f.count, rq.count) and ueq(ulow32(f.count), rq.count) then
-      problem(found, "DMA_LAYOUT_VARIANT", "DMA_READ reply in QEMU's layout (u32 count, data at +12)")
-    elseif not ueq(plen < 0 and -1 or plen, uadd(16, f.count)) then
-      problem(found, "DATA_LENGTH_MISMATCH", fmt("DMA_READ reply payload %d bytes, 16 + count = %s", plen,
-        dec(uadd(16, f.count))))
-    elseif has_rq and (not ueq(f.address, rq.address) or not ueq(f.count, rq.count)) then
-      problem(found, "REPLY_ECHO_MISMATCH", "DMA_READ reply does not echo address and count")
-    end
-  elseif cmd == 16 then
-    if rq.device_state ~= nil then c.mig_state = rq.device_state end
-  elseif cmd == 17 then
-    local want = rq.size or 0
-    if f.size > want then
-      problem(found, "REPLY_COUNT_TOO_BIG", fmt("MIG_DATA_READ reply size %d above the requested %d", f.size, want))
-    end
-  end
-end
-
--- one decoder per layout, compiled once: a table constructor of reads (no rehash, no loop)
-local DECODE = {}
+local DECODE, KEYS = {}, {}
 do
   local readers = {[1] = "byte", [2] = "rd16", [4] = "rd32", [8] = "rd64"}
-  local env = {byte = byte, rd16 = rd16, rd32 = rd32, rd64 = rd64}
+  local env = {byte = byte, rd16 = rd16, rd32 = rd32, rd64 = rd64, hex = hex, dec = dec, fmt = fmt, band = band,
+    bnot = bnot, bits_text = bits_text, E = E, FEATURES = E.FEATURES, FEATURE_MASK = C.FEATURE_MASK}
   for _, key in ipairs(SPEC.layout_order) do
-    local parts = {}
+    local parts, info = {}, {}
     for _, fd in ipairs(LAYOUTS[key].fields) do
-      parts[#parts + 1] = fmt("[%q] = %s(s, %d)", fd.name, readers[fd.size], 17 + fd.offset)
-    end
-    DECODE[key] = assert(load("local s = ...\nreturn {" .. concat(parts, ", ") .. "}", "=decode_" .. key, "t", env))
-  end
-end
-
-local function decode_fields(key, s, n)
-  local lay = LAYOUTS[key]
-  if lay == nil or n - 16 < lay.size then return nil end
-  return DECODE[key](s)
-end
-
-local function record_findings(frame, found)
-  if #found > 0 then
-    for k = 2, #found, 2 do found[k] = safe(found[k]) end
-    fs_put(S.fs, frame).fnd = found
-  end
-end
-
--- ev: frame, ts, rel, conn, dir, s (captured bytes), n, wire, nfds, vflags
-local function analyze_message(ev)
-  local found = {}
-  local conn = ev.conn
-  local c = get_conn(conn)
-  local s, n, d = ev.s, ev.n, ev.dir
-  if n < 16 then
-    problem(found, "BAD_SIZE", fmt("message of %d bytes is shorter than the 16-byte header", n))
-    record_findings(ev.frame, found)
-    return
-  end
-  local msg_id, cmd, size, flags, err = rd16(s, 1), rd16(s, 3), rd32(s, 5), rd32(s, 9), rd32(s, 13)
-  local wire = ev.wire
-  local mtype = band(flags, C.FLAG_TYPE_MASK)
-  local is_reply = mtype == 1
-  local nfds = ev.nfds
-  local vflags = ev.vflags
-  if size ~= wire then
-    if size < 16 then
-      problem(found, "BAD_SIZE", fmt("size %d is below the 16-byte header", size))
-    elseif band(vflags, C.VF_FRAMING_ERROR) ~= 0 then
-      -- the recorder did not wait for a body it could not frame: not an incomplete message
-    elseif size > wire then
-      problem(found, "MESSAGE_INCOMPLETE", fmt("size says %d bytes, only %d arrived", size, wire))
-    else
-      problem(found, "BAD_SIZE", fmt("size says %d bytes but the message is %d", size, wire))
-    end
-  end
-  if size > C.LVU_SERVER_MAX_MSG_SIZE then
-    problem(found, "MESSAGE_TOO_LARGE", fmt("size %d exceeds libvfio-user's %d", size, C.LVU_SERVER_MAX_MSG_SIZE))
-  end
-  if band(flags, 0xFFFFFFCE) ~= 0 then
-    if mtype > 1 then
-      problem(found, "BAD_TYPE", fmt("flags type %d is neither command (0) nor reply (1)", mtype))
-    end
-    if band(flags, C.FLAG_RESERVED_MASK) ~= 0 then
-      problem(found, "RESERVED_FLAGS", fmt("reserved flag bits 0x%x set", band(flags, C.FLAG_RESERVED_MASK)))
-    end
-  end
-  if vflags ~= 0 then
-    if band(vflags, C.VF_FRAMING_ERROR) ~= 0 then
-      if not c.raw_dirs[d] then
-        c.raw_dirs[d] = true
-        problem(found, "FRAMING_LOST", fmt("%s stream could not be framed: header size %d is %s; relayed raw "
-          .. "from here on", DIR_WORD[d], size, size < 16 and "below 16" or "beyond what can be framed"))
+      parts[#parts + 1] = fmt("[%q] = %s(s, b + %d)", fd.name, readers[fd.size], 17 + fd.offset)
+      local v = fmt("f[%q]", fd.name)
+      if key == "device_feature" and fd.name == "flags" then
+        info[#info + 1] = fmt('"feature=" .. (FEATURES[band(%s, FEATURE_MASK)] or fmt("%%d", band(%s, FEATURE_MASK)))',
+          v, v)
+        v = fmt("band(%s, bnot(FEATURE_MASK))", v)
       end
-      if mtype == 0 then  -- a server may still answer it (libvfio-user: EINVAL), but none is expected
-        track_request(c, ev, msg_id, cmd, flags, {}, found, true)
-      end
-      record_findings(ev.frame, found)
-      return
+      local shown
+      if fd.size == 8 then shown = fd.hex and fmt("hex(%s)", v) or fmt("dec(%s)", v)
+      elseif fd.bits then shown = fmt("bits_text(%s, E[%q])", v, fd.bits)
+      elseif fd.values then shown = fmt('(E[%q][%s] or %s)', fd.values, v, fd.hex and fmt('fmt("0x%%x", %s)', v)
+        or fmt('fmt("%%d", %s)', v))
+      elseif fd.hex then shown = fmt('fmt("0x%%x", %s)', v)
+      else shown = fmt('fmt("%%d", %s)', v) end
+      if fd.name ~= "argsz" then info[#info + 1] = fmt("%q .. %s", fd.name .. "=", shown) end
     end
-    if band(vflags, C.VF_FDS_CTRUNC) ~= 0 then
-      problem(found, "FDS_TRUNCATED", "the kernel truncated the passed fds (MSG_CTRUNC)")
-    end
-    if band(vflags, C.VF_FDS_NOT_AT_MSG_START) ~= 0 then
-      problem(found, "FDS_NOT_AT_MSG_START", "fds arrived after the first byte of the message")
-    end
-    if band(vflags, C.VF_TRUNCATED) ~= 0 then
-      problem(found, "CAPTURE_TRUNCATED", fmt("payload truncated to %d of %d bytes by the recorder", n, wire))
-    end
-  end
-  local info = COMMANDS[cmd]
-  if info == nil then
-    problem(found, "UNKNOWN_COMMAND", fmt("command %d is not defined by the spec", cmd))
-  elseif cmd == 14 then
-    problem(found, "REMOVED_COMMAND", "DIRTY_PAGES (14) was removed from the spec in 2023")
-  end
-  local plen = wire - 16
-  local f, decoded = {}, false
-  if info ~= nil and not (is_reply and band(flags, C.FLAG_ERROR) ~= 0) then
-    local key
-    if is_reply then key = info.reply_layout else key = info.request_layout end
-    if key ~= nil then
-      local got = decode_fields(key, s, n)
-      if got ~= nil then
-        f, decoded = got, true
-      end
-    end
-  end
-  if c.version_state ~= "negotiated" and c.twin_of == nil then
-    version_order(c, d, cmd, is_reply, found)
-  end
-  -- twin socket channels (7.9 T1)
-  if c.twin_negotiated and mtype == 0 and d == S2C then
-    problem(found, "WRONG_CHANNEL", fmt("server %s on the main socket: with a twin socket negotiated, server "
-      .. "commands go on the twin socket", info and info.name or fmt("command %d", cmd)))
-  elseif c.twin_of ~= nil and ((mtype == 0 and d == C2S) or (is_reply and d == S2C)) then
-    local what = mtype == 0 and fmt("client %s command", info and info.name or fmt("command %d", cmd))
-      or "server reply"
-    problem(found, "WRONG_CHANNEL", what .. " on the twin socket, which carries server commands and their "
-      .. "replies only")
-  end
-  if mtype == 0 then
-    if band(flags, C.FLAG_ERROR) ~= 0 then problem(found, "MISPLACED_FLAG", "Error flag set on a command") end
-    if err ~= 0 then
-      problem(found, "ERROR_IN_COMMAND", fmt("error field %d in a command (reserved, should be 0)", err))
-    end
-    if info ~= nil then
-      if info.requester ~= d then
-        problem(found, "WRONG_DIRECTION", fmt("%s is sent by the %s, not the %s", info.name,
-          info.requester == C2S and "client" or "server", d == C2S and "client" or "server"))
-      end
-      if plen < info.request_min then
-        problem(found, "PAYLOAD_TOO_SHORT", fmt("%s request payload is %d bytes, needs at least %d", info.name, plen,
-          info.request_min))
-      elseif cmd ~= 13 and plen == 0 then
-        problem(found, "PAYLOAD_TOO_SHORT", fmt("%s request has no payload", info.name))
-      end
-      check_request(c, ev, cmd, f, decoded, plen, nfds, found)
-    elseif nfds ~= 0 then
-      problem(found, "FDS_UNEXPECTED", fmt("%d fds on an unknown command", nfds))
-    end
-    track_request(c, ev, msg_id, cmd, flags, f, found)
-  elseif is_reply then
-    if band(flags, C.FLAG_NO_REPLY) ~= 0 then problem(found, "MISPLACED_FLAG", "No_reply flag set on a reply") end
-    local req = match_reply(c, ev, msg_id, cmd, found)
-    if req ~= nil then
-      local rec = fs_put(S.fs, ev.frame)
-      rec.req, rec.rtt = req.frame, ev.rel - req.rel
-      local old = fs_get(S.fs, req.frame)
-      if old == nil or old.resp == nil then fs_put(S.fs, req.frame).resp = ev.frame end
-    end
-    if band(flags, C.FLAG_ERROR) ~= 0 then
-      check_error_reply(c, cmd, err, plen, req, found)
-    elseif info ~= nil and req ~= nil and req.command == cmd then
-      check_reply(c, ev, cmd, f, decoded, plen, nfds, req, found)
-    elseif info ~= nil and plen < info.reply_min then
-      problem(found, "PAYLOAD_TOO_SHORT", fmt("%s reply payload is %d bytes, needs at least %d", info.name, plen,
-        info.reply_min))
-    end
-  end
-  if band(vflags, C.VF_CONTEXT) == 0 then  -- a CONTEXT copy was judged in the file where it was traffic
-    record_findings(ev.frame, found)
+    DECODE[key] = assert(load("local s, b = ...\nreturn {" .. concat(parts, ", ") .. "}", "=decode_" .. key, "t",
+      env))
+    KEYS[key] = assert(load("local f = ...\nreturn " .. (#info > 0 and concat(info, ' .. " " .. ') or '""'),
+      "=keys_" .. key, "t", env))
   end
 end
 
-local function analyze_open(frame, conn, twin_of)
-  local c = get_conn(conn)
-  c.twin_of = twin_of
-  if twin_of ~= nil then
-    local main = get_conn(twin_of)
-    main.twin_conn = conn
-    c.client_max_xfer, c.server_max_xfer = main.client_max_xfer, main.server_max_xfer
-    c.maps_starts, c.maps = main.maps_starts, main.maps
-    c.version_state = "negotiated"
-  end
-end
-
-local function analyze_close(frame, ts, conn, d)
-  local c = get_conn(conn)
-  if d == nil then
-    c.closed_dirs[C2S], c.closed_dirs[S2C] = true, true
-  else
-    c.closed_dirs[d] = true
-  end
-  if c.closed_dirs[C2S] and c.closed_dirs[S2C] then
-    for _, dd in ipairs({C2S, S2C}) do
-      for _, p in ipairs(out_list(c.out[dd])) do
-        if not p.no_reply and not p.timed_out then
-          add_late(p.frame, "NO_REPLY", fmt("%s id=%d got no reply before the connection closed", cmd_name(p.command),
-            p.msg_id))
-        end
-        p.answered = true
-        unpend(c, p)
-      end
-    end
-  end
-end
-
-local function analyze_raw(frame, conn, d, note)
-  local c = get_conn(conn)
-  if not c.raw_dirs[d] then
-    c.raw_dirs[d] = true
-    local why = note ~= "" and (": " .. note) or ""
-    record_findings(frame, {"FRAMING_LOST", fmt("%s stream could not be framed%s; relayed raw from here on",
-      DIR_WORD[d], why)})
-  end
-end
-
-local function analyze_note(frame, text)
-  if sub(text, 1, #C.NOTE_CONTINUED_PREFIX) == C.NOTE_CONTINUED_PREFIX then S.continued = true end
-  if sub(text, 1, #CORRUPT_PREFIX) == CORRUPT_PREFIX then
-    record_findings(frame, {"CAPTURE_CORRUPT", text})
-  end
-end
-
--- ======================================================================
--- Display: the vfio_user tree, the Info column
--- ======================================================================
 local function human_size(n)
   local units = {"B", "KiB", "MiB", "GiB", "TiB"}
   for i, unit in ipairs(units) do
@@ -3552,141 +2517,100 @@ local function human_size(n)
     end
     n = n / 1024
   end
-  return fmt("%d", n)
 end
 
-local function format_value(fd, v)
-  if type(v) ~= "number" then return hex(v) end
-  if fd.bits then return bits_text(v, E[fd.bits]) end
-  if fd.values and E[fd.values][v] then return E[fd.values][v] end
-  if fd.hex then return fmt("0x%x", v) end
-  return fmt("%d", v)
-end
-
-local function key_fields(cmd, key, f, caps, vdata)
-  local lay = LAYOUTS[key]
-  local parts = {}
-  if cmd == 16 and f.flags ~= nil then
-    local idx = band(f.flags, C.FEATURE_MASK)
-    parts[#parts + 1] = "feature=" .. (E.FEATURES[idx] or fmt("%d", idx))
-  end
-  for _, fd in ipairs(lay.fields) do
-    local v = f[fd.name]
-    if v ~= nil and fd.name ~= "argsz" then
-      if cmd == 16 and fd.name == "flags" then v = band(v, bnot(C.FEATURE_MASK)) end
-      parts[#parts + 1] = fd.name .. "=" .. format_value(fd, v)
-    end
-  end
-  if caps then parts[#parts + 1] = "caps=" .. safe(json_text(caps, 200)) end
-  if vdata then parts[#parts + 1] = "version_data=" .. safe(fmt("%q", sub(vdata, 1, 40))) end
-  return concat(parts, " ")
-end
-
-local function add_findings(tree, list)
-  if list == nil then return end
-  for k = 1, #list, 2 do
-    local code, text = list[k], list[k + 1]
-    text = safe(text)
-    local it = tree:add(VF.finding, code)
-    it:set_text(code .. ": " .. text)
-    it:set_generated()
-    it:add_proto_expert_info(EXPERT[code], text)
-  end
-end
-
-local function add_struct(tree, key, tvb, base, off, s)
+-- ======================================================================
+-- Display: the vfio_user tree and the Info text of one message
+-- ======================================================================
+local function add_struct(tree, key, s, base, off)
   local st = SPEC.structs[key]
-  local sub_tree = tree:add(STRUCT_T[key], tvb(base + off, st.size))
+  local sub_tree = put(tree, STRUCT_T[key], base + off, st.size) or tree
   local vals = {}
   for _, e in ipairs(STRUCT_F[key]) do
     local fd = e.spec
     local at = off + fd.offset
-    sub_tree:add_le(e.pf, tvb(base + at, fd.size))
+    put(sub_tree, e.pf, base + at, fd.size)
     if not fd.bytes then
-      if fd.size == 2 then vals[fd.name] = rd16(s, at + 1)
-      elseif fd.size == 4 then vals[fd.name] = rd32(s, at + 1)
-      else vals[fd.name] = rd64(s, at + 1) end
+      if fd.size == 2 then vals[fd.name] = rd16(s, base + at + 1)
+      elseif fd.size == 4 then vals[fd.name] = rd32(s, base + at + 1)
+      else vals[fd.name] = rd64(s, base + at + 1) end
     end
   end
-  return sub_tree, vals
+  return sub_tree, vals, sub_tree ~= tree
 end
 
-local function add_data(tree, tvb, base, off, len, field)
-  if len > 0 and vfu.prefs.show_payload then tree:add(field or VF.data, tvb(base + off, len)) end
+local function label(item, own, text)
+  if own then item:set_text(text) end
 end
 
--- VERSION data: the JSON text and the capabilities as a tree of keys and values
-local function add_json_member(tree, tvb, base, path, v, key_pos)
-  local p0 = key_pos or v.p
-  local range = tvb(base + p0 - 1, v.e - p0 + 1)
+local function add_data(tree, base, off, len, pf)
+  if len > 0 and vfu.prefs.show_payload then put(tree, pf or VF.data, base + off, len) end
+end
+
+-- VERSION data: the JSON text and the capabilities as a tree of keys and values (typed by the schema)
+local function add_json_member(tree, base, path, v)
+  local p0 = v.kp or v.p
   local schema = CAPS[path]
-  local pf = CAP_F[path]
   local item
-  if schema ~= nil and check_cap_value(schema, v) == nil and (schema.kind ~= "int" or math.abs(v.v) < TWO53) then
-    if schema.kind == "int" then
-      item = tree:add(pf, range, Int64.new(v.v))
-    elseif schema.kind == "bool" then
-      item = tree:add(pf, range, v.v)
-    else
-      item = tree:add(pf, range)
-    end
+  local typed = schema ~= nil and ((schema.kind == "int" and v.t == "int" and math.abs(v.v) < TWO53)
+    or (schema.kind == "bool" and v.t == "bool") or (schema.kind == "object" and v.t == "obj"))
+  if typed then
+    local value
+    if schema.kind == "int" then value = Int64.new(v.v) elseif schema.kind == "bool" then value = v.v end
+    item = put(tree, CAP_F[path], base + p0 - 1, v.e - p0 + 1, value)
   else
-    item = tree:add(VF.caps_member, range, safe(path))
-    if v.t == "obj" then item:set_text(safe(path)) else item:set_text(safe(path .. ": " .. json_text(v, 80))) end
+    item = put(tree, VF.caps_member, base + p0 - 1, v.e - p0 + 1, safe(path))
+    if item then item:set_text(v.t == "obj" and safe(path) or safe(path .. ": " .. json_text(v, 80))) end
   end
   if v.t == "obj" then
-    for _, k in ipairs(v.keys) do
-      local child = v.map[k]
-      add_json_member(item, tvb, base, path .. "." .. k, child, child.kp)
-    end
+    for _, k in ipairs(v.keys) do add_json_member(item or tree, base, path .. "." .. k, v.map[k]) end
   end
 end
 
-local function add_version_tail(tree, tvb, base, s, n)
+local function add_version_tail(tree, base, s, n)
   if n <= 20 then return nil end
-  local raw = sub(s, 21)
-  local caps, _, doc, body = parse_version_data(raw)
-  if tree ~= nil then tree:add(VF.version_data, tvb(base + 20, n - 20)) end
+  local doc, body = version_doc(sub(s, base + 21, base + n))
+  if tree ~= nil then put(tree, VF.version_data, base + 20, n - 20, safe(body)) end
   if tree ~= nil and doc ~= nil and doc.t == "obj" then
-    local ct = tree:add(VF.caps, tvb(base + 20 + doc.p - 1, doc.e - doc.p + 1))
-    ct:set_text("Version data")
+    local at = base + 20
+    local ct = put(tree, VF.caps, at + doc.p - 1, doc.e - doc.p + 1)
+    if ct then ct:set_text("Version data") end
     for _, k in ipairs(doc.keys) do
       local v = doc.map[k]
       if k == "capabilities" and v.t == "obj" then
-        local capt = ct:add(VF.caps, tvb(base + 20 + v.kp - 1, v.e - v.kp + 1))
-        capt:set_text("Capabilities")
-        for _, ck in ipairs(v.keys) do
-          local cv = v.map[ck]
-          add_json_member(capt, tvb, base + 20, ck, cv, cv.kp)
-        end
+        local capt = put(ct or tree, VF.caps, at + v.kp - 1, v.e - v.kp + 1)
+        if capt then capt:set_text("Capabilities") end
+        for _, ck in ipairs(v.keys) do add_json_member(capt or ct or tree, at, ck, v.map[ck]) end
       else
-        local it = ct:add(VF.caps_member, tvb(base + 20 + v.kp - 1, v.e - v.kp + 1), safe(k))
-        it:set_text(safe(k .. ": " .. json_text(v, 80)))
+        local it = put(ct or tree, VF.caps_member, at + v.kp - 1, v.e - v.kp + 1, safe(k))
+        if it then it:set_text(safe(k .. ": " .. json_text(v, 80))) end
       end
     end
   end
-  if doc == nil and body ~= nil and body ~= "" then return nil, body end
+  local caps = doc ~= nil and doc.t == "obj" and doc.map.capabilities or nil
+  if caps ~= nil and caps.t ~= "obj" then caps = nil end
+  if doc == nil and body ~= "" then return nil, body end
   return caps
 end
 
-local function add_caps_chain(tree, tvb, base, s, n, first)
+local function add_caps_chain(tree, base, s, n, first)
   local off, prev, seen = first, 0, 0
   while off ~= 0 and off > prev and seen < 64 do
     local at = 16 + off
     if at + 8 > n then break end
     seen = seen + 1
-    local ct, hdr = add_struct(tree, "region_cap", tvb, base, at, s)
-    ct:set_text(fmt("Capability %s at %d", E.REGION_CAP_IDS[hdr.id] or fmt("%d", hdr.id), off))
+    local ct, hdr, own = add_struct(tree, "region_cap", s, base, at)
+    label(ct, own, fmt("Capability %s at %d", E.REGION_CAP_IDS[hdr.id] or fmt("%d", hdr.id), off))
     if hdr.id == C.REGION_CAP_SPARSE_MMAP and at + 16 <= n then
-      local _, head = add_struct(ct, "sparse_mmap", tvb, base, at + 8, s)
+      local _, head = add_struct(ct, "sparse_mmap", s, base, at + 8)
       for i = 0, math.min(head.nr_areas, 4096) - 1 do
         local p = at + 16 + 16 * i
         if p + 16 > n then break end
-        local area = add_struct(ct, "sparse_area", tvb, base, p, s)
-        area:set_text(fmt("Area %d", i))
+        local area, _, own_a = add_struct(ct, "sparse_area", s, base, p)
+        label(area, own_a, fmt("Area %d", i))
       end
     elseif hdr.id == C.REGION_CAP_TYPE and at + 16 <= n then
-      add_struct(ct, "region_type", tvb, base, at + 8, s)
+      add_struct(ct, "region_type", s, base, at + 8)
     end
     prev = off
     off = hdr.next
@@ -3696,18 +2620,18 @@ end
 -- payload tails that are a bitmap behind a header struct: tail -> {struct, request flag that brings it}
 local BITMAP_TAILS = {bitmap = {"unmap_bitmap", 1}, dirty = {"dirty_bitmap", 4}}
 
-local function add_tail(tree, tvb, base, s, n, cmd, is_reply, lay, f)
+local function add_tail(tree, base, s, n, lay, f)
   local off = 16 + lay.size
   local rest = n - off
   if rest <= 0 then return end
   local tail = lay.tail
   if tail == "data" then
-    add_data(tree, tvb, base, off, rest)
+    add_data(tree, base, off, rest)
   elseif tail == "caps" then
     if band(f.flags, C.REGION_FLAG_CAPS) ~= 0 and f.cap_offset >= 32 then
-      add_caps_chain(tree, tvb, base, s, n, f.cap_offset)
+      add_caps_chain(tree, base, s, n, f.cap_offset)
     else
-      add_data(tree, tvb, base, off, rest)
+      add_data(tree, base, off, rest)
     end
   elseif tail == "io_fds" then
     local count = f.count
@@ -3717,84 +2641,107 @@ local function add_tail(tree, tvb, base, s, n, cmd, is_reply, lay, f)
     if key == nil and count > 0 and rest >= count * SPEC.structs.io_fd_lvu.size then key = "io_fd_lvu" end
     if key == nil and count > 0 then key = "io_fd" end
     if key == nil then
-      add_data(tree, tvb, base, off, rest)
+      add_data(tree, base, off, rest)
       return
     end
     local size = SPEC.structs[key].size
     for i = 0, math.min(count, 1024) - 1 do
       local p = off + i * size
       if p + size > n then break end
-      local e = add_struct(tree, key, tvb, base, p, s)
-      e:set_text(fmt("I/O fd entry %d", i))
+      local e, _, own = add_struct(tree, key, s, base, p)
+      label(e, own, fmt("I/O fd entry %d", i))
     end
   elseif tail == "irq_data" then
-    add_data(tree, tvb, base, off, rest, VF.irq_bools)
+    add_data(tree, base, off, rest, VF.irq_bools)
   elseif tail == "multi" then
     local size = SPEC.structs.write_multi_entry.size
     local cnt = type(f.wr_cnt) == "number" and f.wr_cnt or 0
     for i = 0, math.min(cnt, 4096) - 1 do
       local p = off + i * size
       if p + size > n then break end
-      local e, v = add_struct(tree, "write_multi_entry", tvb, base, p, s)
-      e:set_text(fmt("Write %d: %s offset %s count %d", i, region_name(v.region), hex(v.offset), v.count))
+      local e, v, own = add_struct(tree, "write_multi_entry", s, base, p)
+      label(e, own, fmt("Write %d: %s offset %s count %d", i, E.PCI_REGIONS[v.region] or fmt("%d", v.region),
+        hex(v.offset), v.count))
     end
   elseif tail == "feature_data" then
     local feature = band(f.flags, C.FEATURE_MASK)
     if feature == C.FEATURE_MIGRATION and rest >= 8 then
-      local it = tree:add_le(VF.migration_flags, tvb(base + off, 8))
-      for _, b in ipairs(VF_MIGFLAG_BITS) do it:add_le(b, tvb(base + off, 8)) end
+      put_bits(tree, VF.migration_flags, VF_MIGFLAG_BITS, base + off, 8)
     elseif feature == C.FEATURE_MIG_DEVICE_STATE and rest >= SPEC.structs.mig_state.size then
-      add_struct(tree, "mig_state", tvb, base, off, s)
+      add_struct(tree, "mig_state", s, base, off)
     elseif (feature == C.FEATURE_DMA_LOGGING_START or feature == C.FEATURE_DMA_LOGGING_STOP)
         and rest >= SPEC.structs.dma_logging.size then
-      local _, head = add_struct(tree, "dma_logging", tvb, base, off, s)
+      local _, head = add_struct(tree, "dma_logging", s, base, off)
       local size = SPEC.structs.dma_logging_range.size
       for i = 0, math.min(head.num_ranges, 4096) - 1 do
         local p = off + SPEC.structs.dma_logging.size + i * size
         if p + size > n then break end
-        local e = add_struct(tree, "dma_logging_range", tvb, base, p, s)
-        e:set_text(fmt("Range %d", i))
+        local e, _, own = add_struct(tree, "dma_logging_range", s, base, p)
+        label(e, own, fmt("Range %d", i))
       end
     elseif feature == C.FEATURE_DMA_LOGGING_REPORT and rest >= SPEC.structs.dma_logging_report.size then
-      add_struct(tree, "dma_logging_report", tvb, base, off, s)
+      add_struct(tree, "dma_logging_report", s, base, off)
       local boff = off + SPEC.structs.dma_logging_report.size
-      if n > boff then add_data(tree, tvb, base, boff, n - boff, VF.bitmap) end
+      if n > boff then add_data(tree, base, boff, n - boff, VF.bitmap) end
     else
-      add_data(tree, tvb, base, off, rest)
+      add_data(tree, base, off, rest)
     end
   elseif BITMAP_TAILS[tail] ~= nil then  -- a bitmap header struct when the flag says so, then the bitmap
     local struct, flag = BITMAP_TAILS[tail][1], BITMAP_TAILS[tail][2]
     if band(f.flags, flag) ~= 0 and rest >= SPEC.structs[struct].size then
-      add_struct(tree, struct, tvb, base, off, s)
+      add_struct(tree, struct, s, base, off)
       local boff = off + SPEC.structs[struct].size
-      if n > boff then add_data(tree, tvb, base, boff, n - boff, VF.bitmap) end
+      if n > boff then add_data(tree, base, boff, n - boff, VF.bitmap) end
     else
-      add_data(tree, tvb, base, off, rest)
+      add_data(tree, base, off, rest)
     end
   elseif tail ~= "json" then
-    add_data(tree, tvb, base, off, rest)
+    add_data(tree, base, off, rest)
   end
 end
 
--- The message's bytes are s, at offset base of tvb.  ctx: frame, conn, dir, fds ({kind, size} list), vflags;
--- frame = nil for decode-only use.  want_tree: the tree is not NULL; want_info: columns are being filled.
-local function display_message(tvb, base, s, pinfo, tree, ctx, want_tree, want_info)
-  local n = #s
-  local frame = ctx.frame
+local function rtt_text(rtt)
+  if rtt < 1e-3 then return fmt("%.0fµs", rtt * 1e6) end
+  if rtt < 1 then return fmt("%.2fms", rtt * 1e3) end
+  return fmt("%.3fs", rtt)
+end
+
+local function nstime(rtt)
+  local secs = floor(rtt)
+  local nsecs = floor((rtt - secs) * 1e9 + 0.5)
+  if nsecs >= 1000000000 then secs, nsecs = secs + 1, nsecs - 1000000000 end
+  return NSTime.new(secs, nsecs)
+end
+
+-- One message: its bytes are s[base + 1 .. base + n], at offset base of TVB too; frame nil: decode only; fds
+-- {kind, size} list; vflags the record's flags.  tree: nil for none.  Returns the message's item (or nil) and,
+-- with cols, its Info text.
+local function display_message(s, base, n, tree, frame, fds, vflags, visited, cols)
   local root
-  if want_tree then root = tree:add(vfu, tvb(base, n)) end
-  local info_text
+  if tree ~= nil then
+    root = tree
+    if ALL then root = tree:add(vfu, TVB(base, n)) end
+  end
   if n < 16 then
-    if want_tree then root:append_text(fmt(", %d bytes: shorter than the header", n)) end
-    info_text = fmt("[%d bytes, shorter than the 16-byte header]", n)
-  else
-    local msg_id, cmd, size, flags, err = rd16(s, 1), rd16(s, 3), rd32(s, 5), rd32(s, 9), rd32(s, 13)
-    local mtype = band(flags, C.FLAG_TYPE_MASK)
-    local is_reply = mtype == 1
-    local is_error = is_reply and band(flags, C.FLAG_ERROR) ~= 0
-    local info = COMMANDS[cmd]
-    local name = cmd_name(cmd)
-    local kind
+    if root and ALL then root:append_text(fmt(", %d bytes: shorter than the header", n)) end
+    return root, cols and fmt("[%d bytes, shorter than the 16-byte header]", n)
+  end
+  local h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, h11, h12, h13, h14, h15, h16 = byte(s, base + 1, base + 16)
+  local msg_id, cmd = h1 + h2 * 256, h3 + h4 * 256
+  local size, flags = h5 + h6 * 256 + h7 * 65536 + h8 * 16777216, h9 + h10 * 256 + h11 * 65536 + h12 * 16777216
+  local err = h13 + h14 * 256 + h15 * 65536 + h16 * 16777216
+  local mtype = band(flags, C.FLAG_TYPE_MASK)
+  local is_reply = mtype == 1
+  local is_error = is_reply and band(flags, C.FLAG_ERROR) ~= 0
+  local info = COMMANDS[cmd]
+  local key
+  if info ~= nil and not is_error then
+    if is_reply then key = info.reply_layout else key = info.request_layout end
+  end
+  local lay = key and LAYOUTS[key]
+  local kind, name
+  if root and ALL or cols then
+    name = info and info.name or fmt("CMD_%d", cmd)
     if mtype == 0 then
       kind = band(flags, C.FLAG_NO_REPLY) ~= 0 and "command (no_reply)" or "command"
     elseif is_reply then
@@ -3802,132 +2749,158 @@ local function display_message(tvb, base, s, pinfo, tree, ctx, want_tree, want_i
     else
       kind = fmt("type%d", mtype)
     end
-    if want_tree then
-      root:append_text(fmt(", %s %s id=%d", name, kind, msg_id))
-      root:add_le(VF.msg_id, tvb(base, 2))
-      root:add_le(VF.command, tvb(base + 2, 2))
-      root:add_le(VF.size, tvb(base + 4, 4))
-      local fr = tvb(base + 8, 4)
-      local ft = root:add_le(VF.flags, fr)
-      ft:add_le(VF.flags_type, fr)
-      ft:add_le(VF.flags_no_reply, fr)
-      ft:add_le(VF.flags_error, fr)
-      if band(flags, C.FLAG_RESERVED_MASK) ~= 0 then ft:add_le(VF.flags_reserved, fr) end
-      if err ~= 0 or is_reply then root:add_le(VF.error, tvb(base + 12, 4)) end
+  end
+  if root and ALL then
+    root:append_text(fmt(", %s %s id=%d", name, kind, msg_id))
+    root:add_le(VF.msg_id, TVB(base, 2))
+    root:add_le(VF.command, TVB(base + 2, 2))
+    root:add_le(VF.size, TVB(base + 4, 4))
+    local ft = put_bits(root, VF.flags, MSG_FLAG_BITS, base + 8, 4)
+    if band(flags, C.FLAG_RESERVED_MASK) ~= 0 then ft:add_le(VF.flags_reserved, TVB(base + 8, 4)) end
+    if err ~= 0 or is_reply then root:add_le(VF.error, TVB(base + 12, 4)) end
+  elseif root and G.hdr then
+    for _, h in ipairs(G.hdr_list) do
+      local when = h[4]
+      if when == nil or (when == "error" and (err ~= 0 or is_reply))
+          or (when == "reserved" and band(flags, C.FLAG_RESERVED_MASK) ~= 0) then
+        root:add_le(h[1], TVB(base + h[2], h[3]))
+      end
     end
-    local key
-    if info ~= nil and not is_error then
-      if is_reply then key = info.reply_layout else key = info.request_layout end
-    end
-    local lay = key and LAYOUTS[key]
-    local f, caps, vdata
-    if n > 16 then
-      if lay ~= nil and n - 16 >= lay.size then
-        local pt
-        if want_tree then pt = root:add(LAYOUT_T[key], tvb(base + 16, n - 16)) end
-        f = DECODE[key](s)
-        if want_tree then
+  end
+  local f, caps, vdata
+  if n > 16 and (cols or root and (G.tail or G.lay[key])) then
+    if lay ~= nil and n - 16 >= lay.size then
+      f = DECODE[key](s, base)
+      local pt
+      if root then
+        pt = put(root, LAYOUT_T[key], base + 16, n - 16) or root
+        if G.lay[key] then
           for _, e in ipairs(LAYOUT_F[key]) do
-            local fd = e.spec
-            local r = tvb(base + 16 + fd.offset, fd.size)
-            local it = pt:add_le(e.pf, r)
-            if e.bits then for _, b in ipairs(e.bits) do it:add_le(b, r) end end
-            if cmd == 16 and fd.name == "flags" then pt:add_le(VF.feature, r) end
+            local at = base + e.at
+            if e.bits then put_bits(pt, e.pf, e.bits, at, e.spec.size) else put(pt, e.pf, at, e.spec.size) end
+            if cmd == 16 and e.spec.name == "flags" then put(pt, VF.feature, at, 4) end
           end
         end
-        if lay.tail == "json" then
-          caps, vdata = add_version_tail(want_tree and pt or nil, tvb, base, s, n)
-        elseif want_tree then
-          add_tail(pt, tvb, base, s, n, cmd, is_reply, lay, f)
-        end
-      elseif want_tree then
-        local pt = root:add(VF.payload, tvb(base + 16, n - 16))
-        if lay ~= nil then pt:append_text(fmt(" (%d bytes, %s needs %d)", n - 16, lay.title, lay.size)) end
       end
-    end
-    local rec = frame and fs_get(S.fs, frame)
-    local rq, rs = rec and rec.req, rec and rec.resp
-    if rs ~= nil and not pinfo.visited then rs = nil end
-    local rtt = rq and rec.rtt
-    if want_tree then
-      if rq ~= nil then
-        root:add(VF.request_in, rq):set_generated()
-        local secs = floor(rtt)
-        local nsecs = floor((rtt - secs) * 1e9 + 0.5)
-        if nsecs >= 1000000000 then
-          secs, nsecs = secs + 1, nsecs - 1000000000
-        end
-        root:add(VF.time, NSTime.new(secs, nsecs)):set_generated()
+      if lay.tail == "json" then
+        caps, vdata = add_version_tail(root and G.tail and pt or nil, base, s, n)
+      elseif root and G.tail then
+        add_tail(pt, base, s, n, lay, f)
       end
-      if rs ~= nil then root:add(VF.response_in, rs):set_generated() end
-    end
-    if want_info then
-      local parts = {fmt("%s %s id=%d %dB", name, kind, msg_id, size)}
-      if is_error then parts[#parts + 1] = fmt("%s(%d)", ERRNO[err] or fmt("errno %d", err), err) end
-      if ctx.fds and #ctx.fds > 0 then
-        local fl = {}
-        for i, fd in ipairs(ctx.fds) do
-          fl[i] = (E.FD_KINDS[fd.kind] or "unknown") .. (ueq(fd.size, 0) and "" or
-            (" " .. (type(fd.size) == "number" and human_size(fd.size) or hex(fd.size))))
-        end
-        parts[#parts + 1] = "fds=[" .. concat(fl, ", ") .. "]"
-      end
-      if f ~= nil then
-        local kf = key_fields(cmd, key, f, caps, vdata)
-        if kf ~= "" then parts[#parts + 1] = kf end
-      end
-      if ctx.vflags and band(ctx.vflags, C.VF_TRUNCATED) ~= 0 then parts[#parts + 1] = "[truncated]" end
-      if ctx.vflags and band(ctx.vflags, C.VF_CONTEXT) ~= 0 then parts[#parts + 1] = "[context]" end
-      if rq ~= nil then
-        local tt
-        if rtt < 1e-3 then tt = fmt("%.0fµs", rtt * 1e6)
-        elseif rtt < 1 then tt = fmt("%.2fms", rtt * 1e3)
-        else tt = fmt("%.3fs", rtt) end
-        parts[#parts + 1] = fmt("← %d (%s)", rq, tt)
-      end
-      if rs ~= nil then parts[#parts + 1] = fmt("→ %d", rs) end
-      info_text = concat(parts, " ")
+    elseif root and G.tail then
+      local pt = put(root, VF.payload, base + 16, n - 16)
+      if pt and lay ~= nil then pt:append_text(fmt(" (%d bytes, %s needs %d)", n - 16, lay.title, lay.size)) end
     end
   end
-  if frame ~= nil and want_tree then
-    add_findings(root, fnd_of(frame))
-    if pinfo.visited then
-      add_findings(root, S.late[frame])
-      add_findings(root, S.endf[frame])
+  local rq, rs, rtt
+  if frame ~= nil then
+    local peer, _, t = links_get(S.links, frame)
+    if peer ~= nil then
+      if is_reply then
+        rq, rtt = peer, t
+      elseif visited then
+        rs = peer
+      end
     end
   end
-  return info_text
+  if root and G.links then
+    if rq ~= nil then
+      put_generated(root, VF.request_in, rq)
+      put_generated(root, VF.time, nstime(rtt))
+    end
+    if rs ~= nil then put_generated(root, VF.response_in, rs) end
+  end
+  if not cols then return root end
+  local text = fmt("%s %s id=%d %dB", name, kind, msg_id, size)
+  if is_error then text = text .. fmt(" %s(%d)", E.ERRNO_NAMES[err] or fmt("errno %d", err), err) end
+  if #fds > 0 then
+    local fl = {}
+    for i, fd in ipairs(fds) do
+      fl[i] = (E.FD_KINDS[fd.kind] or "unknown") .. (fd.size == 0 and "" or
+        (" " .. (type(fd.size) == "number" and human_size(fd.size) or hex(fd.size))))
+    end
+    text = text .. " fds=[" .. concat(fl, ", ") .. "]"
+  end
+  if f ~= nil then
+    local kf = KEYS[key](f)
+    if caps then kf = kf .. (kf ~= "" and " " or "") .. "caps=" .. safe(json_text(caps, 200)) end
+    if vdata then kf = kf .. (kf ~= "" and " " or "") .. "version_data=" .. safe(fmt("%q", sub(vdata, 1, 40))) end
+    if kf ~= "" then text = text .. " " .. kf end
+  end
+  if vflags ~= 0 then
+    if band(vflags, C.VF_TRUNCATED) ~= 0 then text = text .. " [truncated]" end
+    if band(vflags, C.VF_CONTEXT) ~= 0 then text = text .. " [context]" end
+  end
+  if rq ~= nil then text = text .. fmt(" ← %d (%s)", rq, rtt_text(rtt)) end
+  if rs ~= nil then text = text .. fmt(" → %d", rs) end
+  return root, text
 end
 
 -- ======================================================================
--- The capture record (vfucap) and the reader's rules (capture/reader.py)
+-- Findings: the FINDING records' verdicts, and the same expert items on the frames they name
 -- ======================================================================
-local REC_MSG, REC_OPEN, REC_CLOSE, REC_NOTE, REC_RAW = 0, 1, 2, 3, 4
-local VF_MORE = C.VF_MORE_FRAGMENTS
+local function finding_expert(item, fnd)
+  local ex = EXPERT[fnd.code]
+  if ex ~= nil and SEVERITY_OF[fnd.code] == fnd.sev then
+    item:add_proto_expert_info(ex, expert_text(fnd.text))
+  else
+    item:add_proto_expert_info(EX_OTHER[fnd.sev], expert_text(fnd.text))
+  end
+end
 
--- parse the VFUC header as capture/vfuc.py does; r.err says why a record is corrupt
+local function frames_text(frames)
+  if #frames == 0 then return "" end
+  return fmt(" [frame%s %s]", #frames > 1 and "s" or "", concat(frames, ", "))
+end
+
+-- every finding that names this frame (known after the first pass): its code, a link to its record, expert
+local function findings_on(frame, item, want_tree)
+  local list = S.by_frame[frame]
+  if list == nil then return end
+  for _, fnd in ipairs(list) do
+    if want_tree then
+      local it = put_value(item, VF.finding, fnd.code)
+      if it then it:set_text(fnd.code .. ": " .. fnd.text) it:set_generated() end
+      put_generated(it or item, VF.finding_severity, fnd.rank)
+      put_generated(it or item, VF.finding_record, fnd.record)
+    end
+    finding_expert(item, fnd)
+  end
+end
+
+-- ======================================================================
+-- The capture record (vfucap): header and TLVs as capture/vfuc.py decodes them, messages as the reader
+-- yields them (capture/reader.py: its fast path, fragments, corrupt records)
+-- ======================================================================
+local VF_MORE = C.VF_MORE_FRAGMENTS
 local NO_FDS, NO_TLVS = {}, {}
+
+-- the VFUC header; r.err says why a record cannot be decoded.  A whole message behind the writer's direction
+-- prefix (the reader's fast path, nearly every record) fills one table kept for it: nothing is allocated.
+local M1, M2, M3, M4 = byte(C.VFUC_MAGIC, 1, 4)
+local FAST = {fast = true, fds = NO_FDS, tlvs = NO_TLVS, err = false, version = C.VFUC_VERSION, rt = REC.MSG,
+  hdr_len = C.VFUC_FIXED_SIZE, n_fds = 0, frag_off = 0, payload_off = C.VFUC_FIXED_SIZE, magic = C.VFUC_MAGIC}
 
 local function parse_record(s, n, p2p)
   if n < C.VFUC_FIXED_SIZE then
-    return {n = n, err = fmt("record too short for a VFUC header (%d bytes)", n)}
+    return {n = n, err = fmt("record too short for a VFUC header (%d bytes)", n), fds = NO_FDS, tlvs = NO_TLVS,
+      payload_off = 0}
   end
-  -- one byte() call and one constructor: this runs for every record
-  local _, _, _, _, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b20, b21, b22, b23, b24,
+  local b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b20, b21, b22, b23, b24,
     b25, b26, b27, b28, b29, b30, b31, b32 = byte(s, 1, 32)
+  if (p2p == 0 or p2p == 1) and b6 == REC.MSG and b7 + b8 * 256 == C.VFUC_FIXED_SIZE and b15 == 0 and b16 == 0
+      and b21 + b22 + b23 + b24 == 0 and band(b14, VF_MORE) == 0 and b1 == M1 and b2 == M2 and b3 == M3 and b4 == M4 then
+    local r = FAST
+    r.n, r.conn, r.d, r.flags, r.dir = n, b9 + b10 * 256 + b11 * 65536 + b12 * 16777216, b13, b14, p2p
+    r.msg_len, r.msg_seq = b17 + b18 * 256 + b19 * 65536 + b20 * 16777216, b25 + b26 * 256 + b27 * 65536 + b28 * 16777216
+    r.fd_ent_len, r.reserved, r.version = b29 + b30 * 256, b31 + b32 * 256, b5
+    return r
+  end
   local r = {n = n, magic = sub(s, 1, 4), version = b5, rt = b6, hdr_len = b7 + b8 * 256,
     conn = b9 + b10 * 256 + b11 * 65536 + b12 * 16777216, d = b13, flags = b14, n_fds = b15 + b16 * 256,
     msg_len = b17 + b18 * 256 + b19 * 65536 + b20 * 16777216, frag_off = b21 + b22 * 256 + b23 * 65536 + b24 * 16777216,
     msg_seq = b25 + b26 * 256 + b27 * 65536 + b28 * 16777216, fd_ent_len = b29 + b30 * 256, reserved = b31 + b32 * 256,
-    fast = false, dir = false, payload_off = 0, fds = NO_FDS, tlvs = NO_TLVS, err = false, fd_end = 0}
-  -- the reader's fast path: a whole message behind the writer's direction prefix
-  if (p2p == 0 or p2p == 1) and b6 == REC_MSG and r.hdr_len == C.VFUC_FIXED_SIZE and r.n_fds == 0
-      and r.frag_off == 0 and band(b14, VF_MORE) == 0 and r.magic == C.VFUC_MAGIC then
-    r.fast = true
-    r.dir = p2p
-    r.payload_off = C.VFUC_FIXED_SIZE
-    return r
-  end
+    fast = false, dir = false, payload_off = 0, fds = NO_FDS, tlvs = NO_TLVS, err = false}
   if r.magic ~= C.VFUC_MAGIC then
     r.err = fmt("bad VFUC magic %q", r.magic)
   elseif r.version < 1 then
@@ -3940,16 +2913,13 @@ local function parse_record(s, n, p2p)
     r.err = fmt("%d fd entries run past hdr_len", r.n_fds)
   end
   if r.err then return r end
-  local fds = {}
+  local fds, tlvs = {}, {}
   local off = C.VFUC_FIXED_SIZE
   for i = 1, r.n_fds do
     fds[i] = {off = off, kind = byte(s, off + 1), status = rd32(s, off + 5), size = rd64(s, off + 9),
       ino = rd64(s, off + 17)}
     off = off + r.fd_ent_len
   end
-  local tlvs = {}
-  local fd_end = C.VFUC_FIXED_SIZE + r.n_fds * r.fd_ent_len
-  off = fd_end
   while off + 4 <= r.hdr_len do
     local tag, len = rd16(s, off + 1), rd16(s, off + 3)
     if off + 4 + len > r.hdr_len then
@@ -3960,312 +2930,402 @@ local function parse_record(s, n, p2p)
     off = off + 4 + len + (-(4 + len)) % 4
   end
   for _, t in ipairs(tlvs) do
-    if t.tag == 5 and t.len >= 4 then
+    if t.tag == TLV.FD_PATH and t.len >= 4 then
       local idx = rd16(t.value, 1)
       if fds[idx + 1] ~= nil then fds[idx + 1].path = sub(t.value, 5) end
     end
   end
-  r.fds, r.tlvs = fds, tlvs
-  r.fd_end = fd_end
-  r.payload_off = r.hdr_len
+  r.fds, r.tlvs, r.payload_off = fds, tlvs, r.hdr_len
   if r.d == 0 or r.d == 1 then r.dir = r.d end
-  if (r.rt == REC_MSG or r.rt == REC_RAW) and r.dir == false then
+  if (r.rt == REC.MSG or r.rt == REC.RAW) and r.dir == false then
     r.err = "message record without direction"
+  elseif r.rt == REC.FINDING then
+    local code = nil
+    for _, t in ipairs(tlvs) do
+      if t.tag == TLV.FINDING_CODE and code == nil then code = t.value end
+    end
+    if code == nil or code == "" then r.err = "finding record without a code" end
   end
   return r
 end
 
 local function tlv(r, tag)
-  for _, t in ipairs(r.tlvs or {}) do
+  for _, t in ipairs(r.tlvs) do
     if t.tag == tag then return t end
   end
   return nil
 end
 
--- the VFUC header; fields at their usual value (magic, version 1, hdr_len, fd_ent_len, reserved, clear
--- flag bits) only when they say something
-local function display_record(tvb, r, root)
+local function tlv_text(r, tag)
+  local t = tlv(r, tag)
+  return t and t.value or ""
+end
+
+-- the finding a FINDING record carries (as capture/vfuc.py finding_event reads it)
+local function finding_of(r, frame)
+  local sev = tlv(r, TLV.SEVERITY)
+  local rank = sev and sev.len >= 1 and byte(sev.value, 1) or 0
+  if rank >= #SPEC.severities then rank = 0 end
+  local frames = {}
+  local raw = tlv_text(r, TLV.FRAMES)
+  for i = 1, #raw - 3, 4 do frames[#frames + 1] = rd32(raw, i) end
+  local code = string.gsub(tlv(r, TLV.FINDING_CODE).value, "[\128-\255]", REPLACEMENT)  -- ascii, "replace"
+  return {code = safe(code), sev = SPEC.severities[rank + 1], rank = rank, text = safe(tlv_text(r, TLV.NOTE)),
+    frames = frames, conn = r.conn, record = frame}
+end
+
+-- the VFUC header in the tree; fields at their usual value (magic, version 1, hdr_len 32, no flags, no fds,
+-- the message's own length, fd_ent_len, reserved) only when they say something
+local function display_record(r, root)
   local n = r.n
   if n < C.VFUC_FIXED_SIZE then return end
-  root:append_text(fmt(", %s, connection %d", E.REC_TYPE_NAMES[r.rt] or fmt("type %d", r.rt), r.conn))
-  if r.magic ~= C.VFUC_MAGIC then root:add(RF.magic, tvb(0, 4)) end
-  if r.version ~= C.VFUC_VERSION then
-    local vi = root:add(RF.version, tvb(4, 1))
-    if r.version > C.VFUC_VERSION then vi:add_proto_expert_info(EX_VFUC_NEWER) end
+  if r.magic ~= C.VFUC_MAGIC then put(root, RF.magic, 0, 4, safe(r.magic)) end
+  if r.version ~= C.VFUC_VERSION then put(root, RF.version, 4, 1) end
+  put(root, RF.rec_type, 5, 1)
+  if r.hdr_len ~= C.VFUC_FIXED_SIZE then put(root, RF.hdr_len, 6, 2) end
+  put(root, RF.conn, 8, 4)
+  put(root, RF.dir, 12, 1)
+  if r.flags ~= 0 then put_bits(root, RF.flags, RF_FLAG_BITS, 13, 1) end
+  if r.n_fds ~= 0 then put(root, RF.num_fds, 14, 2) end
+  local is_msg = r.rt == REC.MSG or r.rt == REC.RAW
+  if (is_msg and r.msg_len ~= n - r.payload_off) or (not is_msg and r.msg_len ~= 0) then
+    put(root, RF.msg_len, 16, 4)
   end
-  root:add(RF.rec_type, tvb(5, 1))
-  local fixed = C.VFUC_FIXED_SIZE + r.n_fds * C.VFUC_FD_ENTRY_SIZE
-  if r.hdr_len ~= C.VFUC_FIXED_SIZE then root:add_le(RF.hdr_len, tvb(6, 2)) end
-  root:add_le(RF.conn, tvb(8, 4))
-  root:add(RF.dir, tvb(12, 1))
-  local ft = root:add(RF.flags, tvb(13, 1))
-  if r.flags ~= 0 then for _, b in ipairs(RF_FLAG_BITS) do ft:add(b, tvb(13, 1)) end end
-  root:add_le(RF.num_fds, tvb(14, 2))
-  root:add_le(RF.msg_len, tvb(16, 4))
-  if r.frag_off ~= 0 or band(r.flags, VF_MORE) ~= 0 then root:add_le(RF.frag_off, tvb(20, 4)) end
-  root:add_le(RF.msg_seq, tvb(24, 4))
-  if r.n_fds > 0 or r.fd_ent_len ~= C.VFUC_FD_ENTRY_SIZE then root:add_le(RF.fd_ent_len, tvb(28, 2)) end
-  if r.reserved ~= 0 then root:add_le(RF.reserved, tvb(30, 2)) end
-  if fixed < 0 then return end
-  for i, fd in ipairs(r.fds or {}) do
+  if r.frag_off ~= 0 or band(r.flags, VF_MORE) ~= 0 then put(root, RF.frag_off, 20, 4) end
+  if is_msg or r.msg_seq ~= 0 then put(root, RF.msg_seq, 24, 4) end
+  if r.n_fds > 0 or r.fd_ent_len ~= C.VFUC_FD_ENTRY_SIZE then put(root, RF.fd_ent_len, 28, 2) end
+  if r.reserved ~= 0 then put(root, RF.reserved, 30, 2) end
+  for i, fd in ipairs(r.fds) do
     local len = math.min(r.fd_ent_len, n - fd.off)
     if len < C.VFUC_FD_ENTRY_SIZE then break end
-    local t = root:add(RF.fd, tvb(fd.off, len))
-    t:set_text(safe(fmt("fd[%d]: %s, size %s, ino %s%s", i - 1, E.FD_KINDS[fd.kind] or "unknown", dec(fd.size),
-      dec(fd.ino), fd.path and (", " .. fd.path) or "")))
-    t:add(RF.fd_kind, tvb(fd.off, 1))
-    t:add_le(RF.fd_reserved, tvb(fd.off + 1, 3))
-    t:add_le(RF.fd_status_flags, tvb(fd.off + 4, 4))
-    t:add_le(RF.fd_size, tvb(fd.off + 8, 8))
-    t:add_le(RF.fd_ino, tvb(fd.off + 16, 8))
-    if fd.path then t:add(RF.fd_path, safe(fd.path)):set_generated() end
+    local t = put(root, RF.fd, fd.off, len)
+    if t then
+      t:set_text(safe(fmt("fd[%d]: %s, size %s, ino %s%s", i - 1, E.FD_KINDS[fd.kind] or "unknown", dec(fd.size),
+        dec(fd.ino), fd.path and (", " .. fd.path) or "")))
+    end
+    t = t or root
+    put(t, RF.fd_kind, fd.off, 1)
+    put(t, RF.fd_reserved, fd.off + 1, 3)
+    put(t, RF.fd_status_flags, fd.off + 4, 4)
+    put(t, RF.fd_size, fd.off + 8, 8)
+    put(t, RF.fd_ino, fd.off + 16, 8)
+    if fd.path then put_generated(t, RF.fd_path, safe(fd.path)) end
   end
-  for _, t in ipairs(r.tlvs or {}) do
-    local tt = root:add(RF.tlv, tvb(t.off, 4 + t.len))
-    tt:set_text(fmt("TLV %s (%d bytes)", E.TLV_NAMES[t.tag] or fmt("%d", t.tag), t.len))
-    tt:add_le(RF.tlv_type, tvb(t.off, 2))
-    tt:add_le(RF.tlv_len, tvb(t.off + 2, 2))
-    local vr = t.len > 0 and tvb(t.off + 4, t.len) or nil
-    if vr == nil then
+  for _, t in ipairs(r.tlvs) do
+    local tt = put(root, RF.tlv, t.off, 4 + t.len)
+    if tt then tt:set_text(fmt("TLV %s (%d bytes)", E.TLV_NAMES[t.tag] or fmt("%d", t.tag), t.len)) end
+    tt = tt or root
+    put(tt, RF.tlv_type, t.off, 2)
+    put(tt, RF.tlv_len, t.off + 2, 2)
+    local v = t.off + 4
+    if t.len == 0 then
       -- empty value
-    elseif t.tag == 1 then tt:add(RF.socket_path, vr)
-    elseif (t.tag == 2 or t.tag == 3) and t.len >= 12 then
-      local who = t.tag == 2 and "client" or "server"
-      tt:add_le(RF[who .. "_pid"], tvb(t.off + 4, 4))
-      tt:add_le(RF[who .. "_uid"], tvb(t.off + 8, 4))
-      tt:add_le(RF[who .. "_gid"], tvb(t.off + 12, 4))
-    elseif t.tag == 4 then tt:add(RF.note, vr)
-    elseif t.tag == 5 and t.len >= 4 then
-      tt:add_le(RF.fd_index, tvb(t.off + 4, 2))
-      if t.len > 4 then tt:add(RF.fd_path, tvb(t.off + 8, t.len - 4)) end
-    elseif t.tag == 6 and t.len >= 4 then tt:add_le(RF.proxy_errno, tvb(t.off + 4, 4))
-    elseif t.tag == 7 and t.len >= 4 then tt:add_le(RF.twin_of, tvb(t.off + 4, 4))
-    else tt:add(RF.tlv_value, vr) end
+    elseif t.tag == TLV.SOCKET_PATH then put(tt, RF.socket_path, v, t.len, safe(t.value))
+    elseif (t.tag == TLV.CLIENT_CRED or t.tag == TLV.SERVER_CRED) and t.len >= 12 then
+      local who = t.tag == TLV.CLIENT_CRED and "client" or "server"
+      put(tt, RF[who .. "_pid"], v, 4)
+      put(tt, RF[who .. "_uid"], v + 4, 4)
+      put(tt, RF[who .. "_gid"], v + 8, 4)
+    elseif t.tag == TLV.NOTE and r.rt ~= REC.FINDING then put(tt, RF.note, v, t.len, safe(t.value))
+    elseif t.tag == TLV.FD_PATH and t.len >= 4 then
+      put(tt, RF.fd_index, v, 2)
+      if t.len > 4 then put(tt, RF.fd_path, v + 4, t.len - 4, safe(sub(t.value, 5))) end
+    elseif t.tag == TLV.PROXY_ERRNO and t.len >= 4 then put(tt, RF.proxy_errno, v, 4)
+    elseif t.tag == TLV.TWIN_OF and t.len >= 4 then put(tt, RF.twin_of, v, 4)
+    elseif t.tag == TLV.ENGINE then put(tt, RF.engine, v, t.len, safe(t.value))
+    elseif t.tag == TLV.TIMEOUT then put(tt, RF.timeout, v, t.len, safe(t.value))
+    else put(tt, RF.tlv_value, v, t.len) end
   end
 end
 
-local function set_endpoints(pinfo, conn, d)
+-- a FINDING record's own tree: the verdict, the frames it names (links), its expert item
+local function display_finding(fnd, r, tree, root)
+  local ft = tree
+  if tree and ALL then
+    ft = tree:add(vfu, TVB(C.VFUC_FIXED_SIZE, r.hdr_len - C.VFUC_FIXED_SIZE),
+      fmt("vfio-user finding %s (%s)", fnd.code, fnd.sev))
+  end
+  if ft then
+    local code = tlv(r, TLV.FINDING_CODE)
+    local text = tlv(r, TLV.NOTE)
+    put(ft, VF.finding, code.off + 4, code.len, fnd.code)
+    local sev = tlv(r, TLV.SEVERITY)
+    if sev and sev.len >= 1 then put(ft, VF.finding_severity, sev.off + 4, 1, fnd.rank)
+    else put_generated(ft, VF.finding_severity, fnd.rank) end
+    if text then put(ft, VF.finding_text, text.off + 4, text.len, fnd.text)
+    else put_generated(ft, VF.finding_text, "") end
+    local frames = tlv(r, TLV.FRAMES)
+    for i, fr in ipairs(fnd.frames) do put(ft, VF.finding_frame, frames.off + 4 * i, 4, fr) end
+    put(ft, VF.finding_conn, 8, 4)
+  end
+  finding_expert(ft or root, fnd)
+end
+
+-- Source and Destination: client#N / server#N, proxy#N for connection events, vfudissect for its verdicts
+local ENDPOINTS = {}  -- conn -> {"client#N", "server#N", "proxy#N"}
+local function set_endpoints(cols, conn, d, rt)
+  if rt == REC.FINDING or rt == REC.VERDICTS then
+    cols.src, cols.dst = "vfudissect", ""
+    return
+  end
+  local e = ENDPOINTS[conn]
+  if e == nil then
+    e = {fmt("client#%d", conn), fmt("server#%d", conn), fmt("proxy#%d", conn)}
+    ENDPOINTS[conn] = e
+  end
   if d == C2S then
-    pinfo.cols.src = fmt("client#%d", conn)
-    pinfo.cols.dst = fmt("server#%d", conn)
+    cols.src, cols.dst = e[1], e[2]
   elseif d == S2C then
-    pinfo.cols.src = fmt("server#%d", conn)
-    pinfo.cols.dst = fmt("client#%d", conn)
+    cols.src, cols.dst = e[2], e[1]
   else
-    pinfo.cols.src = fmt("proxy#%d", conn)
-    pinfo.cols.dst = ""
+    cols.src, cols.dst = e[3], ""
   end
 end
 
 local function fds_ctx(r)
   local list = {}
-  for i, fd in ipairs(r.fds or {}) do list[i] = {kind = fd.kind, size = fd.size} end
+  for i, fd in ipairs(r.fds) do list[i] = {kind = fd.kind, size = fd.size} end
   return list
 end
 
--- message bytes (whole record at offset base of tvb, or reassembled) -> analysis (first pass), tree, Info
-local function message_event(pinfo, tree, mtvb, base, s, r, frame, first, ts, rel, wire, vflags, fds, want_tree,
-                             want_info)
-  if first then
-    event_time(ts)
-    analyze_message({frame = frame, ts = ts, rel = rel, conn = r.conn, dir = r.dir, s = s, n = #s, wire = wire,
-      nfds = #fds, fds = fds, vflags = vflags})
+-- fragments (first pass): reassembled as the reader does; returns the completed message, or nil
+local function reassemble(r, s, frame, plen)
+  local key = fmt("%d:%d:%d", r.conn, r.dir, r.msg_seq)
+  local p = S.partial[key]
+  local poff = r.payload_off
+  if p == nil then
+    if r.frag_off ~= 0 then
+      S.corrupt[frame] = fmt("fragment at offset %d without its start", r.frag_off)
+    else
+      S.partial[key] = {r = r, parts = {sub(s, poff + 1)}, have = plen, frames = {frame}}
+    end
+    return
   end
-  if want_tree or want_info then
-    local info = display_message(mtvb, base, s, pinfo, tree, {frame = frame, conn = r.conn, dir = r.dir, fds = fds,
-      vflags = vflags}, want_tree, want_info)
-    if want_info then pinfo.cols.info = fmt("#%d %s %s", r.conn, ARROW[r.dir], info) end
+  if r.frag_off ~= p.have then
+    S.partial[key] = nil
+    S.corrupt[frame] = fmt("fragment at offset %d, expected %d", r.frag_off, p.have)
+    return
+  end
+  p.parts[#p.parts + 1] = sub(s, poff + 1)
+  p.have = p.have + plen
+  p.frames[#p.frames + 1] = frame
+  if band(r.flags, VF_MORE) ~= 0 then return end
+  S.partial[key] = nil
+  local fr = p.r
+  local data = concat(p.parts)
+  S.reasm[frame] = {data = ByteArray.new(data, true), len = #data, frames = p.frames,
+    flags = band(bor(fr.flags, r.flags), bnot(VF_MORE)), fds = fds_ctx(fr),
+    msg_len = fr.msg_len ~= 0 and fr.msg_len or #data, note = tlv_text(fr, TLV.NOTE)}
+  for _, f in ipairs(p.frames) do
+    if f ~= frame then S.frag_in[f] = frame end
   end
 end
 
-local function dissect_record(tvb, pinfo, tree)
-  local n = tvb:len()
-  local frame = pinfo.number
-  local first = not pinfo.visited
-  if not first then finish() end
-  local ts, rel = pinfo.abs_ts, pinfo.rel_ts
-  local s = tvb:raw(0, n)
-  local r = parse_record(s, n, pinfo.p2p_dir)
-  local root = tree:add(vfucap, tvb())
-  -- a NULL tree (first pass of tshark -2, summaries) has items of length 0; Info is "(info)" when no
-  -- columns are being filled: then only the analysis runs
-  local want_tree = root.len > 0 or n == 0
-  local want_info = tostring(pinfo.cols.info) ~= "(info)"
-  if want_info then pinfo.cols.protocol = "vfio-user" end
-  if want_tree then display_record(tvb, r, root) end
-  local conn = r.conn or 0
-  if want_info then set_endpoints(pinfo, conn, r.dir) end
-  if r.err then
-    local text = CORRUPT_PREFIX .. r.err
-    if first then
-      event_time(ts)
-      analyze_note(frame, text)
-    end
-    if want_tree then
-      root:add(RF.corrupt, safe(r.err)):set_generated()
-      add_findings(root, fnd_of(frame))
-    end
-    if want_info then pinfo.cols.info = fmt("[%s]", safe(text)) end
-    return
-  end
+-- the Info column of the records that are not messages
+local function record_info(r)
   local rt = r.rt
-  if rt == REC_MSG or rt == REC_RAW then
-    local poff = r.payload_off
-    local plen = n - poff
-    local flags = r.flags
-    if not r.fast and (r.frag_off ~= 0 or band(flags, VF_MORE) ~= 0) then
-      -- a fragment: reassemble (first pass), or read what the first pass decided
-      if want_tree and plen > 0 then root:add(RF.payload, tvb(poff, plen)) end
-      if first then
-        local key = fmt("%d:%d:%d", r.conn, r.dir, r.msg_seq)
-        local p = S.partial[key]
-        local bad
-        if p == nil then
-          if r.frag_off ~= 0 then
-            bad = fmt("fragment at offset %d without its start", r.frag_off)
-          else
-            S.partial[key] = {r = r, parts = {sub(s, poff + 1)}, have = plen, frames = {frame}}
-          end
-        elseif r.frag_off ~= p.have then
-          S.partial[key] = nil
-          bad = fmt("fragment at offset %d, expected %d", r.frag_off, p.have)
-        else
-          p.parts[#p.parts + 1] = sub(s, poff + 1)
-          p.have = p.have + plen
-          p.frames[#p.frames + 1] = frame
-          if band(flags, VF_MORE) == 0 then
-            S.partial[key] = nil
-            local fr = p.r
-            local data = concat(p.parts)
-            S.reasm[frame] = {data = ByteArray.new(data, true), len = #data, frames = p.frames,
-              flags = band(bor(fr.flags, flags), bnot(VF_MORE)), fds = fds_ctx(fr),
-              msg_len = fr.msg_len ~= 0 and fr.msg_len or #data, note = tlv(fr, 4)}
-            for _, f in ipairs(p.frames) do
-              if f ~= frame then S.frag_in[f] = frame end
-            end
-          end
-        end
-        if bad then
-          S.corrupt[frame] = CORRUPT_PREFIX .. bad
-          event_time(ts)
-          analyze_note(frame, S.corrupt[frame])
-        end
-      end
-      local ra = S.reasm[frame]
-      if S.corrupt[frame] then
-        if want_tree then
-          root:add(RF.corrupt, sub(S.corrupt[frame], #CORRUPT_PREFIX + 1)):set_generated()
-          add_findings(root, fnd_of(frame))
-        end
-        if want_info then pinfo.cols.info = fmt("[%s]", S.corrupt[frame]) end
-        return
-      end
-      if ra == nil then
-        local rin = S.frag_in[frame]
-        if want_tree then
-          if rin ~= nil then
-            root:add(RF.reassembled_in, rin):set_generated()
-          elseif pinfo.visited then
-            root:add_proto_expert_info(EX_INCOMPLETE)
-          end
-        end
-        if want_info then
-          pinfo.cols.info = fmt("#%d %s [fragment at offset %d of %d]%s", r.conn, ARROW[r.dir], r.frag_off,
-            r.msg_len, rin and fmt(" reassembled in %d", rin) or "")
-        end
-        return
-      end
-      -- the last fragment: the whole message
-      if want_tree then
-        root:add(RF.reassembled_length, ra.len):set_generated()
-        root:add(RF.fragment_count, #ra.frames):set_generated()
-        for _, f in ipairs(ra.frames) do root:add(RF.fragment, f):set_generated() end
-      end
-      if rt == REC_MSG then
-        local mtvb, mbase = tvb, n  -- an empty message: a zero-length range at the end of this record
-        if want_tree and ra.len > 0 then mtvb, mbase = ra.data:tvb("Reassembled vfio-user message"), 0 end
-        message_event(pinfo, tree, mtvb, mbase, ra.data:raw(), r, frame, first, ts, rel, ra.msg_len, ra.flags,
-          ra.fds, want_tree, want_info)
-      else
-        if first then
-          event_time(ts)
-          analyze_raw(frame, r.conn, r.dir, ra.note and ra.note.value or "")
-        end
-        if want_tree then add_findings(root, fnd_of(frame)) end
-        if want_info then pinfo.cols.info = fmt("#%d %s raw %d bytes", r.conn, ARROW[r.dir], ra.len) end
-      end
-      return
-    end
-    local data = sub(s, poff + 1)
-    local wire = r.msg_len ~= 0 and r.msg_len or #data
-    if rt == REC_MSG then
-      message_event(pinfo, tree, tvb, poff, data, r, frame, first, ts, rel, wire, flags, fds_ctx(r), want_tree,
-        want_info)
-    else
-      if first then
-        event_time(ts)
-        local nt = tlv(r, 4)
-        analyze_raw(frame, r.conn, r.dir, nt and nt.value or "")
-      end
-      if want_tree then
-        if plen > 0 then root:add(RF.payload, tvb(poff, plen)) end
-        add_findings(root, fnd_of(frame))
-      end
-      if want_info then pinfo.cols.info = fmt("#%d %s raw %d bytes", r.conn, ARROW[r.dir], plen) end
-    end
-  elseif rt == REC_OPEN then
-    local tw = tlv(r, 7)
-    local twin = tw and tw.len >= 4 and rd32(tw.value, 1) or nil
-    if first then
-      event_time(ts)
-      analyze_open(frame, r.conn, twin)
-    end
-    if want_info then
-      local sp = tlv(r, 1)
-      local cc = tlv(r, 2)
-      pinfo.cols.info = fmt("#%d conn-open %s%s%s", r.conn, sp and safe(sp.value) or "",
-        cc and cc.len >= 12 and fmt(" (client pid %d)", rd32(cc.value, 1)) or "",
-        twin and fmt(" twin of #%d", twin) or "")
-    end
-  elseif rt == REC_CLOSE then
-    if first then
-      event_time(ts)
-      analyze_close(frame, ts, r.conn, r.dir or nil)
-    end
-    if want_info then pinfo.cols.info = fmt("#%d conn-close%s", r.conn, r.dir and (" " .. DIR_WORD[r.dir]) or "") end
-  elseif rt == REC_NOTE then
-    local nt = tlv(r, 4)
-    local text = nt and nt.value or ""
-    if first then
-      event_time(ts)
-      analyze_note(frame, text)
-    end
-    if want_tree then add_findings(root, fnd_of(frame)) end
-    if want_info then pinfo.cols.info = fmt("#%d note: %s", r.conn, safe(text)) end
-  elseif want_info then
-    pinfo.cols.info = fmt("#%d record type %d (newer writer; skipped)", r.conn, rt)
+  if rt == REC.CONN_OPEN then
+    local sp, cc, tw = tlv(r, TLV.SOCKET_PATH), tlv(r, TLV.CLIENT_CRED), tlv(r, TLV.TWIN_OF)
+    return fmt("#%d conn-open %s%s%s", r.conn, sp and safe(sp.value) or "",
+      cc and cc.len >= 12 and fmt(" (client pid %d)", rd32(cc.value, 1)) or "",
+      tw and tw.len >= 4 and fmt(" twin of #%d", rd32(tw.value, 1)) or "")
+  elseif rt == REC.CONN_CLOSE then
+    return fmt("#%d conn-close%s", r.conn, r.dir and (" " .. DIR_WORD[r.dir]) or "")
+  elseif rt == REC.NOTE then
+    return fmt("#%d note: %s", r.conn, safe(tlv_text(r, TLV.NOTE)))
+  elseif rt == REC.VERDICTS then
+    return "verdicts: " .. safe(tlv_text(r, TLV.NOTE))
   end
+  return fmt("#%d record type %d (newer writer; skipped)", r.conn, rt)
+end
+
+-- a MSG or RAW record: whole, or a fragment (reassembled on the first pass); returns the Info text
+local function message_record(tvb, pinfo, tree, r, s, n, frame, first, root, cols)
+  local poff = r.payload_off
+  local plen = n - poff
+  local want_tree = root ~= nil
+  local conn, d = r.conn, r.dir
+  local data, base, mlen, vflags, fds = s, poff, plen, r.flags, r.fds
+  local ra
+  if not (r.fast or (r.frag_off == 0 and band(r.flags, VF_MORE) == 0)) then
+    if first then reassemble(r, s, frame, plen) end
+    if want_tree and plen > 0 and G.rec then put(root, RF.payload, poff, plen) end
+    local why = S.corrupt[frame]
+    if why then  -- out of order: the record, not a message
+      if want_tree then put_generated(root, RF.corrupt, why) end
+      return cols and fmt("[%s%s]", C.NOTE_CORRUPT_PREFIX, why)
+    end
+    ra = S.reasm[frame]
+    if ra == nil then
+      local rin = S.frag_in[frame]
+      if want_tree and G.rec then
+        if rin ~= nil then put_generated(root, RF.reassembled_in, rin)
+        elseif PASS.visited then put_generated(root, RF.incomplete, "the capture never completes this message") end
+      end
+      return cols and fmt("#%d %s [fragment at offset %d of %d]%s", conn, ARROW[d], r.frag_off, r.msg_len,
+        rin and fmt(" reassembled in %d", rin) or "")
+    end
+    if want_tree and G.rec then
+      put_generated(root, RF.reassembled_length, ra.len)
+      put_generated(root, RF.fragment_count, #ra.frames)
+      for _, f in ipairs(ra.frames) do put_generated(root, RF.fragment, f) end
+    end
+    data, base, mlen, vflags, fds = ra.data:raw(), 0, ra.len, ra.flags, ra.fds
+    if want_tree and ra.len > 0 then TVB = ra.data:tvb("Reassembled vfio-user message") end
+  end
+  if r.rt == REC.RAW then
+    if want_tree and ra == nil and plen > 0 and G.rec then put(root, RF.payload, poff, plen) end
+    return cols and fmt("#%d %s raw %d bytes", conn, ARROW[d], mlen)
+  end
+  if first and LINKS then link(frame, pinfo.rel_ts, conn, d, data, base, mlen, vflags) end
+  local item, text = display_message(data, base, mlen, want_tree and tree or nil, frame, fds, vflags, PASS.visited,
+    cols)
+  return cols and fmt("#%d %s %s", conn, ARROW[d], text), item
+end
+
+-- a FINDING record: its verdict kept for the frames it names (first pass), shown, its expert added
+local function finding_record(r, frame, first, tree, item, cols)
+  local fnd = finding_of(r, frame)
+  if first then
+    S.findings[#S.findings + 1] = fnd
+    local seen = {}
+    for _, fr in ipairs(fnd.frames) do
+      if fr > 0 and not seen[fr] then
+        seen[fr] = true
+        local l = S.by_frame[fr]
+        if l == nil then
+          l = {}
+          S.by_frame[fr] = l
+        end
+        l[#l + 1] = fnd
+      end
+    end
+  end
+  display_finding(fnd, r, tree, item)
+  return cols and fmt("#%d finding %s %s: %s%s", r.conn, fnd.sev, fnd.code, fnd.text, frames_text(fnd.frames))
+end
+
+local function dissect_record(tvb, pinfo, tree)
+  local s = tvb:raw()
+  local n = #s
+  local frame = pinfo.number
+  tree_mode(pinfo, tree, frame)
+  local first = not PASS.visited
+  local want_tree, cols = WANT_TREE, WANT_COLS
+  TVB = tvb
+  local r = parse_record(s, n, pinfo.p2p_dir)
+  local rt, conn = r.rt, r.conn or 0
+  local root
+  if want_tree then
+    root = tree
+    if ALL then
+      root = tree:add(vfucap, tvb(), fmt("vfudissect capture record (VFUC), %s, connection %d",
+        r.err and "corrupt" or E.REC_TYPE_NAMES[rt] or fmt("type %d", rt), conn))
+    end
+    if G.rec then display_record(r, root) end
+  end
+  local item = root or tree
+  local columns = cols and pinfo.cols
+  if cols then
+    columns.protocol = "vfio-user"
+    set_endpoints(columns, conn, r.dir, rt)
+  end
+  if frame == 1 and (r.err or rt ~= REC.VERDICTS) then item:add_proto_expert_info(EX_NO_VERDICTS, NO_VERDICTS_TEXT) end
+  local info
+  if r.err then
+    if want_tree then put_generated(root, RF.corrupt, safe(r.err)) end
+    info = cols and fmt("[%s%s]", C.NOTE_CORRUPT_PREFIX, safe(r.err))
+  elseif rt == REC.MSG or rt == REC.RAW then
+    local mitem
+    info, mitem = message_record(tvb, pinfo, tree, r, s, n, frame, first, root, cols)
+    item = mitem or item
+  elseif rt == REC.FINDING then
+    info = finding_record(r, frame, first, want_tree and tree or nil, item, cols)
+  else
+    if first and rt == REC.CONN_CLOSE then closed(conn, r.dir or nil) end
+    info = cols and record_info(r)
+  end
+  if PASS.visited then findings_on(frame, item, want_tree) end
+  if info and columns then columns.info = info end
+end
+
+local function internal_error(tree, err)
+  local it = tree:add(VF.internal_error, tostring(err))
+  it:add_proto_expert_info(EX_INTERNAL, tostring(err))
 end
 
 function vfucap.dissector(tvb, pinfo, tree)
   local ok, err = pcall(dissect_record, tvb, pinfo, tree)
-  if not ok then
-    local it = tree:add(VF.internal_error, tostring(err))
-    it:add_proto_expert_info(EX_INTERNAL, tostring(err))
-  end
+  TVB = nil
+  if not ok then internal_error(tree, err) end
   return tvb:len()
 end
 
 -- vfio_user on its own (e.g. text2pcap -P vfio_user): decode only, no state
 function vfu.dissector(tvb, pinfo, tree)
   local ok, err = pcall(function()
+    tree_mode(pinfo, tree, 0)
+    TVB = tvb
     pinfo.cols.protocol = "vfio-user"
-    local s = tvb:raw(0, tvb:len())
-    pinfo.cols.info = display_message(tvb, 0, s, pinfo, tree, {}, true, true)
+    local s = tvb:raw()
+    local _, text = display_message(s, 0, #s, tree, nil, NO_FDS, 0, false, true)
+    pinfo.cols.info = text
   end)
-  if not ok then
-    local it = tree:add(VF.internal_error, tostring(err))
-    it:add_proto_expert_info(EX_INTERNAL, tostring(err))
-  end
+  TVB = nil
+  if not ok then internal_error(tree, err) end
   return tvb:len()
+end
+
+-- ======================================================================
+-- Response times per command, like Service Response Time: Statistics > vfio-user > Response times (GUI),
+-- `tshark -q -z vfio_user,srt`.  A tap over every frame that reads the links the dissector made; copies
+-- (CONTEXT) of a rotated capture are not counted.
+-- ======================================================================
+local SRT_TITLE = "vfio-user response times (command to reply)"
+
+local function srt_text(rows)
+  local cmds = {}
+  for cmd in pairs(rows) do cmds[#cmds + 1] = cmd end
+  table.sort(cmds)
+  local rule = string.rep("=", 78)
+  local out = {rule, SRT_TITLE, fmt("%-32s %10s %11s %11s %11s", "Command", "Count", "Min (ms)", "Mean (ms)",
+    "Max (ms)")}
+  for _, cmd in ipairs(cmds) do
+    local t = rows[cmd]
+    out[#out + 1] = fmt("%-32s %10d %11.3f %11.3f %11.3f", cmd_name(cmd), t.n, t.min * 1e3, t.sum / t.n * 1e3,
+      t.max * 1e3)
+  end
+  out[#out + 1] = rule
+  return concat(out, "\n")
+end
+
+local function srt_listener(show)
+  local rows = {}
+  local tap = Listener.new("frame")
+  function tap.packet(pinfo)
+    local _, cmd, rtt, ctx = links_get(S.links, pinfo.number)
+    if rtt == nil or ctx then return end
+    local t = rows[cmd]
+    if t == nil then
+      rows[cmd] = {n = 1, min = rtt, max = rtt, sum = rtt}
+    else
+      t.n, t.sum = t.n + 1, t.sum + rtt
+      if rtt < t.min then t.min = rtt end
+      if rtt > t.max then t.max = rtt end
+    end
+  end
+  function tap.reset() rows = {} end
+  function tap.draw() show(srt_text(rows)) end
+  return tap
+end
+
+register_stat_cmd_arg("vfio_user,srt", function() srt_listener(print) end)
+
+if gui_enabled() then
+  register_menu("vfio-user/Response times", function()
+    local tw = TextWindow.new(SRT_TITLE)
+    local tap = srt_listener(function(text) tw:set(text) end)
+    tw:set_atclose(function() tap:remove() end)
+    retap_packets()
+  end, MENU_STAT_GENERIC)
 end

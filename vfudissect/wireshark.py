@@ -4,6 +4,9 @@
     for m in messages("capture.pcapng"):
         print(m.frame, m.command_name, m.msg_id, m.request_in, m.findings, m.layer.field_names)
 
+``findings`` are the codes of the engine's verdicts stored in the capture (its FINDING records) that name
+the message; a capture without them has none (``vfudissect annotate`` adds them).
+
 pyshark runs tshark with ``-X lua_script:<plugin> -2`` and JSON output (EK
 output cannot type Lua fields).  A plugin that fails to load is silent in
 tshark, so an absent ``vfio_user`` layer raises ``WiresharkError`` with what
@@ -49,7 +52,7 @@ class WiresharkMessage:
     request_in: int | None
     response_in: int | None
     time: float | None  # response time, on replies
-    findings: tuple[str, ...]  # finding codes (findings.CATALOGUE), as expert info in Wireshark
+    findings: tuple[str, ...]  # codes of the stored findings that name it (findings.CATALOGUE), expert info there
     layer: Any
 
 
@@ -90,7 +93,12 @@ def _int(v: Any) -> int | None:
 def _codes(v: Any) -> tuple[str, ...]:
     if v is None:
         return ()
-    return tuple(str(x) for x in v) if isinstance(v, list) else (str(v),)
+    return tuple(_code(x) for x in v) if isinstance(v, list) else (_code(v),)
+
+
+def _code(v: Any) -> str:
+    """A vfio_user.finding value (the item has children: pyshark gives their layer, whose value is the code)."""
+    return str(v.get_default_value() if hasattr(v, "get_default_value") else v)
 
 
 def _why_absent(capture: Path, plugin: Path, tshark: str) -> str:
@@ -171,8 +179,14 @@ def _decoded(capture: str | Path, plugin: str | Path | None, two_pass: bool, pre
 def layers(capture: str | Path, *, plugin: str | Path | None = None, two_pass: bool = True,
            prefs: Mapping[str, str] | None = None, display_filter: str | None = None,
            tshark_path: str | None = None) -> list[Any]:
-    """The vfio_user layers (pyshark JsonLayer) of every message, in frame order."""
-    return [v for _, v, _ in _decoded(capture, plugin, two_pass, prefs, display_filter, tshark_path) if v is not None]
+    """The vfio_user layers (pyshark JsonLayer) of every message, in frame order (not those of FINDING records)."""
+    return [v for _, v, _ in _decoded(capture, plugin, two_pass, prefs, display_filter, tshark_path)
+            if v is not None and not _is_verdict(v)]
+
+
+def _is_verdict(layer: Any) -> bool:
+    """The vfio_user layer of a FINDING record (the verdict itself, not a message)."""
+    return "finding.text" in layer.field_names
 
 
 def messages(capture: str | Path, *, plugin: str | Path | None = None, two_pass: bool = True,
@@ -180,11 +194,11 @@ def messages(capture: str | Path, *, plugin: str | Path | None = None, two_pass:
              tshark_path: str | None = None) -> list[WiresharkMessage]:
     """Every vfio-user message Wireshark decodes in the capture (two passes by default, for response_in).
 
-    ``prefs`` are Wireshark preferences, e.g. ``{"vfio_user.reply_timeout_ms": "1000"}``.
+    ``prefs`` are Wireshark preferences, e.g. ``{"vfio_user.show_payload": "FALSE"}``.
     """
     out: list[WiresharkMessage] = []
     for frame, v, _vc in _decoded(capture, plugin, two_pass, prefs, display_filter, tshark_path):
-        if v is None or "command" not in v.field_names:
+        if v is None or "command" not in v.field_names or _is_verdict(v):
             continue
         cmd = _int(_field(v, "command")) or 0
         flags_tree = _field(v, "flags_tree")

@@ -2,7 +2,10 @@
 
 Everything is written with the project's own writer (``PcapngWriter`` +
 ``vfuc.encode``) so records are exactly what the recorder produces; the fuzzers
-then damage messages (before encoding) or records (after encoding).
+then damage messages (before encoding) or records (after encoding).  The
+captures carry no verdicts: the tests add them with ``annotate`` (or keep
+their absence), except ``write_stored_oddities``, whose FINDING records are
+made by hand (codes a newer engine would write, damaged ones).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from vfudissect import spec
 from vfudissect.capture import vfuc
 from vfudissect.capture.reader import read_events
 from vfudissect.capture.writer import PcapngWriter
-from vfudissect.core.events import ConnClosed, ConnOpened, Cred, FdInfo, MessageIn, NoteIn, RawIn
+from vfudissect.core.events import ConnClosed, ConnOpened, Cred, FdInfo, FindingIn, MessageIn, NoteIn, RawIn, VerdictsIn
 from vfudissect.testing import (EVENTFD, LVU_CAPS, MEMFD, QEMU_CAPS, handshake_steps, device_feature, device_reset, dma_map,
                                 dma_read, dma_read_reply, dma_unmap, dma_write, get_info, get_info_reply, irq_info,
                                 irq_info_reply, layout, message, mig_data_read, mig_data_write, region_info,
@@ -175,6 +178,23 @@ def sc_directions(b: Builder) -> None:
     b.c2s(message(92, 33, b"\0" * 8))                                     # UNKNOWN_COMMAND
     b.c2s(message(93, 14, struct.pack("<II", 8, 1)))                      # REMOVED_COMMAND
     b.c2s(message(94, 0, b"", flags=0), [EVENTFD])                       # unknown command with fds
+
+
+def sc_no_reply_flood(b: Builder) -> None:
+    """A command, then more no_reply commands with its id than the engine keeps: the reply pairs with one of
+    those (the command fell out of the queue), as in core/state.py."""
+    _ready(b)
+    b.c2s(region_read(77, 7))
+    for _ in range(66):
+        b.c2s(region_write(77, 0, 0, b"\0" * 4, no_reply=True))
+    b.s2c(region_read_reply(77, 7))
+    b.s2c(region_read_reply(77, 7))
+    b.c2s(region_read(78, 7))
+    b.close(C2S)
+    b.s2c(region_read_reply(78, 7))                                       # one direction closed: still pairs
+    b.c2s(region_read(79, 7))
+    b.close(S2C)
+    b.s2c(region_read_reply(79, 7))                                       # both closed: nothing waits
 
 
 def sc_dma_collision(b: Builder) -> None:
@@ -533,7 +553,8 @@ def sc_records(b: Builder) -> None:
 
 
 CATALOGUE: list[Callable[[Builder], None]] = [
-    sc_clean, sc_pairing, sc_timeout, sc_no_reply_close, sc_directions, sc_dma_collision, sc_negotiation,
+    sc_clean, sc_pairing, sc_timeout, sc_no_reply_close, sc_no_reply_flood, sc_directions, sc_dma_collision,
+    sc_negotiation,
     sc_bad_caps, sc_twin, sc_header, sc_big, sc_errors, sc_fds, sc_data, sc_dma, sc_dma_table, sc_irqs_queries,
     sc_features, sc_records,
 ]
@@ -649,8 +670,9 @@ def _flip(rnd: random.Random, data: bytes, start: int = 0) -> bytes:
 
 
 def _events(source: Path) -> list[Any]:
+    """The fixture's traffic (its stored verdicts left out: the copy is judged afresh)."""
     with open(source, "rb") as f:
-        return list(read_events(f, str(source)))
+        return [ev for ev in read_events(f, str(source)) if not isinstance(ev, (FindingIn, VerdictsIn))]
 
 
 def write_fuzzed_messages(source: Path, path: Path, seed: int, rate: float = 0.3) -> Path:
@@ -715,3 +737,58 @@ def qemu_like(n_pairs: int) -> Iterable[bytes]:
     """Valid JSON documents shaped like the capabilities real peers send."""
     yield json.dumps(QEMU_CAPS).encode() + b"\0"
     yield json.dumps(LVU_CAPS, indent=1).encode() + b"\0"
+
+
+def damage_records(source: Path, path: Path, seed: int, rate: float = 0.2) -> Path:
+    """A judged capture with records damaged after their exported-PDU tags, its FINDING records too (block for
+    block, the blocks' lengths kept)."""
+    from vfudissect.capture.reader import iter_blocks
+
+    rnd = random.Random(seed)
+    plen = len(vfuc.EXP_PREFIX_DIR[C2S])
+    with open(source, "rb") as fin, open(path, "wb") as fout:
+        for block, rec in iter_blocks(fin, str(source)):
+            if rec is not None and rec.number > 1 and rnd.random() < rate:
+                at = block.index(rec.data)
+                start = at + (plen if rec.data[:plen] in vfuc.EXP_PREFIX_DIR.values() else plen - 8)
+                end = at + len(rec.data)
+                b = bytearray(block)
+                for _ in range(rnd.choice([1, 2, 8])):
+                    b[rnd.randrange(start, end)] ^= 1 << rnd.randrange(8)
+                block = bytes(b)
+            fout.write(block)  # type: ignore[arg-type]
+    return path
+
+
+def _finding_record(code: bytes | None, severity: int | None, frames: list[int], text: bytes, conn: int = 1) -> bytes:
+    tl = b""
+    if code is not None:
+        tl += spec.VFUC_TLV.pack(spec.Tlv.FINDING_CODE, len(code)) + code + b"\0" * (-len(code) % 4)
+    if severity is not None:
+        tl += spec.VFUC_TLV.pack(spec.Tlv.SEVERITY, 1) + bytes((severity, 0, 0, 0))
+    raw = struct.pack(f"<{len(frames)}I", *frames)
+    tl += spec.VFUC_TLV.pack(spec.Tlv.FRAMES, len(raw)) + raw
+    tl += spec.VFUC_TLV.pack(spec.Tlv.NOTE, len(text)) + text + b"\0" * (-len(text) % 4)
+    hdr = spec.VFUC_FIXED.pack(spec.VFUC_MAGIC, spec.VFUC_VERSION, spec.RecType.FINDING, spec.VFUC_FIXED_SIZE + len(tl),
+                               conn, spec.VFUC_DIR_NONE, 0, 0, 0, 0, 0, spec.VFUC_FD_ENTRY_SIZE, 0)
+    return vfuc.EXP_PREFIX_DIR[C2S][:12] + b"\0\0\0\0" + hdr + tl
+
+
+def write_stored_oddities(path: Path) -> Path:
+    """Stored verdicts the engine would not write: a newer engine's code, an unknown severity, no code (corrupt),
+    frames 0 and beyond the capture, repeated frames, a long text, control characters and broken UTF-8."""
+    b = Builder(path)
+    b.write_records([vfuc.encode_verdicts("vfudissect 9.9", 5.0)])
+    _ready(b)
+    req = b.c2s(region_read(1, 7))
+    rep = b.s2c(region_read_reply(1, 7))
+    long = ("é" * 150 + " the end").encode()
+    for code, sev, frames, text in [
+            (b"FUTURE_CODE", 2, [rep], b"a newer engine's verdict"), (b"ERROR_REPLY", 7, [rep], b"severity 7"),
+            (b"ERROR_REPLY", 1, [rep, req, rep], b"frames repeated"), (b"NO_REPLY", 1, [0, 999999], b"no such frames"),
+            (b"ZERO_COUNT", 0, [req], long), (b"UNKNOWN_ERRNO", 2, [req], b"tab\there, nul\0, bad \xff\xe0\x80 utf-8"),
+            (b"C\xc3\xa9DE", 0, [req], b"non-ascii code"), (None, 1, [req], b"no code: a corrupt record"),
+            (b"", 1, [req], b"empty code: corrupt too"), (b"ERROR_REPLY", None, [], b"")]:
+        b.write_records([_finding_record(code, sev, frames, text)])
+    b.close_file()
+    return path

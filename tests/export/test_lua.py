@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, strategies as st
@@ -45,17 +46,53 @@ def test_tables_come_from_spec_not_from_the_template():
         assert f'"{name}"' not in template and f'"{name}"' in generated
     for code, c in spec.COMMANDS.items():
         assert lua.lua_string(c.summary) in generated
-    assert "LVU_SERVER_MAX_MSG_SIZE = 1048608" in generated and "1048608" not in template
+    assert 'NOTE_CORRUPT_PREFIX = "corrupt record: "' in generated and "corrupt record:" not in template
+    for t in spec.Tlv:
+        assert f"{t.name} = {int(t)}" in generated
+    assert "FINDING = 5" in generated and "VERDICTS = 6" in generated
+
+
+def test_the_template_judges_nothing():
+    """No rule lives in the plugin: it names no finding code (they reach it only as the catalogue's experts and
+    as the codes the capture stores) and none of the engine's limits."""
+    template = lua.template_text()
+    named = [code for code in findings.CATALOGUE if re.search(rf"\b{code}\b", template)]
+    assert named == []
+    for limit in ("LVU_SERVER_MAX_MSG_SIZE", "DEFAULT_MAX_DATA_XFER_SIZE", "DEFAULT_REPLY_TIMEOUT", "MAX_ERRNO",
+                  "DEFAULT_MAX_DMA_MAPS", "QEMU_MAX_REGIONS", "PCI_MIN_REGIONS"):
+        assert limit not in template, limit
+    assert len(template.splitlines()) < 1800
+
+
+def kind(code: str, **kw: str) -> SimpleNamespace:
+    """A catalogue entry as the generator reads it (code, severity, group, title, basis)."""
+    return SimpleNamespace(**{"code": code, "severity": "note", "group": "protocol", "title": code.lower(),
+                              "basis": "-", **kw})
 
 
 def test_a_new_spec_entry_reaches_the_plugin(monkeypatch):
-    findings = dict(findings.CATALOGUE)
-    findings["TEST_ONLY_CODE"] = spec.FindingKind("TEST_ONLY_CODE", "note", "protocol", "a test-only finding", "-")
-    monkeypatch.setattr(spec, "FINDINGS", findings)
+    catalogue = dict(findings.CATALOGUE)
+    catalogue["TEST_ONLY_CODE"] = kind("TEST_ONLY_CODE", title="a test-only finding")
+    monkeypatch.setattr(findings, "CATALOGUE", catalogue)
     errnos = dict(spec.ERRNO_NAMES) | {4000: "ETESTONLY"}
     monkeypatch.setattr(spec, "ERRNO_NAMES", errnos)
     text = lua.generate()
     assert 'code = "TEST_ONLY_CODE"' in text and '[4000] = "ETESTONLY"' in text
+
+
+@pytest.mark.parametrize("code", ["SEVERITY", "FRAME", "OTHER"])
+def test_a_finding_code_clashing_with_a_finding_field_is_refused(monkeypatch, code):
+    catalogue = dict(findings.CATALOGUE)
+    catalogue[code] = kind(code)
+    monkeypatch.setattr(findings, "CATALOGUE", catalogue)
+    with pytest.raises(lua.LuaError, match="collide"):
+        lua.generate()
+
+
+def test_a_template_naming_an_unknown_record_type_is_refused(monkeypatch):
+    monkeypatch.setattr(lua, "template_text", lambda: "--@SPEC@--\nlocal x = REC.NO_SUCH_RECORD\n")
+    with pytest.raises(lua.LuaError, match="NO_SUCH_RECORD"):
+        lua.generate()
 
 
 def test_an_unrelated_spec_addition_leaves_the_plugin_unchanged(monkeypatch):
@@ -138,6 +175,6 @@ def test_install_puts_it_where_wireshark_loads_it(tmp_path):
     assert p.returncode == 0 and str(installed) in p.stderr, p.stderr
     assert installed.read_text(encoding="utf-8") == lua.generate()
     # tshark started with that HOME loads it without -X
-    t = subprocess.run([tshark(), "-r", str(LVU), "-T", "fields", "-e", "vfio_user.command", "-c", "3"],
+    t = subprocess.run([tshark(), "-r", str(LVU), "-T", "fields", "-e", "vfio_user.command", "-c", "4"],
                        capture_output=True, text=True, env=env, timeout=60)
-    assert t.stdout.split() == ["1", "1"], t.stderr  # frame 1 is the connection record, 2-3 the VERSION pair
+    assert t.stdout.split() == ["1", "1"], t.stderr  # frames 1-2 the verdicts and connection records, 3-4 VERSION

@@ -1,37 +1,35 @@
-"""The generated plugin in real tshark: every message decoded, no Lua error, and message by message the same
-command, id, size, links and finding codes as `vfudissect read --json` (one pass and -2)."""
+"""The generated plugin in real tshark: every message decoded, no Lua error; links and response times as
+`vfudissect read --json` has them; the findings as the capture stores them (FINDING records), frame for frame,
+on the records and (second pass) on the frames they name; nothing judged by the plugin itself."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from vfudissect import spec
+from vfudissect.capture import vfuc
 from vfudissect.capture.reader import read_events
 from vfudissect.capture.writer import CaptureWriter
-from vfudissect.core.events import MessageIn
+from vfudissect.core import findings
+from vfudissect.core.events import FindingIn, MessageIn, VerdictsIn
+from vfudissect.export import lua
 from tests.conftest import CAPTURES, LVU, QEMU
 from tests.export import corpus
-from tests.export.tshark_run import PLUGIN, parity, run_read_json, run_tshark, tshark
-from vfudissect.core import findings
+from tests.export.tshark_run import (NO_VERDICTS, PLUGIN, ROOT, expert_text, fields, judged, lines, parity,
+                                     run_read_json, run_tshark, shown, stored, tshark_out)
 
 pytestmark = pytest.mark.tshark
 FIXTURES = sorted(CAPTURES.glob("*.pcapng"))
-
-
-def tshark_lines(capture: Path, *args: str) -> list[str]:
-    p = subprocess.run([tshark(), "-n", "-r", str(capture), "-X", f"lua_script:{PLUGIN}", *args],
-                       capture_output=True, text=True, errors="replace", timeout=300)
-    said = [line for line in p.stderr.splitlines() if not line.startswith("Running as user")]
-    assert p.returncode == 0 and not said, said
-    assert "Lua Error" not in p.stdout and "Malformed Packet" not in p.stdout
-    return [line for line in p.stdout.split("\n") if line]
 
 
 def message_frames(capture: Path) -> set[int]:
@@ -40,64 +38,115 @@ def message_frames(capture: Path) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return corpus.write_catalogue(tmp_path_factory.mktemp("lua") / "catalogue.pcapng")
+def raw_catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return corpus.write_catalogue(tmp_path_factory.mktemp("lua") / "catalogue-raw.pcapng")
 
 
-# ---------------------------------------------------------------- parity with `vfudissect read --json`
+@pytest.fixture(scope="module")
+def catalogue(raw_catalogue: Path) -> Path:
+    return judged(raw_catalogue, raw_catalogue.with_name("catalogue.pcapng"))
+
+
+# ---------------------------------------------------------------- parity: links as the engine pairs, stored findings
 @pytest.mark.parametrize("capture", FIXTURES, ids=[p.stem for p in FIXTURES])
-def test_real_traffic_decodes_like_vfudissect_read(capture):
+def test_committed_captures_show_their_verdicts(capture):
+    st = stored(capture)
+    assert st.verdicts and st.findings, "the committed captures carry verdicts"
     assert parity(capture) == []
     frames = run_tshark(capture)
-    msgs, _ = run_read_json(capture)
+    msgs, _ = run_read_json(capture, st.timeout)
     assert set(msgs) == message_frames(capture) and msgs
     assert all(frames[n].command == m["command"] for n, m in msgs.items())
     linked = sum(m["response_frame"] is not None for m in msgs.values())
     assert sum(frames[n].response_in is not None for n in msgs) >= linked > 0  # links both ways with -2
 
 
-def test_every_finding_code_on_the_same_frames(catalogue):
-    _, codes = run_read_json(catalogue)
-    seen = {c for counter in codes.values() for c in counter}
-    assert seen == set(findings.CATALOGUE), f"catalogue misses {sorted(set(findings.CATALOGUE) - seen)}"
+def test_every_finding_code_on_the_frames_it_names(catalogue):
+    st = stored(catalogue)
+    assert {f.code for f in st.findings} == set(findings.CATALOGUE)
     assert parity(catalogue) == []
+    frames = run_tshark(catalogue)
+    for fnd in st.findings[:50]:  # the record and (-2) every frame it names carry the same code
+        assert frames[fnd.frame].findings[fnd.code] >= 1 and frames[fnd.frame].rec_type == spec.RecType.FINDING
+        for fr in fnd.frames:
+            if fr:
+                assert frames[fr].findings[fnd.code] >= 1, (fnd, fr)
+
+
+def test_one_pass_shows_findings_on_their_records_only(catalogue):
+    st = stored(catalogue)
+    frames = run_tshark(catalogue, two_pass=False)
+    records = {f.frame for f in st.findings}
+    assert {n for n, f in frames.items() if f.experts} == records
+    assert all(f.request_in is None or f.response_in is None for f in frames.values())
+
+
+def test_a_capture_without_verdicts_says_so_on_frame_1_and_nothing_else(raw_catalogue):
+    st = stored(raw_catalogue)
+    assert not st.verdicts and not st.findings
+    assert parity(raw_catalogue) == []  # links still as the engine pairs them
+    for two_pass in (True, False):
+        frames = run_tshark(raw_catalogue, two_pass=two_pass)
+        assert {n: dict(f.experts) for n, f in frames.items() if f.experts} == {1: {NO_VERDICTS: 1}}
+        assert not any(f.findings for f in frames.values())
 
 
 @pytest.mark.parametrize("timeout", [0.5, 0.0])
-def test_timeout_preference_matches_read_timeout(catalogue, timeout):
-    assert parity(catalogue, timeout_s=timeout) == []
-    frames = run_tshark(catalogue, prefs={"vfio_user.reply_timeout_ms": str(round(timeout * 1000))})
-    timeouts = sum(f.findings["REPLY_TIMEOUT"] for f in frames.values())
+def test_verdicts_judged_with_another_timeout(raw_catalogue, tmp_path, timeout):
+    path = judged(raw_catalogue, tmp_path / "t.pcapng", timeout)
+    assert parity(path) == []
+    timeouts = sum(f.findings["REPLY_TIMEOUT"] for f in run_tshark(path).values())
     assert (timeouts > 0) == (timeout > 0)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_random_exchanges(tmp_path, seed):
-    assert parity(corpus.write_random(tmp_path / "r.pcapng", seed)) == []
+    assert parity(judged(corpus.write_random(tmp_path / "r.pcapng", seed), tmp_path / "j.pcapng")) == []
 
 
 @pytest.mark.parametrize("source", [QEMU, LVU], ids=["qemu", "libvfio-user"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fuzzed_messages(tmp_path, source, seed):
-    assert parity(corpus.write_fuzzed_messages(source, tmp_path / "m.pcapng", seed)) == []
+    path = corpus.write_fuzzed_messages(source, tmp_path / "m.pcapng", seed)
+    assert parity(judged(path, tmp_path / "j.pcapng")) == []
 
 
 @pytest.mark.parametrize("source", [QEMU, LVU], ids=["qemu", "libvfio-user"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fuzzed_records(tmp_path, source, seed):
-    path = corpus.write_fuzzed_records(source, tmp_path / "r.pcapng", seed)
-    _, codes = run_read_json(path)
-    assert any("CAPTURE_CORRUPT" in c for c in codes.values())  # the damage reached the VFUC headers
+    path = judged(corpus.write_fuzzed_records(source, tmp_path / "r.pcapng", seed), tmp_path / "j.pcapng")
+    assert any(f.code == "CAPTURE_CORRUPT" for f in stored(path).findings)  # the damage reached the VFUC headers
     assert parity(path) == []
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("seed", range(2, 8))
-def test_more_random_and_fuzzed_captures(tmp_path, seed):
-    assert parity(corpus.write_random(tmp_path / "r.pcapng", seed, conns=60)) == []
-    for source in (QEMU, LVU):
-        assert parity(corpus.write_fuzzed_messages(source, tmp_path / "m.pcapng", seed, rate=0.5)) == []
-        assert parity(corpus.write_fuzzed_records(source, tmp_path / "f.pcapng", seed, rate=0.3)) == []
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_damaged_verdicts_show_as_stored(tmp_path, seed):
+    """FINDING records damaged too: the plugin shows what the reader reads of them (no re-judging)."""
+    path = corpus.damage_records(judged(QEMU, tmp_path / "j.pcapng"), tmp_path / "d.pcapng", seed, rate=0.3)
+    from tests.export.tshark_run import compare
+    assert compare(path, True) == [] and compare(path, False) == []
+
+
+def test_stored_oddities(tmp_path):
+    """Hand-made FINDING records: a newer engine's code (vfio_user.finding.other.<severity>), an unknown severity
+    (note), no code (a corrupt record), frames that do not exist, repeats, long texts, broken UTF-8."""
+    path = corpus.write_stored_oddities(tmp_path / "odd.pcapng")
+    from tests.export.tshark_run import compare
+    assert compare(path, True) == [] and compare(path, False) == []
+    st = stored(path)
+    codes = [f.code for f in st.findings]
+    assert "FUTURE_CODE" in codes and len(codes) == 8  # the two without a code are corrupt
+    rows = fields(path, ["frame.number", "vfio_user.finding.other.error", "vfucap.corrupt"], "-2")
+    other = [int(r[0][0]) for r in rows if r[1]]
+    corrupt = [r[2][0] for r in rows if r[2]]
+    odd = [f for f in st.findings if f.severity == "error" and (f.code not in findings.CATALOGUE or
+                                                                findings.CATALOGUE[f.code].severity != "error")]
+    assert {f.code for f in odd} == {"FUTURE_CODE", "UNKNOWN_ERRNO"}  # a newer code; a severity the catalogue
+    assert other == sorted({fr for f in odd for fr in [f.frame, *f.frames]})  # does not give it
+    assert corrupt == ["finding record without a code"] * 2
+    long = next(f for f in st.findings if f.code == "ZERO_COUNT")
+    text = fields(path, ["vfio_user.finding.text"], "-Y", f"frame.number == {long.frame}")[0][0][0]
+    assert text == long.text and len(expert_text(long.text).encode()) <= 239
 
 
 def test_snaplen_truncated_capture(tmp_path):
@@ -105,10 +154,10 @@ def test_snaplen_truncated_capture(tmp_path):
     with open(QEMU, "rb") as fin, open(path, "wb") as fout:
         w = CaptureWriter(fout, snaplen=2, flush=False)
         for ev in read_events(fin):
-            if not isinstance(ev, type(None)) and hasattr(ev, "frame"):
+            if not isinstance(ev, (FindingIn, VerdictsIn)):
                 w.write(ev)
-    _, codes = run_read_json(path)
-    assert any("CAPTURE_TRUNCATED" in c for c in codes.values())
+    path = judged(path, tmp_path / "j.pcapng")
+    assert any(f.code == "CAPTURE_TRUNCATED" for f in stored(path).findings)
     assert parity(path) == []
 
 
@@ -123,19 +172,19 @@ def test_rotated_parts_each_decode_like_read(tmp_path, source):
     w = RotatingCaptureWriter(str(tmp_path / "rot.pcapng"), source.stat().st_size // 3, open_part)
     with open(source, "rb") as fin:
         for ev in read_events(fin):
-            w.write(ev)
+            if not isinstance(ev, (FindingIn, VerdictsIn)):
+                w.write(ev)
     w.close()
     assert len(w.paths) >= 3
-    for path in w.paths:
-        assert parity(Path(path)) == [], path
+    for i, part in enumerate(w.paths):
+        path = judged(Path(part), tmp_path / f"j{i}.pcapng")
+        assert parity(path) == [], part
         with open(path, "rb") as f:
             context = {ev.frame for ev in read_events(f) if isinstance(ev, MessageIn) and ev.flags & spec.VF_CONTEXT}
-        msgs, codes = run_read_json(Path(path))
-        # copies draw no findings of their own, in read and (parity) the plugin: only a NO_REPLY when the
-        # connection closes before a copied request's reply comes
-        assert all(set(codes.get(n, ())) <= {"NO_REPLY"} for n in context)
+        msgs, _ = run_read_json(path)
         assert all(msgs[n]["context"] for n in context)
-    assert sum("[context]" in line for line in tshark_lines(Path(w.paths[1]))) >= 2  # the VERSION exchange
+    second = judged(Path(w.paths[1]), tmp_path / "second.pcapng")
+    assert sum("[context]" in line for line in lines(second)) >= 2  # the VERSION exchange
 
 
 json_values = st.recursive(
@@ -162,66 +211,222 @@ def _damage(raw: bytes, cut: int, flip: int) -> bytes:
     return bytes(b)
 
 
+def _typed_caps(doc: object) -> Counter:
+    """(path, value) of every integer and boolean the schema types, as the plugin's vfio_user.caps.<path> show them."""
+    out: Counter = Counter()
+
+    def walk(obj: object, prefix: str) -> None:
+        if not isinstance(obj, dict):
+            return
+        for k, v in {k: obj[k] for k in dict.fromkeys(obj)}.items():
+            path = prefix + k
+            kind = spec.CAPABILITIES[path].kind if path in spec.CAPABILITIES else None
+            if kind == "int" and type(v) is int and abs(v) < 2**53:
+                out[(path, str(v))] += 1
+            elif kind == "bool" and type(v) is bool:
+                out[(path, "1" if v else "0")] += 1
+            elif kind == "object" and isinstance(v, dict):
+                walk(v, path + ".")
+    if isinstance(doc, dict) and isinstance(doc.get("capabilities"), dict):
+        walk(doc["capabilities"], "")
+    return out
+
+
 # each example is a tshark run: a few batches of 20 payloads, no shrinking (a failure prints its payloads)
 @settings(max_examples=5, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                  HealthCheck.data_too_large])
 @given(st.lists(version_data, min_size=20, max_size=20))
-def test_version_json_is_judged_like_python(tmp_path, payloads):
-    assert parity(corpus.write_json_versions(tmp_path / "v.pcapng", payloads)) == []
+def test_version_json_tree_matches_python_json(tmp_path, payloads):
+    """The VERSION tree's typed capabilities are what Python's json reads; malformed data is text, no error."""
+    path = judged(corpus.write_json_versions(tmp_path / "v.pcapng", payloads), tmp_path / "j.pcapng")
+    assert parity(path) == []
+    names = ["vfio_user.caps." + p for p, k in spec.CAPABILITIES.items() if k.kind in ("int", "bool")]
+    rows = fields(path, ["frame.number", "vfio_user.command", "vfio_user.version.data"] + names)
+    versions = [r for r in rows if r[1] == ["1"]]
+    assert len(versions) == 2 * len(payloads)
+    for raw, row in zip([p for p in payloads for _ in (0, 1)], versions):
+        try:
+            doc = json.loads(raw.split(b"\0")[0].decode())
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            doc = None
+        got = Counter((n[len("vfio_user.caps."):], v) for n, vals in zip(names, row[3:]) for v in vals)
+        assert got == _typed_caps(doc), (raw, row)
 
 
-# ---------------------------------------------------------------- what users see
-def test_summary_lines_in_one_pass_and_two(catalogue):
-    for args in ((), ("-2",)):
-        lines = tshark_lines(catalogue, *args)
-        assert "client#1 → server#1" in lines[1]
-        assert "#1 C→S VERSION command id=0 214B major=0 minor=0 caps={\"pgsizes\":4096" in lines[1]
-        assert any("DEVICE_GET_INFO reply id=1 32B flags=RESET|PCI num_regions=9 num_irqs=5 ← 4" in x for x in lines)
-        assert any("[fragment at offset 0 of 1048640]" in x for x in lines)
-        assert any("#1 conn-open /run/test.sock (client pid 100)" in x for x in lines)
-    two = tshark_lines(catalogue, "-2")
-    assert "→ 3" in two[1] and "reassembled in" in "".join(two)
+# ---------------------------------------------------------------- what Wireshark users look for
+def test_stock_wireshark_shows_the_findings_as_packet_comments(catalogue):
+    st = stored(catalogue)
+    rows = fields(catalogue, ["frame.number", "frame.comment"], plugin=None)
+    comments = {int(r[0][0]): r[1] for r in rows if r[1]}
+    for fnd in st.findings:
+        assert comments[fnd.frame] == [vfuc.finding_comment(fnd.code, fnd.severity, fnd.text, fnd.frames)]
+    assert comments[1] == [vfuc.verdicts_text(*_engine(catalogue))]
 
 
-def test_detail_tree(catalogue):
-    text = "\n".join(tshark_lines(catalogue, "-2", "-V", "-Y", "frame.number <= 3 || vfio_user.region_cap"))
-    for label in ("vfudissect capture record (VFUC), CONN_OPEN", "Socket path: /run/test.sock", "client pid: 100",
-                  "vfio-user, VERSION command id=0", "Capabilities", "max_msg_fds: 16", "write_multiple: True",
-                  "migration.max_bitmap_size: 268435456", "[Response in: 3]", "[Request in: 2]",
-                  "[Response time: 0.00", "Capability SPARSE_MMAP at 32", "nr_areas: 2", "Capability TYPE at 80", "subtype: 1",
-                  "[Expert Info (Warning/Malformed): sparse area 0 (0x0+0x20000) lies outside the region (0x10000)]"):
-        assert label in text, label
+def _engine(capture: Path) -> tuple[str, float]:
+    with open(capture, "rb") as f:
+        ev = next(iter(read_events(f)))
+    assert isinstance(ev, VerdictsIn)
+    return ev.engine, ev.timeout or 0.0
+
+
+def _expert_listing(text: str) -> Counter:
+    """(severity, summary) -> count from `tshark -q -z expert`, comments left out."""
+    out: Counter = Counter()
+    section = None
+    for line in text.splitlines():
+        m = re.match(r"^(Errors|Warns|Notes|Chats|Comments) \(\d+\)$", line)
+        if m:
+            section = {"Errors": "error", "Warns": "warning", "Notes": "note"}.get(m.group(1))
+            continue
+        m = re.match(r"^\s+(\d+)\s+\S+\s+\S+\s+(.*)$", line)
+        if m and section and not line.strip().startswith("Frequency"):
+            out[(section, m.group(2))] += int(m.group(1))
+    return out
+
+
+@pytest.mark.parametrize("two_pass", [False, True], ids=["one pass", "-2"])
+def test_tshark_expert_statistics_list_the_findings(catalogue, two_pass):
+    """`tshark -q -z expert`, no -V, no filter: every finding, on its record (and -2: on the frames it names)."""
+    st = stored(catalogue)
+    listing = _expert_listing(tshark_out(catalogue, "-q", "-z", "expert", *(["-2"] if two_pass else [])))
+    want: Counter = Counter()
+    for fnd in st.findings:
+        named = len({fr for fr in fnd.frames if fr}) if two_pass else 0
+        want[(fnd.severity, expert_text(fnd.text))] += 1 + named
+    assert listing == want
 
 
 def test_expert_filters_select_the_frames_of_each_code(catalogue):
-    _, codes = run_read_json(catalogue)
+    st = stored(catalogue)
     for code in ("DMA_MAP_OVERLAP", "REPLY_TIMEOUT", "CAPS_MALFORMED", "FRAMING_LOST", "NO_REPLY"):
-        want = sorted(n for n, c in codes.items() if code in c)
-        got = [int(x) for x in tshark_lines(catalogue, "-2", "-Y", f"vfio_user.finding.{code.lower()}", "-T",
-                                             "fields", "-e", "frame.number")]
+        want = sorted({fr for f in st.findings if f.code == code for fr in [f.frame, *f.frames] if fr})
+        got = [int(x) for x in lines(catalogue, "-2", "-Y", f"vfio_user.finding.{code.lower()}", "-T", "fields", "-e",
+                                     "frame.number")]
         assert got == want and want, code
-    errors = [int(x) for x in tshark_lines(catalogue, "-Y", "vfio_user.flags.error == 1 && vfio_user.flags.type == 1", "-T", "fields", "-e",
-                                           "frame.number")]
-    assert errors and all("ERROR_REPLY" in codes.get(n, {}) or "ERROR_REPLY_NO_ERRNO" in codes.get(n, {})
-                          or "VERSION_REFUSED" in codes.get(n, {}) for n in errors)
+
+
+def test_colour_filter_selects_frames_with_error_findings(catalogue):
+    """The GUI colours `vfio_user.finding.severity == 2` (temporary rule 1): it selects exactly those frames."""
+    st = stored(catalogue)
+    want = sorted({fr for f in st.findings if f.severity == "error" for fr in [f.frame, *f.frames] if fr})
+    got = [int(x) for x in lines(catalogue, "-2", "-Y", "vfio_user.finding.severity == 2", "-T", "fields", "-e",
+                                 "frame.number")]
+    assert got == want and want
+    assert "vfio_user.finding.severity == 2" in PLUGIN.read_text(encoding="utf-8")
+
+
+def test_response_time_statistics(catalogue):
+    """`tshark -q -z vfio_user,srt`: count, min, mean, max per command, as read --json's response times say."""
+    msgs, _ = run_read_json(catalogue)
+    want: dict[str, list[float]] = {}
+    for m in msgs.values():
+        if m["rtt"] is not None and not m["context"]:
+            want.setdefault(msgs[m["request_frame"]]["command_name"], []).append(m["rtt"] * 1e3)
+    for two_pass in ([], ["-2"]):
+        out = tshark_out(catalogue, "-q", "-z", "vfio_user,srt", *two_pass)
+        rows = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 5 and parts[1].isdigit():
+                rows[parts[0]] = (int(parts[1]), *map(float, parts[2:]))
+        assert set(rows) == set(want), out
+        for name, rtts in want.items():
+            n, lo, mean, hi = rows[name]
+            assert n == len(rtts)
+            assert (lo, mean, hi) == pytest.approx((min(rtts), sum(rtts) / n, max(rtts)), abs=1.5e-3)
+    assert "vfio_user,srt" not in tshark_out(catalogue, "-q")  # only when asked
+
+
+def test_the_plugin_loads_once_given_both_ways(tmp_path, catalogue):
+    env = {"HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    lua.install(tmp_path / ".local" / "lib" / "wireshark" / "plugins")
+    both = fields(catalogue, ["frame.number", "vfio_user.command"], "-2", env=env)  # installed + -X lua_script
+    alone = fields(catalogue, ["frame.number", "vfio_user.command"], "-2")
+    assert both == alone and sum(bool(r[1]) for r in both) > 100
+    installed_only = fields(catalogue, ["frame.number", "vfio_user.command"], "-2", plugin=None, env=env)
+    assert installed_only == alone
+
+
+def glossary() -> set[str]:
+    """The plugin's field names (tshark -G fields)."""
+    p = subprocess.run([shutil.which("tshark") or "tshark", "-G", "fields", "-X", f"lua_script:{PLUGIN}"],
+                       capture_output=True, text=True, timeout=60)
+    return {line.split("\t")[2] for line in p.stdout.splitlines()
+            if line.startswith("F\t") and line.split("\t")[2].split(".")[0] in ("vfio_user", "vfucap")}
+
+
+def test_fields_only_runs_give_the_same_values_as_the_whole_tree(catalogue):
+    """tshark -T fields builds only the fields it names: every field's values equal the whole tree's."""
+    names = sorted(glossary() - {"vfio_user.internal_error"})
+    full = fields(catalogue, names, "-2", "-o", "vfio_user.fields_only:FALSE")
+    rnd = random.Random(0)
+    for group in [names[i:i + 7] for i in range(0, len(names), 7)] + [rnd.sample(names, 3) for _ in range(5)]:
+        got = fields(catalogue, group, "-2")
+        want = [[row[names.index(n)] for n in group] for row in full]
+        assert got == want, group
+    filtered = fields(catalogue, ["frame.number"], "-Y", "vfio_user.region_access.count == 4 && vfucap.dir == 1")
+    assert filtered and filtered == fields(catalogue, ["frame.number"], "-Y",
+                                           "vfio_user.region_access.count == 4 && vfucap.dir == 1",
+                                           "-o", "vfio_user.fields_only:FALSE")
+
+
+def version_reply(capture: Path) -> int:
+    msgs, _ = run_read_json(capture)
+    return next(n for n, m in sorted(msgs.items()) if m["command"] == 1 and m["msg_type"] == "reply")
+
+
+def test_summary_lines_in_one_pass_and_two(catalogue):
+    msgs, _ = run_read_json(catalogue)
+    info = next(n for n, m in sorted(msgs.items()) if m["command"] == 4 and m["msg_type"] == "command")
+    for args in ((), ("-2",)):
+        out = lines(catalogue, *args)
+        assert "vfudissect" in out[0] and "verdicts: vfio-user findings by vfudissect" in out[0]
+        assert "client#1 → server#1" in out[2] and "vfio-user" in out[2]
+        assert "#1 C→S VERSION command id=0 214B major=0 minor=0 caps={\"pgsizes\":4096" in out[2]
+        assert any(f"DEVICE_GET_INFO reply id=1 32B flags=RESET|PCI num_regions=9 num_irqs=5 ← {info}" in x
+                   for x in out)
+        assert any("[fragment at offset 0 of 1048640]" in x for x in out)
+        assert any("#1 conn-open /run/test.sock (client pid 100)" in x for x in out)
+        assert any(re.search(r"#\d+ finding warning REPLY_TIMEOUT: DEVICE_RESET id=50 unanswered after 5 s \[frame "
+                             r"\d+\]", x) for x in out)
+    two = lines(catalogue, "-2")
+    assert f"→ {version_reply(catalogue)}" in two[2] and "reassembled in" in "".join(two)
+
+
+def test_detail_tree(catalogue):
+    st = stored(catalogue)
+    fnd = next(f for f in st.findings if f.code == "REGION_CAPS_BAD")
+    reply = version_reply(catalogue)
+    text = "\n".join(lines(catalogue, "-2", "-V", "-Y", f"frame.number <= {reply} || vfio_user.region_cap || "
+                                                        f"frame.number == {fnd.frame}"))
+    for label in ("vfudissect capture record (VFUC), CONN_OPEN", "Socket path: /run/test.sock", "client pid: 100",
+                  "vfudissect capture record (VFUC), VERDICTS", "Judged by: vfudissect",
+                  "vfio-user, VERSION command id=0", "Capabilities", "max_msg_fds: 16", "write_multiple: True",
+                  "migration.max_bitmap_size: 268435456", f"[Response in: {reply}]", "[Request in: 3]",
+                  "[Response time: 0.00", "Capability SPARSE_MMAP at 32", "nr_areas: 2", "Capability TYPE at 80",
+                  "subtype: 1", f"[Finding record: {fnd.frame}]", "vfio-user finding REGION_CAPS_BAD (warning)",
+                  f"Frame: {fnd.frames[0]}", "Severity: warning (1)",
+                  "[Expert Info (Warning/Malformed): sparse area 0 (0x0+0x20000) lies outside the region (0x10000)]"):
+        assert label in text, label
+    assert NO_VERDICTS[1] not in text  # the capture carries verdicts
 
 
 def test_show_payload_preference(catalogue):
     def data_frames(show: str) -> int:
-        return len(tshark_lines(catalogue, "-o", f"vfio_user.show_payload:{show}", "-Y", "vfio_user.data", "-T",
-                                "fields", "-e", "frame.number"))
+        return len(lines(catalogue, "-o", f"vfio_user.show_payload:{show}", "-Y", "vfio_user.data", "-T", "fields",
+                         "-e", "frame.number"))
     assert data_frames("TRUE") > 5 and data_frames("FALSE") == 0
 
 
 def test_fd_and_fragment_fields(catalogue):
-    rows = [x.split("\t") for x in tshark_lines(catalogue, "-2", "-T", "fields", "-E", "occurrence=a", "-e",
-                                                "frame.number", "-e", "vfucap.fd.kind", "-e", "vfucap.fd.path", "-e",
-                                                "vfucap.reassembled_in", "-e", "vfucap.fragment")]
-    memfd = [r for r in rows if set(r[1].split(",")) == {"2"}]
-    assert memfd and all(set(r[2].split(",")) == {"/memfd:memory-backend-memfd (deleted)"} for r in memfd)
-    reassembled_in = {int(r[0]): int(r[3]) for r in rows if r[3]}
-    whole = {int(r[0]): [int(x) for x in r[4].split(",")] for r in rows if r[4]}
+    rows = fields(catalogue, ["frame.number", "vfucap.fd.kind", "vfucap.fd.path", "vfucap.reassembled_in",
+                              "vfucap.fragment"], "-2")
+    memfd = [r for r in rows if set(r[1]) == {"2"}]
+    assert memfd and all(set(r[2]) == {"/memfd:memory-backend-memfd (deleted)"} for r in memfd)
+    reassembled_in = {int(r[0][0]): int(r[3][0]) for r in rows if r[3]}
+    whole = {int(r[0][0]): [int(x) for x in r[4]] for r in rows if r[4]}
     # a 1 MiB write, a 200 kB read reply, a 150 kB raw blob and the hand-made pairs of sc_records, each ending
     # in the frame that lists its fragments
     assert len(whole) == 5 and len(reassembled_in) == sum(len(v) - 1 for v in whole.values())
@@ -231,8 +436,18 @@ def test_fd_and_fragment_fields(catalogue):
         assert frames == sorted(frames)
 
 
+def test_texts_are_shown_as_read(tmp_path):
+    """Finding texts with quotes, backslashes, bars, tabs and non-ASCII: the record's text field is the text
+    (control characters escaped), the expert its first 239 bytes."""
+    path = corpus.write_stored_oddities(tmp_path / "odd.pcapng")
+    st = stored(path)
+    rows = {int(r[0][0]): r[1] for r in fields(path, ["frame.number", "vfio_user.finding.text"])}
+    for fnd in st.findings:
+        assert rows[fnd.frame] == ([shown(fnd.text)] if fnd.text else []), fnd
+
+
 def test_vfio_user_alone_decodes_a_bare_message(tmp_path):
-    """`text2pcap -P vfio_user` (exported PDU naming the message protocol itself): decoded, no analysis."""
+    """`text2pcap -P vfio_user` (exported PDU naming the message protocol itself): decoded, no state."""
     from vfudissect.testing import region_read_reply
 
     text2pcap = shutil.which("text2pcap")
@@ -241,7 +456,7 @@ def test_vfio_user_alone_decodes_a_bare_message(tmp_path):
     hexdump.write_text("0000 " + " ".join(f"{b:02x}" for b in region_read_reply(5, 7, 0, 4, data=b"abcd")) + "\n")
     pcap = tmp_path / "m.pcap"
     subprocess.run([text2pcap, "-q", "-P", "vfio_user", str(hexdump), str(pcap)], check=True, timeout=60)
-    lines = tshark_lines(pcap)
-    assert lines[0].endswith("REGION_READ reply id=5 36B offset=0x0 region=CONFIG count=4")
-    text = "\n".join(tshark_lines(pcap, "-V"))
+    out = lines(pcap)
+    assert out[0].endswith("REGION_READ reply id=5 36B offset=0x0 region=CONFIG count=4")
+    text = "\n".join(lines(pcap, "-V"))
     assert "Data: 61626364" in text and "Finding" not in text

@@ -25,6 +25,7 @@ DEFAULT_OUTPUT = Path("plugins") / "vfio_user.lua"
 PLUGIN_NAME = "vfio_user.lua"
 
 STRUCTS = spec.SUB_STRUCTS  # variable-tail sub-structures, named in spec.py
+FINDING_FIELDS = frozenset({"severity", "text", "frame", "conn", "record", "other"})  # vfio_user.finding.<field>
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LUA_KEYWORDS = frozenset(
@@ -185,6 +186,9 @@ def spec_tables(template: str | None = None) -> dict[str, Any]:
         raise LuaError(f"struct and layout keys collide: {sorted(clash)}")
     if "member" in caps:
         raise LuaError("a capability named 'member' collides with vfio_user.caps.member")
+    clash = {f["code"].lower() for f in codes} & FINDING_FIELDS
+    if clash:
+        raise LuaError(f"finding codes {sorted(clash)} collide with vfio_user.finding.<field>")
     constants, enums, sets = _constants(), _enums(), _sets()
     if template is not None:
         used = {name for table in list(layouts.values()) + list(structs.values()) for f in table["fields"]
@@ -204,6 +208,9 @@ def spec_tables(template: str | None = None) -> dict[str, Any]:
         "capabilities": caps,
         "capability_order": list(spec.CAPABILITIES),
         "findings": codes,
+        "severities": list(findings.SEVERITIES),
+        "rec_types": {r.name: int(r) for r in spec.RecType},
+        "tlvs": {t.name: int(t) for t in spec.Tlv},
         "structs": structs,
         "struct_order": list(structs),
     }
@@ -227,10 +234,14 @@ def template_text() -> str:
 
 def _check_references(template: str, tables: dict[str, Any]) -> None:
     """Every SPEC.<table>.X the template names must exist."""
-    for group in ("C", "enums", "sets", "structs", "layouts"):
+    for group in ("C", "enums", "sets", "structs", "layouts", "rec_types", "tlvs"):
         for name in sorted(set(re.findall(rf"SPEC\.{group}\.([A-Za-z_][A-Za-z0-9_]*)", template))):
             if name not in tables[group]:
                 raise LuaError(f"template uses SPEC.{group}.{name}, which spec.py does not define")
+    for local, group in (("REC", "rec_types"), ("TLV", "tlvs")):
+        for name in sorted(_names(template, rf"\b{local}")):
+            if name not in tables[group]:
+                raise LuaError(f"template uses {local}.{name}, which spec.py does not define")
 
 
 def generate() -> str:
