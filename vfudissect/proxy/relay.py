@@ -74,6 +74,7 @@ class RelayConfig:
     busy_poll: float = 0.0  # seconds to keep polling after activity (0 = always sleep in epoll)
     tick_interval: float = 0.1  # how often the engine hears the time (live REPLY_TIMEOUT)
     record_slice: float = 0.005  # longest stretch of recording between two polls: what a message may wait for it
+    read_budget: int = 32  # messages read from one socket in a row before the others get a turn
     max_events: int = 100_000  # events queued for recording before reading pauses
     max_bytes: int = 32 << 20  # ... or bytes (data plus _EVENT_COST each)
     live_lag: int = 256  # events waiting to be recorded before the live view stops rendering messages
@@ -193,6 +194,7 @@ class Relay:
         self._stopping = False
         self._trim = _malloc_trim()
         self._heavy = False  # the queue grew large since it was last empty: give memory back once it empties
+        self._idle_due = False
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         listener.setblocking(False)
         self._register(listener.fileno(), _IN)
@@ -236,7 +238,12 @@ class Relay:
                     if not evs:
                         continue
                 else:
-                    evs = poll(max(next_timer - now, 0.0))
+                    evs = poll(0)
+                    if not evs:  # nothing to relay, nothing to record: the view and the capture catch up, then sleep
+                        if self._idle_due:
+                            self._idle_due = False
+                            self.recorder.idle()
+                        evs = poll(max(next_timer - mono(), 0.0))
                 if evs:
                     last_active = mono()
                     self._dispatch(evs, read=not self.full)
@@ -334,7 +341,7 @@ class Relay:
             if not n & 15 and mono() >= until:
                 break
         if not queue:
-            self.recorder.idle()
+            self._idle_due = True  # recorder.idle() once the relay has nothing else to do (not after every burst)
             if self._heavy:
                 self._heavy = False
                 self._trim()
@@ -422,10 +429,12 @@ class Relay:
 
     # ------------------------------------------------------------ reading
     def _read(self, p: Pump) -> None:
-        """Read what the deframer asks for while it makes progress; return after putting something out
-        (level-triggered epoll reports the socket again if more is waiting: no extra EAGAIN read)."""
+        """Read what the deframer asks for while it makes progress, up to ``read_budget`` messages (a pipelined
+        peer's burst in one go, without starving the other sockets); stop early when the recording queue is full
+        or the output is pending (level-triggered epoll reports the socket again if more is waiting)."""
         d = p.d
         src = p.src
+        budget = self.cfg.read_budget
         while True:
             buf = d.buffer()
             if not len(buf):
@@ -452,8 +461,10 @@ class Relay:
                 if not d.partial:
                     self._partial.discard(p)
                 self._outs(p, outs)
-                return
-            if d.want() > _BIG:
+                budget -= 1
+                if budget <= 0 or p.out is not None or p.state != OPEN or self.full:
+                    return
+            elif d.want() > _BIG:
                 self._spin_ok = False
 
     def _outs(self, p: Pump, outs: list[Out], send: bool = True) -> None:
