@@ -8,6 +8,9 @@ import shlex
 import sys
 
 from . import spec
+from .proxy.relay import RelayConfig as _RelayConfig
+
+RELAY_DEFAULTS = _RelayConfig()
 
 _DESCRIPTION = """\
 Sit between a vfio-user client (e.g. QEMU's vfio-user-pci) and a device server,
@@ -38,8 +41,11 @@ examples:
 exit status: 0 after a clean stop (Ctrl-C, SIGTERM), 2 when a path, a
 permission or the server is unusable (said in one line).
 
-Performance: recording never sits between a message and its forwarding
-(it is done when no socket is ready).  With --busy-poll the relay keeps
+Performance: recording never sits between a message and its forwarding: it
+is done in slices of at most --max-hold between looks at the sockets, so a
+message that has arrived waits at most that long for the proxy, whatever the
+load; when recording cannot keep up, the peers are slowed to its rate (never
+stopped) and memory stays bounded.  With --busy-poll the relay keeps
 polling instead of sleeping for that long after small messages: one CPU is
 busy while messages flow, and a process wake-up (tens of microseconds on
 virtual machines) is saved per hop.  It is on by default only with 4 or more
@@ -125,6 +131,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     tune.add_argument("--stall-timeout", type=_positive, default=0.5, metavar="SECONDS",
                       help="a message whose bytes stop arriving this long is forwarded as far as it came and "
                            "that direction is relayed raw (default %(default)s)")
+    tune.add_argument("--max-hold", type=_positive, default=RELAY_DEFAULTS.record_slice, metavar="SECONDS",
+                      help="longest stretch the relay spends recording between two looks at the sockets, i.e. the "
+                           "most a message that has arrived waits for the proxy (default %(default)s s; QEMU's own "
+                           "reply timeout is 5 s). When recording falls behind, the peers are slowed to its rate, "
+                           "never stopped, and at most 100,000 events or 32 MiB wait to be recorded")
     tune.add_argument("--busy-poll", type=_positive, default=None, metavar="USEC",
                       help="keep polling this long after traffic instead of sleeping (default: 200 us on "
                            "machines with 4 or more CPUs, 0 = never, below that)")
@@ -148,6 +159,6 @@ def cmd_record(args: argparse.Namespace) -> int:
         write=args.write, listen=args.listen, connect=args.connect, intercept=args.intercept, mode=args.mode,
         snaplen=args.snaplen, rotate_size=args.rotate_size, quiet=args.quiet, color=use_color(args.color, live_stream), timeout=args.timeout,
         relay=RelayConfig(stall_timeout=args.stall_timeout, busy_poll=default_busy_poll() if args.busy_poll is None
-                          else args.busy_poll / 1e6),
+                          else args.busy_poll / 1e6, record_slice=max(args.max_hold, 1e-4)),
         comment="vfudissect " + " ".join(shlex.quote(a) for a in sys.argv[1:]), summary=not args.no_summary)
     return run_proxy(opts)
