@@ -174,4 +174,4 @@ def test_stats_keep_no_per_request_state():
     for i in range(10_000):
         for it in pairs("REGION_READ", [1e-5], first_frame=1 + 2 * i):
             s.add(it)
-    assert set(vars(s)) == {"_conns", "first_ts", "last_ts", "severities", "connections"}
+    assert set(vars(s)) == {"_conns", "first_ts", "last_ts", "severities", "connections", "_labels"}

@@ -15,13 +15,9 @@ import time
 from typing import Callable, Iterator, TextIO
 
 from . import __version__, spec
-from .capture.reader import CaptureError, open_capture
-from .core.analyzer import Analyzer, AnalyzerConfig
-from .core.events import Event, FindingIn, MessageIn, VerdictsIn
-from .core.verdicts import VerdictDiff, stored_finding
-from .core.records import ConnRecord, Finding, Item, MessageRecord
-from .core.sequencer import Sequencer
-from .render import Renderer, finding_json, message_json
+from .analysis import ViewOptions, analyze, analyze_batches, decode_tree, read_part, stats_part  # noqa: F401
+from .core.records import Finding, MessageRecord
+from .inputs import CaptureSet, InputError, captures
 from .stats import Stats
 from .core import findings
 
@@ -74,24 +70,6 @@ class Progress:
         if self.enabled:
             sys.stderr.write("\r" + " " * 72 + "\r")
             sys.stderr.flush()
-
-
-def analyze_batches(events: Iterator[Event], config: AnalyzerConfig) -> Iterator[list[Item]]:
-    """Drive the engine over events: one list of records and findings per event, then the end-of-capture ones."""
-    an = Analyzer(config)
-    feed = an.feed
-    last = 0.0
-    for ev in events:
-        if ev.ts:
-            last = ev.ts
-        yield feed(ev)
-    yield an.finish(last)
-
-
-def analyze(events: Iterator[Event], config: AnalyzerConfig) -> Iterator[Item]:
-    """Every record and finding of the events, flattened."""
-    for batch in analyze_batches(events, config):
-        yield from batch
 
 
 # ----------------------------------------------------------------- filters
@@ -158,155 +136,90 @@ def _parse_commands(values: list[str]) -> set[int]:
 
 
 # ----------------------------------------------------------------- read
-def cmd_read(args: argparse.Namespace) -> int:
+def view_options(args: argparse.Namespace, stream: bool = False) -> ViewOptions:
     flt = Filter(args)
-    out = sys.stdout
-    color = use_color(args.color, out)
-    r = Renderer(color)
-    stats = Stats()
-    seq = Sequencer(hold=args.stored)
-    progress = Progress(args.file, not args.no_progress)
-    fail_rank = None if args.fail_on == "never" else findings.SEVERITY_RANK[args.fail_on]
-    worst = -1
-    shown = 0
-    last_line = [-1]  # frame of the last record line printed: a finding about another frame says which
-    raw: dict[tuple[int, int], bytes] = {}  # (conn, frame) -> message bytes, for -V, until printed
-    pending_conn: dict[int, bool] = {}
-    events: Iterator[Event] = open_capture(args.file, progress)
-    if args.verbose:
-        events = _stash_messages(events, raw)
-    diff = VerdictDiff()
-    stored: list[Finding] = []  # stored verdicts read with the last event (--stored shows them)
-    events = _tap_verdicts(events, diff, stored if args.stored else None)
-    error: CaptureError | None = None
-    write = out.write
+    return ViewOptions(json=args.json, verbose=args.verbose, color=use_color(args.color, sys.stdout),
+                       timeout=args.timeout, stored=args.stored,
+                       commands=frozenset(flt.commands) if flt.commands is not None else None,
+                       conns=frozenset(flt.conns) if flt.conns is not None else None, dir=flt.dir,
+                       codes=frozenset(flt.codes) if flt.codes is not None else None, min_severity=flt.min_sev,
+                       stream=stream)
 
-    def emit(items: list[Item]) -> None:
-        nonlocal worst, shown
-        for it in items:
-            if isinstance(it, MessageRecord):
-                ok = flt.record_ok(it)
-                pending_conn[it.frame] = ok
-                if not ok:
-                    continue
-                shown += 1
-                last_line[0] = it.frame
-                if args.json:
-                    write(json.dumps(message_json(it)) + "\n")
-                else:
-                    write(r.message_line(it) + "\n")
-                    if args.verbose:
-                        write(decode_tree(raw.pop((it.conn, it.frame), b""), it) + "\n")
-            elif isinstance(it, Finding):
-                # shown when it passes the finding filters and the message it is about was shown
-                if not flt.finding_ok(it) or not pending_conn.get(it.frame, True):
-                    continue
-                rank = findings.SEVERITY_RANK[it.severity]
-                worst = max(worst, rank)
-                if args.json:
-                    write(json.dumps(finding_json(it)) + "\n")
-                else:
-                    write(r.finding_line(it, standalone=it.frame != last_line[0]) + "\n")
-            elif isinstance(it, ConnRecord) and not args.json and not flt.active:
-                last_line[0] = it.frame
-                write(r.conn_line(it) + "\n")
 
+def _sets(args: argparse.Namespace) -> list[CaptureSet]:
     try:
-        for batch in analyze_batches(_guard(events, _set_error), AnalyzerConfig(timeout=args.timeout)):
-            if args.stored:  # the verdicts the capture carries instead of the engine's
-                batch = [_without_codes(it) if type(it) is MessageRecord and it.findings else it
-                         for it in batch if type(it) is not Finding] + stored
-                stored.clear()
-            else:
-                for it in batch:
-                    if type(it) is Finding:
-                        diff.add_fresh(it)
-            for it in batch:
-                stats.add(it)
-                if r.base_ts is None and it.ts:
-                    r.base_ts = it.ts  # times are relative to the capture's first record, filtered or not
-            emit(seq.push(batch))
-            if len(pending_conn) > 100000:
-                pending_conn.clear()
-        emit(seq.flush())
+        return captures(args.files)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _label(path: str) -> str:
+    return "<stdin>" if path == "-" else path
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    sets = _sets(args)
+    parts = [(cs, p) for cs in sets for p in cs.parts]
+    opts = view_options(args, stream=any(p == "-" for _cs, p in parts))
+    out = sys.stdout
+    write = out.write
+    color = opts.color
+    merged = Stats()
+    several = len(parts) > 1
+    usable = False
+    worst, shown = -1, 0
+    conns: set[int] = set()
+    errors: list[str] = []
+    notes: list[str] = []
+    try:
+        for cs, path in parts:
+            if several and not opts.json:
+                write(_heading(path, color) + "\n")
+            progress = Progress(path, not args.no_progress)
+            try:
+                res = read_part(path, opts, write, label=_label(path), progress=progress, flush=out.flush)
+            finally:
+                progress.close()
+            if res.error:
+                errors.append(res.error)
+            if res.unusable:
+                continue
+            usable = True
+            merged.merge(res.stats, cs.name if len(sets) > 1 else None)
+            worst, shown = max(worst, res.worst), shown + res.shown
+            conns |= res.conns
+            notes += res.notes
+        if usable and not opts.json and not args.quiet_summary:
+            write("\n" + merged.render(color) + "\n")
+            if opts.filtering:
+                write(f"  ({shown} of {merged.messages} messages shown)\n")
+        out.flush()
     except BrokenPipeError:
         return _broken_pipe()
-    finally:
-        progress.close()
-    error = _ERRORS.pop() if _ERRORS else None
-    if not args.json and not args.quiet_summary:
-        write("\n" + stats.render(color) + "\n")
-        if flt.active:
-            write(f"  ({shown} of {stats.messages} messages shown)\n")
-    out.flush()
-    if args.stored and not diff.judged and error is None:
-        _note_line(f"{args.file}: the capture carries no stored findings (written before vfudissect 0.2 or by "
-                   "another tool); `vfudissect annotate` adds them")
-    elif not args.stored and diff.judged and diff.differs() and error is None:
-        _note_line(diff.sentence(args.file, args.timeout))
-    if error is not None:
-        _err_line(str(error))
+    for n in notes:
+        _note_line(n)
+    missing = sorted(set(opts.conns) - conns) if opts.conns is not None and usable else []
+    if missing:
+        have = ", ".join(f"#{c}" for c in sorted(conns)) or "none"
+        errors.append(f"no connection {', '.join(f'#{c}' for c in missing)} in "
+                      f"{', '.join(_label(p) for _cs, p in parts)} (its connections: {have})")
+    for e in errors:
+        _err_line(e)
+    if errors:
         return EXIT_BAD_INPUT
+    fail_rank = None if args.fail_on == "never" else findings.SEVERITY_RANK[args.fail_on]
     if fail_rank is not None and worst >= fail_rank:
         return EXIT_FINDINGS
     return EXIT_OK
 
 
-def _tap_verdicts(events: Iterator[Event], diff: VerdictDiff, stored: list[Finding] | None) -> Iterator[Event]:
-    """Pass every event on; the stored verdicts go to ``diff`` (and, with --stored, to ``stored``)."""
-    for ev in events:
-        t = type(ev)
-        if t is FindingIn:
-            diff.add_stored(ev)  # type: ignore[arg-type]
-            if stored is not None:
-                stored.append(stored_finding(ev))  # type: ignore[arg-type]
-        elif t is VerdictsIn:
-            diff.add_header(ev)  # type: ignore[arg-type]
-        yield ev
-
-
-def _without_codes(rec: MessageRecord) -> MessageRecord:
-    return rec._replace(findings=())
+def _heading(path: str, color: bool) -> str:
+    text = f"━━ {_label(path)}"
+    return f"\033[1m{text}\033[0m" if color else text
 
 
 def _note_line(msg: str) -> None:
     sys.stderr.write(f"vfudissect: note: {msg}\n")
-
-
-_ERRORS: list[CaptureError] = []
-
-
-def _set_error(e: CaptureError) -> None:
-    _ERRORS.append(e)
-
-
-def _guard(events: Iterator[Event], on_error: Callable[[CaptureError], None]) -> Iterator[Event]:
-    """Stop cleanly at a damaged capture, keeping everything read before it."""
-    try:
-        yield from events
-    except CaptureError as e:
-        on_error(e)
-
-
-def _stash_messages(events: Iterator[Event], raw: dict[tuple[int, int], bytes]) -> Iterator[Event]:
-    for ev in events:
-        if isinstance(ev, MessageIn):
-            raw[(ev.conn, ev.frame)] = ev.data
-        yield ev
-
-
-def decode_tree(data: bytes, rec: MessageRecord) -> str:
-    """The full decode tree of one message: scapy's show() of the VfioUser layer, plus its fds."""
-    lines = []
-    try:
-        from .layers import VfioUser
-
-        lines.append(VfioUser(data).show(dump=True).rstrip())
-    except Exception as exc:  # a decode tree must never stop the listing
-        lines.append(f"    [decode tree unavailable: {type(exc).__name__}: {exc}]")
-    for i, fd in enumerate(rec.fds):
-        lines.append(f"    fd[{i}]: {fd.kind} size={fd.size} ino={fd.ino}" + (f" {fd.path}" if fd.path else ""))
-    return "\n".join("    " + line for line in "\n".join(lines).splitlines())
 
 
 def _broken_pipe() -> int:
@@ -324,28 +237,37 @@ def _err_line(msg: str) -> None:
 
 # ----------------------------------------------------------------- stats
 def cmd_stats(args: argparse.Namespace) -> int:
-    stats = Stats()
-    progress = Progress(args.file, not args.no_progress)
-    fail_rank = None if args.fail_on == "never" else findings.SEVERITY_RANK[args.fail_on]
-    add = stats.add
+    sets = _sets(args)
+    merged = Stats()
+    usable = False
+    errors: list[str] = []
+    for cs in sets:
+        for path in cs.parts:
+            progress = Progress(path, not args.no_progress)
+            try:
+                res = stats_part(path, args.timeout, progress)
+            finally:
+                progress.close()
+            if res.error:
+                errors.append(res.error)
+            if not res.unusable:
+                usable = True
+                merged.merge(res.stats, cs.name if len(sets) > 1 else None)
     try:
-        for it in analyze(_guard(open_capture(args.file, progress), _set_error), AnalyzerConfig(timeout=args.timeout)):
-            add(it)
-    finally:
-        progress.close()
-    error = _ERRORS.pop() if _ERRORS else None
-    try:
-        if args.json:
-            sys.stdout.write(json.dumps(stats.to_json(), indent=2) + "\n")
-        else:
-            sys.stdout.write(stats.render(use_color(args.color, sys.stdout)) + "\n")
+        if usable:
+            if args.json:
+                sys.stdout.write(json.dumps(merged.to_json(), indent=2) + "\n")
+            else:
+                sys.stdout.write(merged.render(use_color(args.color, sys.stdout)) + "\n")
         sys.stdout.flush()
     except BrokenPipeError:
         return _broken_pipe()
-    if error is not None:
-        _err_line(str(error))
+    for e in errors:
+        _err_line(e)
+    if errors:
         return EXIT_BAD_INPUT
-    worst = max((findings.SEVERITY_RANK[s] for s, n in stats.severities.items() if n), default=-1)
+    fail_rank = None if args.fail_on == "never" else findings.SEVERITY_RANK[args.fail_on]
+    worst = max((findings.SEVERITY_RANK[s] for s, n in merged.severities.items() if n), default=-1)
     return EXIT_FINDINGS if fail_rank is not None and worst >= fail_rank else EXIT_OK
 
 
@@ -374,7 +296,7 @@ def cmd_codes(args: argparse.Namespace) -> int:
     if args.json:
         for f in findings.CATALOGUE.values():
             print(json.dumps({"finding": f.code, "severity": f.severity, "group": f.group, "title": f.title,
-                              "basis": f.basis}))
+                              "basis": f.basis, "doc": f.doc}))
         return EXIT_OK
     for f in findings.CATALOGUE.values():
         print(f"{f.code:<30} {f.severity:<8} {f.title}")
@@ -382,9 +304,22 @@ def cmd_codes(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------- parser
+def seconds(text: str) -> float:
+    """A duration in seconds: 0 or more (argparse type)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be 0 (off) or a positive number of seconds")
+    return v
+
+
 def _common_analysis(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="capture file (pcapng or pcap written by vfudissect; - for stdin)")
-    p.add_argument("--timeout", type=float, default=spec.DEFAULT_REPLY_TIMEOUT, metavar="SECONDS",
+    p.add_argument("files", nargs="+", metavar="CAPTURE",
+                   help="captures (pcapng or pcap written by vfudissect; - for stdin), globs or directories; a "
+                        "rotated capture (FILE, FILE-2, ...) is read as one, in order")
+    p.add_argument("--timeout", type=seconds, default=spec.DEFAULT_REPLY_TIMEOUT, metavar="SECONDS",
                    help="REPLY_TIMEOUT threshold (default %(default)s s, QEMU's x-msg-timeout; 0 disables)")
     p.add_argument("--fail-on", choices=["note", "warning", "error", "never"], default="error",
                    help="exit 1 when findings of this severity or worse exist (default %(default)s)")
@@ -397,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vfudissect",
         description="Dissect, record and analyze vfio-user traffic (QEMU vfio-user-pci <-> device servers).",
-        epilog="Exit status: 0 clean, 1 findings at or above --fail-on, 2 unusable input or usage error.\n"
+        epilog="Exit status: 0 clean, 1 findings at or above --fail-on, 2 unusable input or usage error,\n"
+               "3 an internal error (a bug: said in one line; please report it).\n"
                "Examples:\n"
                "  vfudissect read captures/qemu-10.2-gpio-pci-idio-16.pcapng\n"
                "  vfudissect read --json --finding ERROR_REPLY capture.pcapng | jq .\n"
@@ -432,9 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_read)
 
     p = sub.add_parser("stats", help="response-time table, errors, fds and findings per connection",
-                       description="Per-command response times (count, min, mean, p50, p99, max; percentiles "
-                                   "to 1%%), errors by errno, fds by kind and findings by code, per connection "
-                                   "and overall.")
+                       description="Per-command response times (count, min, mean, p50, p99, max; p50 and p99 "
+                                   "are nearest-rank percentiles, to 1 percent), errors by errno, fds by kind and "
+                                   "findings by code, per connection and overall, over one capture or many.")
     _common_analysis(p)
     p.add_argument("--json", action="store_true", help="print the statistics as one JSON document")
     p.set_defaults(func=cmd_stats)
@@ -448,8 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="REPLY_TIMEOUT threshold of the verdicts recorded in the capture (default %(default)s s)")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("codes", help="list the finding codes with their severity")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("codes", help="list the finding codes with their severity",
+                       description="Every finding code the analysis can raise: severity, Wireshark expert group "
+                                   "and one line (docs/findings.md documents each, with an example).")
+    p.add_argument("--json", action="store_true",
+                   help="JSON Lines: one object per code (finding, severity, group, title, basis, doc)")
     p.set_defaults(func=cmd_codes)
 
     for name in SUBCOMMAND_MODULES:

@@ -172,6 +172,12 @@ def message_json(rec: MessageRecord) -> dict[str, Any]:
     }
 
 
+def conn_json(rec: ConnRecord) -> dict[str, Any]:
+    """A connection event, raw bytes or a note, as `read --json` prints it (``event``: open | close | raw | note)."""
+    return {"frame": rec.frame, "ts": rec.ts, "conn": rec.conn, "dir": rec.dir, "event": rec.kind, "text": rec.text,
+            "findings": list(rec.findings)}
+
+
 def finding_json(f: Finding) -> dict[str, Any]:
     return {"finding": f.code, "severity": f.severity, "conn": f.conn, "frames": list(f.frames), "text": f.text,
             "ts": f.ts}

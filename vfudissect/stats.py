@@ -188,6 +188,7 @@ class Stats:
         self.last_ts = 0.0
         self.severities: Counter[str] = Counter()
         self.connections = 0
+        self._labels: dict[str, int] = {}  # captures merged in, in the order they came
 
     def _conn(self, conn: int) -> _ConnStats:
         cs = self._conns.get(conn)
@@ -251,12 +252,36 @@ class Stats:
             self.connections += 1
             self._conn(it.conn)
 
+    def merge(self, other: "Stats", label: str | None = None) -> None:
+        """Add another part's figures, exactly (counts add, histograms add bucket by bucket, min/max/sums hold).
+        With ``label`` (the capture the part belongs to) its connections are that capture's: connection 1 of two
+        captures are two connections, connection 1 of two parts of one rotated capture is one."""
+        for conn, cs in other._conns.items():
+            key = conn if label is None or isinstance(conn, tuple) else (label, conn)
+            if isinstance(key, tuple):
+                self._labels.setdefault(key[0], len(self._labels))
+            mine = self._conns.get(key)
+            if mine is None:
+                mine = self._conns[key] = _ConnStats()
+            mine.add(cs)
+        if other.first_ts is not None and (self.first_ts is None or other.first_ts < self.first_ts):
+            self.first_ts = other.first_ts
+        self.last_ts = max(self.last_ts, other.last_ts)
+        self.severities.update(other.severities)
+        self.connections = len(self._conns)  # a rotated capture's parts each open its connections again
+
     # ------------------------------------------------------------ views
     def _total(self) -> _ConnStats:
         tot = _ConnStats()
-        for _conn, cs in sorted(self._conns.items()):
+        for _conn, cs in self._sorted():
             tot.add(cs)
         return tot
+
+    def _sorted(self) -> list[tuple[Any, _ConnStats]]:
+        """Connections in order: by capture (in the order they were merged), then number."""
+        order = self._labels
+        return sorted(self._conns.items(),
+                      key=lambda kv: (order.get(kv[0][0], 0), kv[0][1]) if isinstance(kv[0], tuple) else (0, kv[0]))
 
     @property
     def messages(self) -> int:
@@ -273,7 +298,7 @@ class Stats:
             "connections": max(self.connections, len(self._conns)),
             "duration": self._duration(),
             "overall": _conn_json(self._total()),
-            "per_connection": {str(k): _conn_json(v) for k, v in sorted(self._conns.items())},
+            "per_connection": {_conn_name(k): _conn_json(v) for k, v in self._sorted()},
             "severities": dict(self._severities()),
         }
 
@@ -281,13 +306,22 @@ class Stats:
         paint = _painter(color)
         out: list[str] = []
         if per_connection and len(self._conns) > 1:
-            for conn, cs in sorted(self._conns.items()):
-                out += _conn_lines(f"connection #{conn}", cs, paint)
+            for conn, cs in self._sorted():
+                out += _conn_lines(f"connection {_conn_title(conn)}", cs, paint)
         out += _conn_lines(f"overall: {max(self.connections, len(self._conns))} connection(s), "
                            f"{self._duration():.3f} s", self._total(), paint)
         out.append("  " + ", ".join(f"{self.severities.get(s, 0)} {s}{'s' if self.severities.get(s, 0) != 1 else ''}"
                                     for s in _SEVERITY_ORDER))
         return "\n".join(out)
+
+
+def _conn_name(k: Any) -> str:
+    """A connection's key in --json: its number, or CAPTURE#N when several captures are counted."""
+    return f"{k[0]}#{k[1]}" if isinstance(k, tuple) else str(k)
+
+
+def _conn_title(k: Any) -> str:
+    return f"#{k[1]} of {k[0]}" if isinstance(k, tuple) else f"#{k}"
 
 
 def _conn_json(cs: _ConnStats) -> dict[str, Any]:

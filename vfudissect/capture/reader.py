@@ -24,12 +24,18 @@ CORRUPT_NOTE_PREFIX = spec.NOTE_CORRUPT_PREFIX
 
 
 class CaptureError(Exception):
-    """The capture cannot be read on from here (not a capture, truncated, foreign link type)."""
+    """The capture cannot be read on from here (cannot be opened, not a capture, truncated, foreign link type).
+
+    ``record`` is the 1-based record number where reading stopped, 0 for the file header, -1 when the file
+    could not even be opened."""
 
     def __init__(self, path: str, record: int, message: str) -> None:
         self.path, self.record, self.message = path, record, message
-        where = f"record {record}" if record else "file header"
-        super().__init__(f"{path}: {where}: {message}")
+        if record < 0:
+            text = f"cannot read {path}: {message}"
+        else:
+            text = f"{path}: {f'record {record}' if record else 'file header'}: {message}"
+        super().__init__(text)
 
 
 class RawRecord(NamedTuple):
@@ -46,18 +52,20 @@ class RawRecord(NamedTuple):
 class _Buf:
     """A forward-only read buffer over a binary stream."""
 
-    __slots__ = ("f", "buf", "pos", "consumed", "eof", "progress")
+    __slots__ = ("f", "buf", "pos", "consumed", "eof", "progress", "_read")
 
     def __init__(self, f: BinaryIO, progress: Callable[[int], None] | None) -> None:
         self.f, self.buf, self.pos, self.consumed, self.eof = f, b"", 0, 0, False
         self.progress = progress
+        # read1: what is there, up to the chunk size (a pipe is read as records arrive, not a megabyte at a time)
+        self._read = getattr(f, "read1", f.read)
 
     def need(self, n: int) -> bool:
         """Make n bytes available at pos; False at a clean or unclean end of file."""
         while len(self.buf) - self.pos < n:
             if self.eof:
                 return False
-            chunk = self.f.read(max(_CHUNK, n))
+            chunk = self._read(max(_CHUNK, n))
             if not chunk:
                 self.eof = True
                 return False
@@ -239,6 +247,7 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
     vmagic = spec.VFUC_MAGIC
     fsize = spec.VFUC_FIXED_SIZE
     upper_pdu = spec.LINKTYPE_WIRESHARK_UPPER_PDU
+    ours = False  # a record of ours has been read: a foreign one after it is damage, before it a foreign file
     for r in records:
         data = r.data
         ts = r.ts_ns / 1e9
@@ -250,14 +259,19 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
             (magic, _v, rt, hdr_len, conn, _d, flags, n_fds, msg_len, frag_off, _seq, _fl, _r) = fixed(data, plen)
             if magic == vmagic and rt == MSG and hdr_len == fsize and not n_fds and not frag_off \
                     and not flags & MORE:
+                ours = True
                 payload = data[plen + fsize:]
                 yield make_message_in(ts, conn, d, payload, (), r.number, msg_len if msg_len else len(payload), flags)
                 continue
         try:
             name, _p2p, off = strip(data)
             if name != spec.EXPORTED_PDU_DISSECTOR_NAME:
+                if not ours:  # another dissector's capture altogether, not a damaged record of ours
+                    raise CaptureError(path, r.number, f"exported PDU for dissector {name!r}, not "
+                                       f"{spec.EXPORTED_PDU_DISSECTOR_NAME!r}: not a vfudissect capture")
                 raise vfuc.VfucError(f"exported PDU for dissector {name!r}, not {spec.EXPORTED_PDU_DISSECTOR_NAME!r}")
             rec = decode(data, off)
+            ours = True
         except (vfuc.VfucError, struct.error) as exc:
             yield NoteIn(ts, 0, f"{CORRUPT_NOTE_PREFIX}{exc}", None, r.number)
             continue
@@ -332,7 +346,9 @@ def open_capture(path: str, progress: Callable[[int], None] | None = None) -> It
         return
     try:
         fh = open(path, "rb")
+    except IsADirectoryError:
+        raise CaptureError(path, -1, "it is a directory, not a capture") from None
     except OSError as exc:
-        raise CaptureError(path, 0, exc.strerror or str(exc)) from None
+        raise CaptureError(path, -1, exc.strerror or str(exc)) from None
     with fh:
         yield from read_events(fh, path, progress)
