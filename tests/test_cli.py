@@ -191,3 +191,128 @@ def test_an_internal_error_is_one_line_after_the_output_not_a_traceback(monkeypa
     assert cli.main(["read", "--color", "never", "--no-progress", str(QEMU)]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error (ZeroDivisionError: made up by the test)" in err
+
+
+# ------------------------------------------------------------ what a new user tripped over (issue 11)
+def test_unusable_input_prints_its_error_alone_naming_the_file(tmp_path):
+    for args in (["read", "missing.pcapng"], ["stats", "--json", "missing.pcapng"], ["read", str(tmp_path)]):
+        p = run(*args)
+        assert p.returncode == 2 and p.stdout == b"", args  # no summary, no empty JSON document
+        err = p.stderr.decode().strip().splitlines()
+        assert len(err) == 1 and "file header" not in err[0], err
+    assert b"cannot read missing.pcapng: No such file or directory" in run("read", "missing.pcapng").stderr
+    assert b"a directory with no capture in it" in run("read", str(tmp_path)).stderr
+
+
+def _foreign_capture(path, dissector: bytes) -> None:
+    """A pcapng of link type 252 (exported PDU) naming another dissector, as text2pcap -l 252 would make it."""
+    import struct as st
+
+    def block(t: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return st.pack("<II", t, 12 + len(body)) + body + st.pack("<I", 12 + len(body))
+
+    name = dissector + b"\0" * (-len(dissector) % 4)
+    pdu = st.pack(">HH", 12, len(name)) + name + st.pack(">HH", 0, 0) + b"payload of another protocol"
+    shb = block(0x0A0D0D0A, st.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    idb = block(1, st.pack("<HHI", 252, 0, 0))
+    epb = block(6, st.pack("<IIIII", 0, 0, 0, len(pdu), len(pdu)) + pdu)
+    path.write_bytes(shb + idb + epb)
+
+
+def test_a_foreign_exported_pdu_capture_is_refused_like_a_foreign_link_type(tmp_path):
+    path = tmp_path / "other.pcapng"
+    _foreign_capture(path, b"http")
+    for sub in ("read", "stats"):
+        p = run(sub, str(path))
+        assert p.returncode == 2 and p.stdout == b"", p.stdout[:200]
+        assert b"exported PDU for dissector 'http'" in p.stderr and b"not a vfudissect capture" in p.stderr
+
+
+def test_read_from_a_pipe_shows_each_record_as_it_arrives():
+    import select
+
+    data = QEMU.read_bytes()
+    # the file header, the verdicts record, the connection's open record and the first message, not one byte more
+    cut = 0
+    for _ in range(5):
+        cut += int.from_bytes(data[cut + 4:cut + 8], "little")
+    proc = subprocess.Popen([sys.executable, "-m", "vfudissect", "read", "--color", "never", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        proc.stdin.write(data[:cut])  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready, "nothing was shown while the stream stays open"
+        line = proc.stdout.readline().decode()  # type: ignore[union-attr]
+        assert "open gpio.sock" in line
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]
+        proc.wait(timeout=30)
+
+
+def test_read_json_has_every_record_type_the_text_view_shows():
+    p = run("read", "--json", str(QEMU))
+    rows = [json.loads(x) for x in p.stdout.decode().splitlines()]
+    events = [r for r in rows if "event" in r]
+    assert [e["event"] for e in events] == ["open", "close", "close"]
+    assert {"frame", "ts", "conn", "dir", "event", "text", "findings", "file"} <= set(events[0])
+    assert all(r["file"] == str(QEMU) for r in rows)  # every object says which capture it comes from
+
+
+def test_options_that_make_no_sense_are_refused_with_a_reason():
+    p = run("read", "--timeout", "-1", str(QEMU))
+    assert p.returncode == 2 and b"must be 0 (off) or a positive number" in p.stderr
+    p = run("read", "--conn", "99", str(QEMU))
+    assert p.returncode == 2 and b"no connection #99" in p.stderr and b"its connections: #1" in p.stderr
+    assert b"%%" not in run("stats", "--help").stdout
+    assert b"3 an internal error" in run("--help").stdout
+    assert b"JSON Lines" in run("codes", "--help").stdout
+
+
+def test_many_captures_are_one_analysis_each_line_saying_its_file():
+    p = run("read", "--color", "never", str(QEMU), str(LVU))
+    text = p.stdout.decode()
+    assert text.count("━━ ") == 2 and f"━━ {QEMU}" in text and f"━━ {LVU}" in text
+    one = json.loads(run("stats", "--json", str(QEMU)).stdout)
+    two = json.loads(run("stats", "--json", str(LVU)).stdout)
+    both = json.loads(run("stats", "--json", str(QEMU), str(LVU)).stdout)
+    assert both["overall"]["messages"] == one["overall"]["messages"] + two["overall"]["messages"]
+    assert both["connections"] == 2 and set(both["per_connection"]) == {f"{QEMU}#1", f"{LVU}#1"}
+
+
+def test_a_rotated_capture_is_read_as_one_from_its_first_part(tmp_path):
+    import io
+
+    from vfudissect.capture.rotate import RotatingCaptureWriter
+    from vfudissect.capture.judge import JudgingWriter
+    from vfudissect.capture.reader import read_events
+    from vfudissect.proxy.sinks import BufferedSink, FileSink
+    import os
+
+    def part(path):  # type: ignore[no-untyped-def]
+        return BufferedSink(FileSink(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)))
+
+    w = RotatingCaptureWriter(str(tmp_path / "rot.pcapng"), 8192, part, judged=5.0)
+    judge = JudgingWriter(w, timeout=5.0)
+    last = 0.0
+    for ev in read_events(io.BytesIO(QEMU.read_bytes())):
+        if type(ev).__name__ not in ("FindingIn", "VerdictsIn"):
+            judge.write(ev)
+            last = ev.ts
+    judge.finish(last)
+    w.close()
+    assert len(w.paths) >= 3
+    whole = json.loads(run("stats", "--json", str(QEMU)).stdout)
+    rotated = json.loads(run("stats", "--json", str(tmp_path / "rot.pcapng")).stdout)
+    assert rotated["overall"] == whole["overall"] and rotated["connections"] == 1
+    p = run("read", "--color", "never", str(tmp_path / "rot.pcapng"))
+    assert p.stdout.decode().count("━━ ") == len(w.paths)  # every part, in order
+    globbed = json.loads(run("stats", "--json", str(tmp_path / "rot*.pcapng")).stdout)
+    assert globbed == rotated
+
+
+def test_read_verbose_ends_each_message_with_a_hex_dump():
+    p = run("read", "-V", "--color", "never", "-c", "VERSION", str(QEMU))
+    text = p.stdout.decode()
+    assert "    0000  00 00 01 00 d6 00 00 00 00 00 00 00 00 00 00 00   ................" in text
