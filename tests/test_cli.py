@@ -316,3 +316,49 @@ def test_read_verbose_ends_each_message_with_a_hex_dump():
     p = run("read", "-V", "--color", "never", "-c", "VERSION", str(QEMU))
     text = p.stdout.decode()
     assert "    0000  00 00 01 00 d6 00 00 00 00 00 00 00 00 00 00 00   ................" in text
+
+
+def test_a_register_access_shows_its_value_and_flags_are_spelled_one_way():
+    p = run("read", "--color", "never", "-c", "REGION_WRITE", str(QEMU))
+    line = next(x for x in p.stdout.decode().splitlines() if "REGION_WRITE command" in x and "count=4" in x)
+    assert " value=0x" in line
+    rows = [json.loads(x) for x in run("read", "--json", "-c", "REGION_READ", str(QEMU)).stdout.decode().splitlines()]
+    reply = next(r for r in rows if r.get("msg_type") == "reply" and r["fields"].get("count") == 4)
+    assert isinstance(reply["fields"]["value"], int)
+    tree = run("read", "-V", "--color", "never", "-c", "DMA_MAP", str(QEMU)).stdout.decode()
+    assert "flags     = READ|WRITE" in tree and "READ+WRITE" not in tree and "b'" not in tree
+
+
+def test_import_errors_are_the_users_one_line_exit_2_and_leave_no_partial_capture(tmp_path):
+    good = tmp_path / "t.jsonl"
+    good.write_text('{"t": 1.0, "conn": 1, "open": "s"}\n')
+    p = run("import", str(good), "-w", str(tmp_path / "missing" / "x.pcapng"))
+    assert p.returncode == 2 and b"cannot write" in p.stderr and b"No such file or directory" in p.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"t": 1.0, "conn": 1, "open": "s"}\n{"conn": 1, "dir": "c2s", "data": "00"}\n')
+    p = run("import", str(bad), "-w", str(tmp_path / "out.pcapng"))
+    assert p.returncode == 2 and p.stderr.decode().strip() == f"vfudissect: error: {bad}:2: missing key 't'"
+    assert not (tmp_path / "out.pcapng").exists() and list(tmp_path.glob(".vfudissect-*")) == []
+    p = run("import", str(QEMU), "-w", str(tmp_path / "out.pcapng"))  # a capture, not a transcript
+    assert p.returncode == 2 and b"not a text transcript" in p.stderr and b"please report" not in p.stderr
+    assert not (tmp_path / "out.pcapng").exists()
+    assert run("import", str(good), "-w", str(tmp_path / "ok.pcapng")).returncode == 0
+    assert (tmp_path / "ok.pcapng").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_client_command_runs_the_emulated_session_and_says_one_line_when_it_cannot(tmp_path):
+    import os
+    import time
+
+    srv = subprocess.Popen([sys.executable, "-m", "vfudissect", "serve", "--socket", str(tmp_path / "d.sock")],
+                           stderr=subprocess.DEVNULL)
+    try:
+        while not os.path.exists(tmp_path / "d.sock"):
+            time.sleep(0.01)
+        p = run("client", str(tmp_path / "d.sock"))
+        assert p.returncode == 0 and b"ok   interrupts received" in p.stdout
+    finally:
+        srv.terminate()
+        srv.wait(timeout=10)
+    p = run("client", str(tmp_path / "none.sock"))
+    assert p.returncode == 2 and b"Traceback" not in p.stderr and len(p.stderr.splitlines()) == 1

@@ -24,7 +24,7 @@ from .core import findings
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 # Subcommands living in their own modules: each exposes add_parser(subparsers).
-SUBCOMMAND_MODULES = ["cli_annotate", "cli_record", "cli_serve", "cli_lua", "cli_demo"]
+SUBCOMMAND_MODULES = ["cli_annotate", "cli_record", "cli_serve", "cli_client", "cli_lua", "cli_demo"]
 
 
 class UsageError(Exception):
@@ -273,23 +273,59 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------- import
 def cmd_import(args: argparse.Namespace) -> int:
+    """A transcript (or a sockdump pcap) into a capture, all or nothing: the capture appears only when complete."""
     from .capture.transcript import TranscriptError, write_judged
 
+    src, dst = args.transcript, args.write
     try:
-        fin = sys.stdin if args.transcript == "-" else open(args.transcript)
+        fin = sys.stdin if src == "-" else open(src, encoding="utf-8")
+    except IsADirectoryError:
+        raise UsageError(f"cannot read {src}: it is a directory, not a transcript") from None
     except OSError as exc:
-        raise UsageError(f"{args.transcript}: {exc.strerror}") from None
-    out = sys.stdout.buffer if args.write == "-" else open(args.write, "wb")
-    try:
-        n = write_judged(fin, out, args.transcript, flush=args.write == "-", timeout=args.timeout)
-    except TranscriptError as exc:
-        out.close()
-        _err_line(str(exc))
-        return EXIT_BAD_INPUT
-    out.close()
-    if args.write != "-":
-        sys.stderr.write(f"{args.write}: {n} records\n")
+        raise UsageError(f"cannot read {src}: {exc.strerror}") from None
+    with _all_or_nothing(dst, getattr(args, "group_read", False)) as out:
+        try:
+            n = write_judged(fin, out, src, flush=dst == "-", timeout=args.timeout)
+        except TranscriptError as exc:
+            raise UsageError(str(exc)) from None
+    if dst != "-":
+        sys.stderr.write(f"{dst}: {n} records\n")
     return EXIT_OK
+
+
+class _all_or_nothing:
+    """A capture written under a temporary name beside its place and renamed there once complete (stdout as is)."""
+
+    def __init__(self, path: str, group_read: bool = False) -> None:
+        self.path, self.group_read, self.tmp = path, group_read, ""
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        import tempfile
+
+        if self.path == "-":
+            return sys.stdout.buffer
+        where = os.path.dirname(self.path) or "."
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix=".vfudissect-", suffix=".part", dir=where)
+        except OSError as exc:
+            raise UsageError(f"cannot write {self.path}: {exc.strerror}") from None
+        os.fchmod(fd, 0o640 if self.group_read else 0o600)  # captures hold guest memory and credentials
+        self.f = os.fdopen(fd, "wb")
+        return self.f
+
+    def __exit__(self, kind, exc, tb) -> None:  # type: ignore[no-untyped-def]
+        if self.path == "-":
+            sys.stdout.buffer.flush()
+            return
+        self.f.close()
+        if kind is None:
+            try:
+                os.replace(self.tmp, self.path)
+                return
+            except OSError as e:
+                os.unlink(self.tmp)
+                raise UsageError(f"cannot write {self.path}: {e.strerror}") from None
+        os.unlink(self.tmp)
 
 
 def cmd_codes(args: argparse.Namespace) -> int:

@@ -95,7 +95,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     size = args.bar1_size
     if size < 0x1000 or size & (size - 1):
-        sys.stderr.write(f"vfudissect: error: --bar1-size {size:#x} is not a power of two >= 4 KiB\n")
+        sys.stderr.write(f"vfudissect: error: --bar1-size {size} ({size:#x}): BAR1 must be a power of two of at "
+                         "least 4096 bytes, e.g. 4096, 65536 (the default), 0x100000\n")
         return 2
     cfg = DeviceConfig(bar1_size=size, max_data_xfer_size=args.max_data_xfer_size,
                        offer_twin_socket=not args.no_twin_socket)

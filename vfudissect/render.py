@@ -74,6 +74,9 @@ def key_fields(rec: MessageRecord) -> str:
         if name == "version_data":
             parts.append(f"version_data={value[:40]!r}")
             continue
+        if name == "value":  # a register's data, as the number it holds
+            parts.append(f"value=0x{value:x}")
+            continue
         if rec.command == 16 and name == "flags":
             value &= ~spec.FEATURE_MASK  # the low 16 bits are the feature index, shown first
         parts.append(f"{name}={format_value(names.get(name), value)}")

@@ -129,7 +129,7 @@ def test_info_text_like_the_info_column() -> None:
     assert L.VfioUser(bytes(p)).info_text() == \
         "DMA_MAP command id=3 48B flags=READ|WRITE offset=0x0 address=0xfffc0000 size=0x40000"
     r = L.VfioUser(msg_id=9, command=9, flags=1) / L.VfuRegionAccess(region=7, count=4, data=b"abcd")
-    assert L.VfioUser(bytes(r)).summary() == "REGION_READ reply id=9 36B offset=0x0 region=CONFIG count=4"
+    assert L.VfioUser(bytes(r)).summary() == "REGION_READ reply id=9 36B offset=0x0 region=CONFIG count=4 value=0x64636261"
     w = L.VfioUser(msg_id=1, command=10, flags=0x10) / L.VfuRegionAccess(region=2, count=1, data=b"x")
     assert L.VfioUser(bytes(w)).info_text().startswith("REGION_WRITE command (no_reply) id=1 33B")
     assert L.VfioUser(b"\x01\x02\x03").info_text() == "[3 bytes, shorter than the 16-byte header]"

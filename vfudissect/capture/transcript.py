@@ -21,11 +21,27 @@ class TranscriptError(ValueError):
 
 
 def transcript_events(lines: Iterable[str], name: str = "<transcript>") -> Iterator[Event]:
-    for lineno, line in enumerate(lines, 1):
+    """Events of a transcript's lines; TranscriptError says which line is wrong and how."""
+    it = iter(lines)
+    lineno = 0
+    while True:
+        try:
+            line = next(it)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as exc:
+            raise TranscriptError(f"{name}: not a text transcript (a byte that is not UTF-8 at offset {exc.start} of "
+                                  f"line {lineno + 1}): is it a capture? `vfudissect read` reads captures") from None
+        lineno += 1
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise TranscriptError(f"{name}:{lineno}: not a JSON object ({getattr(exc, 'msg', exc)})") from None
+        if not isinstance(obj, dict):
+            raise TranscriptError(f"{name}:{lineno}: not a JSON object but {type(obj).__name__}")
+        try:
             ts = float(obj["t"])
             conn = int(obj["conn"])
             if "open" in obj:
@@ -37,8 +53,12 @@ def transcript_events(lines: Iterable[str], name: str = "<transcript>") -> Itera
             elif obj.get("eof"):
                 yield ConnClosed(ts, conn, obj["dir"])
             else:
-                raise TranscriptError("no open, data or eof key")
-        except (KeyError, ValueError, TypeError, RecursionError) as exc:
+                raise TranscriptError(f"{name}:{lineno}: no open, data or eof key")
+        except KeyError as exc:
+            raise TranscriptError(f"{name}:{lineno}: missing key {exc.args[0]!r}") from None
+        except TranscriptError:
+            raise
+        except (ValueError, TypeError, AttributeError) as exc:
             raise TranscriptError(f"{name}:{lineno}: {exc}") from None
 
 

@@ -37,6 +37,8 @@ _FLAG_TYPE = spec.FLAG_TYPE_MASK
 _NAMES = spec.COMMAND_NAMES
 _MSG_TYPES = ("command", "reply")
 _VERSION, _FEATURE = int(spec.Command.VERSION), int(spec.Command.DEVICE_FEATURE)
+_REGION_READ, _REGION_WRITE = int(spec.Command.REGION_READ), int(spec.Command.REGION_WRITE)
+_REGISTER_SIZES = frozenset({1, 2, 4, 8})  # a register access: its data is a number (fields["value"])
 _U32 = struct.Struct("<I").unpack_from
 
 
@@ -95,7 +97,8 @@ class _Plan:
         self.known = known
         self.front = _steps(code, HEADER, FRAMED)
         self.decoder = _LAYOUT_OF.get((code, mtype == 1)) if known else None
-        self.extra = code in (_VERSION, _FEATURE) and mtype == 0  # needs more than its fixed fields decoded
+        # needs more than its fixed fields decoded: VERSION's capabilities, a SET's device state, a register's value
+        self.extra = (code in (_VERSION, _FEATURE, _REGION_WRITE) and mtype == 0) or (code == _REGION_READ and mtype == 1)
         self.steps: tuple[Step, ...] = ()
         if mtype == 0:
             self.steps = _steps(code, COMMAND, REQUEST, TRACK) if known else _steps(None, COMMAND, TRACK)
@@ -249,6 +252,8 @@ class Analyzer:
         dec = plan.decoder
         if dec is not None and not (mtype == 1 and flags & spec.FLAG_ERROR) and n - 16 >= dec.size:
             m.fields = dict(zip(dec.names, dec.unpack(data, 16)))
+            if plan.extra and mtype == 1:
+                self._decode_value(m)
         if c.version_state != "negotiated" and c.twin_of is None:
             _run(ORDER, m)
         if c.twin_negotiated or c.twin_of is not None:
@@ -299,7 +304,9 @@ class Analyzer:
     def _decode_request(m: Msg) -> None:
         """What the rules need beyond the fixed fields: VERSION's capabilities, the device state a SET asks for."""
         cmd = m.cmd
-        if cmd == _VERSION:
+        if cmd == _REGION_WRITE:
+            Analyzer._decode_value(m)
+        elif cmd == _VERSION:
             Analyzer._decode_version(m)
         elif cmd == _FEATURE and m.fields:
             flags = m.fields["flags"]
@@ -307,6 +314,14 @@ class Analyzer:
                     and flags & (spec.FEATURE_GET | spec.FEATURE_SET | spec.FEATURE_PROBE) == spec.FEATURE_SET
                     and len(m.ev.data) >= 28):
                 m.fields["device_state"] = _U32(m.ev.data, 24)[0]
+
+    @staticmethod
+    def _decode_value(m: Msg) -> None:
+        """A register read or write of 1, 2, 4 or 8 bytes: its data as the little-endian number it is."""
+        f = m.fields
+        count = f.get("count") if f else None
+        if count in _REGISTER_SIZES and len(m.ev.data) >= 32 + count:
+            f["value"] = int.from_bytes(m.ev.data[32:32 + count], "little")
 
     @staticmethod
     def _decode_version(m: Msg) -> None:

@@ -10,7 +10,7 @@ from scapy.packet import Packet
 
 from .. import spec
 from .base import VfuPacket
-from .fields import DerivedField, flag_value, layout_fields, named_struct_fields
+from .fields import DataField, DerivedField, flag_value, layout_fields, named_struct_fields
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -62,7 +62,7 @@ class VfuDmaAccess(VfuPacket):
     layout_key = "dma_access"
     default_layout = DMA_LAYOUT_SPEC
     fields_desc = layout_fields("dma_access") + [
-        StrLenField("data", b"", length_from=lambda p: p.getfieldval("count") or 0),
+        DataField("data", b"", length_from=lambda p: p.getfieldval("count") or 0),
         DerivedField("dma_layout", _layout_of, str),
     ]
 
@@ -74,7 +74,7 @@ class VfuDmaAccessQemu(VfuDmaAccess):
     name = "vfio-user DMA access (u32 count)"
     default_layout = DMA_LAYOUT_QEMU
     fields_desc = named_struct_fields("qemu_dma_access") + [
-        StrLenField("data", b"", length_from=lambda p: p.getfieldval("count") or 0),
+        DataField("data", b"", length_from=lambda p: p.getfieldval("count") or 0),
         DerivedField("dma_layout", _layout_of, str),
     ]
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from scapy.config import conf
-from scapy.fields import FlagValue, StrField, StrLenField
+from scapy.fields import FlagValue, StrField
 from scapy.packet import Packet
 from scapy.volatile import VolatileValue
 
 from .. import spec
 from ..render import format_value
 from .base import VfuPacket
-from .fields import DerivedField, EntryListField, LEFlagsField, flag_value, layout_fields, named_struct_fields
+from .fields import DataField, DerivedField, EntryListField, LEFlagsField, flag_value, layout_fields, named_struct_fields
 
 _FLAGS_FIELD = next(f for f in spec.LAYOUTS["device_feature"].fields if f.name == "flags")
 _FEATURE_CODES = {name: code for code, name in spec.FEATURES.items()}
@@ -149,7 +149,7 @@ class VfuMigData(VfuPacket):
     name = "vfio-user migration data"
     layout_key = "mig_data"
     fields_desc = layout_fields("mig_data") + [
-        StrLenField("data", b"", length_from=lambda p: p.getfieldval("size") or 0),
+        DataField("data", b"", length_from=lambda p: p.getfieldval("size") or 0),
     ]
 
 

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from scapy.config import conf
 from scapy.fields import (
-    ByteEnumField, ByteField, Field, FlagsField, FlagValue, LEIntEnumField, LEIntField,
+    ByteEnumField, ByteField, Field, FlagsField, FlagValue, LEIntEnumField, LEIntField, StrLenField,
     LELongEnumField, LELongField, LEShortEnumField, LEShortField, StrFixedLenField, XByteField,
     XLEIntField, XLELongField, XLEShortField,
 )
@@ -52,7 +52,21 @@ class LEFlagsField(FlagsField):
         return self.sz
 
     def i2repr(self, pkt: Packet | None, x: Any) -> str:
-        return super().i2repr(pkt, x) or "0"
+        """Flag names joined by "|", as the one-line view writes them (scapy's own repr joins them with "+")."""
+        return (super().i2repr(pkt, x) or "0").replace("+", "|")
+
+
+class DataField(StrLenField):
+    """A payload's data: shown as hex (and, for 1, 2, 4 or 8 bytes, as the little-endian number a register holds),
+    not as a Python bytes literal."""
+
+    def i2repr(self, pkt: Packet | None, x: Any) -> str:
+        b = bytes(x or b"")
+        if not b:
+            return "(none)"
+        head = " ".join(f"{c:02x}" for c in b[:16]) + (" ..." if len(b) > 16 else "")
+        value = f" = 0x{int.from_bytes(b, 'little'):x}" if len(b) in (1, 2, 4, 8) else ""
+        return f"{len(b)} bytes: {head}{value}"
 
 
 def spec_field(f: spec.Field, default: int | None = 0) -> Field[Any, Any]:

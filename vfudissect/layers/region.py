@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from scapy.fields import StrLenField
 from scapy.packet import Packet
 
 from .. import spec
 from .base import VfuPacket
-from .fields import DerivedField, EntryListField, LEFlagsField, layout_fields, named_struct_fields, struct_fields
+from .fields import (DataField, DerivedField, EntryListField, LEFlagsField, layout_fields, named_struct_fields,
+                     struct_fields)
 
 LEGACY_MIGRATION_REGION = spec.PCI_NUM_REGIONS  # the first device-specific index, where libvfio-user put it
 _MIG_V1_NAMES = ("device_state", "reserved", "pending_bytes", "data_offset", "data_size")
@@ -64,9 +64,17 @@ class VfuRegionAccess(VfuPacket):
     name = "vfio-user region access"
     layout_key = "region_access"
     fields_desc = layout_fields("region_access") + [
-        StrLenField("data", b"", length_from=lambda p: p.getfieldval("count") or 0),
+        DataField("data", b"", length_from=lambda p: p.getfieldval("count") or 0),
         DerivedField("migration_v1", migration_v1_view),
     ]
+
+    def key_fields(self) -> list[str]:
+        """As the one-line view: a register access of 1, 2, 4 or 8 bytes also shows the number its data holds."""
+        out = super().key_fields()
+        data = bytes(self.getfieldval("data") or b"")
+        if data and len(data) == (self.getfieldval("count") or 0) and len(data) in (1, 2, 4, 8):
+            out.append(f"value=0x{int.from_bytes(data, 'little'):x}")
+        return out
 
 
 class VfuWriteMultiEntry(VfuPacket):
