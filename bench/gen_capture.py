@@ -1,4 +1,5 @@
-"""Generate a QEMU-like VFUC capture of N messages with the project's writer (for the benchmarks)."""
+"""Generate a QEMU-like VFUC capture of N messages with the project's writer (for the benchmarks), judged as the
+recorder judges with ``--judged``: a VERDICTS record first, the engine's findings as FINDING records."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import random
 import struct
 
 from vfudissect import spec
+from vfudissect.capture.judge import JudgingWriter
 from vfudissect.capture.writer import CaptureWriter
 from vfudissect.core.events import ConnClosed, ConnOpened, FdInfo, MessageIn
 
@@ -21,12 +23,15 @@ def msg(msg_id: int, cmd: int, flags: int, payload: bytes, error: int = 0) -> by
     return spec.HEADER.pack(msg_id, cmd, 16 + len(payload), flags, error) + payload
 
 
-def generate(path: str, n: int, seed: int = 1) -> int:
+def generate(path: str, n: int, seed: int = 1, judged: bool = False) -> int:
     rnd = random.Random(seed)
     ts = 1_700_000_000.0
     count = 0
     with open(path, "wb") as f:
-        w = CaptureWriter(f, comment=f"bench: {n} QEMU-like messages", flush=False)
+        timeout = spec.DEFAULT_REPLY_TIMEOUT
+        cw = CaptureWriter(f, comment=f"bench: {n} QEMU-like messages", flush=False,
+                           judged=timeout if judged else None)
+        w = JudgingWriter(cw, timeout=timeout) if judged else cw
         w.write(ConnOpened(ts, 1, "/run/bench.sock"))
         mid = 0
 
@@ -63,6 +68,8 @@ def generate(path: str, n: int, seed: int = 1) -> int:
                 pair(msg(mid, 10, 0, struct.pack("<QII", off, region, 4) + rnd.randbytes(4)),
                      msg(mid, 10, 1, struct.pack("<QII", off, region, 4)))
         w.write(ConnClosed(ts + 0.001, 1))
+        if isinstance(w, JudgingWriter):
+            w.finish(ts + 0.001)
         f.flush()
     return count
 
@@ -71,5 +78,6 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("out")
     ap.add_argument("-n", type=int, default=1_000_000)
+    ap.add_argument("--judged", action="store_true", help="open with a VERDICTS record, the findings as FINDING records")
     a = ap.parse_args()
-    print(generate(a.out, a.n), "messages ->", a.out)
+    print(generate(a.out, a.n, judged=a.judged), "messages ->", a.out)

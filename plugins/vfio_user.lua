@@ -1580,8 +1580,13 @@ local TWO53 = 9007199254740992
 local COMMANDS, LAYOUTS = SPEC.commands, SPEC.layouts
 local NO_REPLY_KEPT = 64  -- no_reply commands kept per id to pair stray replies with (core/state.py)
 
+-- bit tests by arithmetic on the hot path (a bit32 call per test costs more than the rest of the test)
+local function has(x, bit) return x % (bit + bit) >= bit end
+local TYPE_MOD = C.FLAG_TYPE_MASK + 1  -- the type is the low bits of the flags
+assert(TYPE_MOD % 2 == 0 and band(C.FLAG_TYPE_MASK, TYPE_MOD) == 0)
+
 -- ======================================================================
--- Integers for display.  A u64 below 2^53 is a Lua number; larger ones are {hi, lo} in base 2^32.
+-- Integers for display.  A u64 below 2^53 is a Lua number; a larger one a UInt64.
 -- ======================================================================
 local function rd16(s, i)
   local a, b = byte(s, i, i + 1)
@@ -1596,36 +1601,15 @@ end
 local function rd64(s, i)
   local lo, hi = rd32(s, i), rd32(s, i + 4)
   if hi < 2097152 then return hi * TWO32 + lo end
-  return {hi, lo}
+  return UInt64.new(lo, hi)
 end
 
 local function dec(a)
-  if type(a) == "number" then return fmt("%d", a) end
-  local limbs = {0}  -- exact decimal of hi * 2^32 + lo, base-10^7 limbs
-  local function mul_add(m, add)
-    local carry = add
-    for i = 1, #limbs do
-      local v = limbs[i] * m + carry
-      carry = floor(v / 10000000)
-      limbs[i] = v - carry * 10000000
-    end
-    while carry > 0 do
-      local q = floor(carry / 10000000)
-      limbs[#limbs + 1] = carry - q * 10000000
-      carry = q
-    end
-  end
-  mul_add(1, a[1])
-  mul_add(65536, 0)
-  mul_add(65536, a[2])
-  local out = {fmt("%d", limbs[#limbs])}
-  for i = #limbs - 1, 1, -1 do out[#out + 1] = fmt("%07d", limbs[i]) end
-  return concat(out)
+  return type(a) == "number" and fmt("%d", a) or tostring(a)
 end
 
 local function hex(a)
-  if type(a) == "number" then return fmt("0x%x", a) end
-  return fmt("0x%x%08x", a[1], a[2])
+  return type(a) == "number" and fmt("0x%x", a) or "0x" .. (string.gsub(a:tohex(), "^0+", ""))
 end
 
 -- text for Wireshark's labels: bytes decoded as Python's decode("utf-8", "replace") does (each maximal invalid
@@ -1924,7 +1908,8 @@ vfu.prefs.colour_errors = Pref.bool("Colour frames with error findings", true,
 local RISKY_OPTS = "VOPxSjJGzwU"  -- tshark options that print or use the whole tree
 local ARG_OPTS = "aAbBcCdeEfFGHijJKMNoOrRsStTuUwWXyYz"  -- tshark options that take a value
 
--- the vfio_user/vfucap fields a `tshark -T fields` run names (-e, -Y, -R), or nil: the whole tree
+-- the vfio_user/vfucap fields a `tshark -T fields` run names (-e, -Y, -R), or nil: the whole tree (another
+-- output, an option that prints or taps the tree, a column, a macro, a name that is not a field)
 local function asked_fields()
   local fh = io.open("/proc/self/cmdline", "rb")
   if fh == nil then return nil end
@@ -1953,8 +1938,9 @@ local function asked_fields()
             fields_mode = true
           elseif o == "e" and sub(v, 1, 7) == "_ws.col" then
             return nil
+          elseif o == "e" or o == "Y" or o == "R" then  -- the fields printed, the filters
+            values[#values + 1] = v
           end
-          values[#values + 1] = v
           break
         end
       end
@@ -1987,11 +1973,18 @@ do
   end
   if IS_TSHARK then ASKED = asked_fields() end
 end
+-- what this load decided, for whoever looks (the tests): the fields a fields-only run builds
+local LOADED = {version = SPEC.version, tshark = IS_TSHARK, asked = {}}
+for abbr, pf in pairs(BY_ABBR) do
+  if pf and ASKED and ASKED[pf] then LOADED.asked[#LOADED.asked + 1] = abbr end
+end
+table.sort(LOADED.asked)
+package.loaded.vfudissect_vfio_user = LOADED
 
--- the message header's fields: {field, offset, length, only when ("reserved" bits set, "error" set or reply)}
-local HEADER_FIELDS = {{VF.msg_id, 0, 2}, {VF.command, 2, 2}, {VF.size, 4, 4}, {VF.flags, 8, 4},
-  {VF.flags_type, 8, 4}, {VF.flags_no_reply, 8, 4}, {VF.flags_error, 8, 4}, {VF.flags_reserved, 8, 4, "reserved"},
-  {VF.error, 12, 4, "error"}}
+-- the message header's fields: {field, which value (1 msg_id, 2 command, 3 size, 4 flags, 5 error), only when
+-- ("reserved" bits set, "error" set or on a reply)}
+local HEADER_FIELDS = {{VF.msg_id, 1}, {VF.command, 2}, {VF.size, 3}, {VF.flags, 4}, {VF.flags_type, 4},
+  {VF.flags_no_reply, 4}, {VF.flags_error, 4}, {VF.flags_reserved, 4, "reserved"}, {VF.error, 5, "error"}}
 
 -- parts of the tree: a fields-only run skips the parts it needs no field of
 local function groups(need)
@@ -2036,6 +2029,7 @@ local G_ASKED = ASKED and groups(ASKED)
 
 local ALL, NEED, G = true, {}, G_ALL  -- the whole tree, or only the fields in NEED (parts G)
 local LINKS = true                    -- requests and replies are paired (not in a run that shows no link)
+local QUIET = false                   -- no tree, no columns, no links: a whole message needs nothing done
 local WANT_TREE, WANT_COLS = true, true
 local PASS = {last = 0, visited = nil}
 
@@ -2051,6 +2045,7 @@ local function tree_mode(pinfo, tree, f)
   ALL = not (IS_TSHARK and ASKED and vfu.prefs.fields_only)
   NEED, G = ALL and {} or ASKED, ALL and G_ALL or G_ASKED
   LINKS = ALL or G.links
+  QUIET = not WANT_TREE and not WANT_COLS and not LINKS
 end
 
 -- the one door to the tree: in a fields-only run a field not asked for is not built (nil); ranges are made
@@ -2096,38 +2091,36 @@ end
 -- Links per frame, kept out of the collector's way.  Lua's collector walks every live table on each cycle,
 -- and a tree brings a cycle every few hundred frames: a table entry per frame would make the cost of a frame
 -- grow with the capture.  The two newest chunks of CHUNK frames are tables; older ones are sealed into one
--- string each, of fixed SLOT-byte slots (peer u32, command u16, flags u8, |response time| in ns u48); the
+-- ByteArray each, of fixed SLOT-character slots (hex: peer, command, flags, |response time| in ns); the
 -- response frame of a command in a sealed chunk goes to a small patch table.
 -- ======================================================================
-local CHUNK, SLOT = 4096, 13
+local CHUNK, SLOT = 4096, 26
 local L_RTT, L_CTX, L_NEG = 1, 2, 4  -- slot flags: a reply with a response time, a CONTEXT copy, negative time
 local NS_MAX = 2 ^ 48
-local EMPTY_SLOT = string.rep("\0", SLOT)
 
 local function links_new()
   return {open = {}, sealed = {}, patch = {}, big = {}, top = -1}
 end
 
+-- seal a chunk: one string.format per two slots (hex digits: peer 8, command 4, flags 2, ns 12), long enough
+-- not to be interned
+local SLOT_FMT = "%08x%04x%02x%012x"
+local PAIR_FMT = SLOT_FMT .. SLOT_FMT
 local function links_seal(lk, k)
   local c = lk.open[k]
   lk.open[k] = nil
-  local parts, char = {}, string.char
-  for i = 0, CHUNK - 1 do
-    local p = c.peer[i]
-    if p == nil then
-      parts[i + 1] = EMPTY_SLOT
-    else
-      local cmd, fl, ns = c.cmd[i] or 0, c.flags[i] or 0, c.ns[i] or 0
-      parts[i + 1] = char(p % 256, floor(p / 256) % 256, floor(p / 65536) % 256, floor(p / 16777216) % 256,
-        cmd % 256, floor(cmd / 256) % 256, fl, ns % 256, floor(ns / 256) % 256, floor(ns / 65536) % 256,
-        floor(ns / 16777216) % 256, floor(ns / 4294967296) % 256, floor(ns / 1099511627776) % 256)
-    end
+  local peer, cmds, flags, nss = c.peer, c.cmd, c.flags, c.ns
+  local parts = {}
+  for i = 0, CHUNK - 1, 2 do
+    parts[#parts + 1] = fmt(PAIR_FMT, peer[i] or 0, cmds[i] or 0, flags[i] or 0, nss[i] or 0, peer[i + 1] or 0,
+      cmds[i + 1] or 0, flags[i + 1] or 0, nss[i + 1] or 0)
   end
-  lk.sealed[k] = concat(parts)
+  lk.sealed[k] = ByteArray.new(concat(parts), true)  -- outside Lua's heap: a string there still slows each cycle
 end
 
 local function links_chunk(lk, f)
-  local k = floor(f / CHUNK)
+  local i = f % CHUNK
+  local k = (f - i) / CHUNK
   if k > lk.top then
     for old in pairs(lk.open) do
       if old < k - 1 then links_seal(lk, old) end
@@ -2139,14 +2132,15 @@ local function links_chunk(lk, f)
     c = {peer = {}, cmd = {}, flags = {}, ns = {}}
     lk.open[k] = c
   end
-  return c, f % CHUNK
+  return c, i
 end
 
 -- a reply's link (first pass, frames in order): its request, that request's command, response time
 local function links_reply(lk, f, req, cmd, rtt, ctx)
   local c, i = links_chunk(lk, f)
   local fl = L_RTT + (ctx and L_CTX or 0) + (rtt < 0 and L_NEG or 0)
-  local ns = floor(math.abs(rtt) * 1e9 + 0.5)
+  local ns = (rtt < 0 and -rtt or rtt) * 1e9 + 0.5
+  ns = ns - ns % 1
   if ns >= NS_MAX then
     lk.big[f] = rtt
     ns = 0
@@ -2156,14 +2150,15 @@ end
 
 -- a command's response frame (a command has at most one reply: it waits no more once answered)
 local function links_response(lk, f, resp)
-  local c = lk.open[floor(f / CHUNK)]
-  if c ~= nil then c.peer[f % CHUNK] = resp else lk.patch[f] = resp end
+  local i = f % CHUNK
+  local c = lk.open[(f - i) / CHUNK]
+  if c ~= nil then c.peer[i] = resp else lk.patch[f] = resp end
 end
 
 -- peer frame (request of a reply, response of a command), request's command, response time (s), CONTEXT copy
 local function links_get(lk, f)
-  local k = floor(f / CHUNK)
   local i = f % CHUNK
+  local k = (f - i) / CHUNK
   local c = lk.open[k]
   local peer, cmd, fl, ns
   if c ~= nil then
@@ -2171,11 +2166,10 @@ local function links_get(lk, f)
   else
     local sealed = lk.sealed[k]
     if sealed == nil then return lk.patch[f] end
-    local p1, p2, p3, p4, c1, c2, f1, n1, n2, n3, n4, n5, n6 = byte(sealed, i * SLOT + 1, i * SLOT + SLOT)
-    peer = p1 + p2 * 256 + p3 * 65536 + p4 * 16777216
+    local slot = sealed:raw(i * SLOT, SLOT)
+    peer = tonumber(sub(slot, 1, 8), 16)
     if peer == 0 then return lk.patch[f] end
-    cmd, fl = c1 + c2 * 256, f1
-    ns = n1 + n2 * 256 + n3 * 65536 + n4 * 16777216 + n5 * 4294967296 + n6 * 1099511627776
+    cmd, fl, ns = tonumber(sub(slot, 9, 12), 16), tonumber(sub(slot, 13, 14), 16), tonumber(sub(slot, 15, 26), 16)
   end
   if peer == nil or band(fl, L_RTT) == 0 then return peer end
   local rtt = lk.big[f] or ns / 1e9 * (band(fl, L_NEG) ~= 0 and -1 or 1)
@@ -2191,7 +2185,6 @@ local function reset()
   S = {
     links = links_new(),  -- frame -> request (replies: with command, response time) or response (commands)
     pend = {},      -- (conn, requester direction, msg_id) -> commands waiting, oldest first
-    outst = {},     -- conn -> {command = true} still expecting a reply
     closed = {},    -- conn -> {[dir] = true}
     partial = {},   -- fragments being reassembled
     reasm = {},     -- completing frame -> {data, len, frames, flags, fds, msg_len, note}
@@ -2217,42 +2210,35 @@ end
 -- ======================================================================
 -- Request/response links: display-level conversation tracking, as the engine pairs (core/state.py): a
 -- reply answers the oldest command waiting with its (connection, requester direction, msg_id) that expects
--- one, else the oldest no_reply command; once both directions of a connection closed, nothing waits.
+-- one, else the oldest no_reply command; once both directions of a connection closed, only no_reply commands
+-- wait (the engine's "outstanding" commands are those of the queues that expect a reply).
 -- ======================================================================
 local function pend_key(conn, d, msg_id)
   return conn * 131072 + d * 65536 + msg_id
 end
 
+-- a command goes out: {frame, time, command, no_reply} joins the commands waiting with its key
 local function track(conn, d, msg_id, frame, ts, cmd, no_reply)
   local key = pend_key(conn, d, msg_id)
+  local p = {frame, ts, cmd, no_reply}
   local q = S.pend[key]
   if q == nil then
-    q = {}
-    S.pend[key] = q
-  end
-  local p = {frame = frame, ts = ts, cmd = cmd, no_reply = no_reply, key = key}
-  q[#q + 1] = p
-  if not no_reply then
-    local o = S.outst[conn]
-    if o == nil then
-      o = {}
-      S.outst[conn] = o
-    end
-    o[p] = true
-  elseif #q > NO_REPLY_KEPT then
-    tremove(q, 1)
+    S.pend[key] = {p}
+  else
+    q[#q + 1] = p
+    if no_reply and #q > NO_REPLY_KEPT then tremove(q, 1) end
   end
 end
 
+-- a reply comes in: the command it answers, or nil
 local function match(conn, d, msg_id)
   local key = pend_key(conn, OTHER[d], msg_id)
   local q = S.pend[key]
   if q == nil then return nil end
   local p
   for i = 1, #q do
-    if not q[i].no_reply then
+    if not q[i][4] then
       p = tremove(q, i)
-      S.outst[conn][p] = nil
       break
     end
   end
@@ -2261,6 +2247,7 @@ local function match(conn, d, msg_id)
   return p
 end
 
+-- once both directions closed, the commands still expecting a reply wait no more
 local function closed(conn, d)
   local c = S.closed[conn]
   if c == nil then
@@ -2269,33 +2256,26 @@ local function closed(conn, d)
   end
   if d == nil then c[C2S], c[S2C] = true, true else c[d] = true end
   if not (c[C2S] and c[S2C]) then return end
-  for p in pairs(S.outst[conn] or {}) do
-    local q = S.pend[p.key]
-    if q ~= nil then
-      for i = 1, #q do
-        if q[i] == p then
-          tremove(q, i)
-          break
-        end
+  for key, q in pairs(S.pend) do
+    if floor(key / 131072) == conn then
+      for i = #q, 1, -1 do
+        if not q[i][4] then tremove(q, i) end
       end
-      if #q == 0 then S.pend[p.key] = nil end
+      if #q == 0 then S.pend[key] = nil end
     end
   end
-  S.outst[conn] = nil
 end
 
--- a message of the first pass: its bytes s[base + 1 .. base + n], vflags the record's flags, ts its time
-local function link(frame, ts, conn, d, s, base, n, vflags)
-  if n < 16 then return end
-  local msg_id, cmd, flags = rd16(s, base + 1), rd16(s, base + 3), rd32(s, base + 9)
-  local mtype = band(flags, C.FLAG_TYPE_MASK)
+-- a message of the first pass (its header fields; vflags the record's flags, ts its time)
+local function link(frame, ts, conn, d, msg_id, cmd, flags, vflags)
+  local mtype = flags % TYPE_MOD
   if mtype == 0 then
-    track(conn, d, msg_id, frame, ts, cmd, band(flags, C.FLAG_NO_REPLY) ~= 0)
-  elseif mtype == 1 and band(vflags, C.VF_FRAMING_ERROR) == 0 then
+    track(conn, d, msg_id, frame, ts, cmd, has(flags, C.FLAG_NO_REPLY))
+  elseif mtype == 1 and not has(vflags, C.VF_FRAMING_ERROR) then
     local req = match(conn, d, msg_id)
     if req ~= nil then
-      links_reply(S.links, frame, req.frame, req.cmd, ts - req.ts, band(vflags, C.VF_CONTEXT) ~= 0)
-      links_response(S.links, req.frame, frame)
+      links_reply(S.links, frame, req[1], req[3], ts - req[2], has(vflags, C.VF_CONTEXT))
+      links_response(S.links, req[1], frame)
     end
   end
 end
@@ -2483,28 +2463,29 @@ do
   local env = {byte = byte, rd16 = rd16, rd32 = rd32, rd64 = rd64, hex = hex, dec = dec, fmt = fmt, band = band,
     bnot = bnot, bits_text = bits_text, E = E, FEATURES = E.FEATURES, FEATURE_MASK = C.FEATURE_MASK}
   for _, key in ipairs(SPEC.layout_order) do
-    local parts, info = {}, {}
+    local reads, form, args = {}, {}, {}  -- the decoder's fields; the Info text's format and its arguments
     for _, fd in ipairs(LAYOUTS[key].fields) do
-      parts[#parts + 1] = fmt("[%q] = %s(s, b + %d)", fd.name, readers[fd.size], 17 + fd.offset)
+      reads[#reads + 1] = fmt("[%q] = %s(s, b + %d)", fd.name, readers[fd.size], 17 + fd.offset)
       local v = fmt("f[%q]", fd.name)
       if key == "device_feature" and fd.name == "flags" then
-        info[#info + 1] = fmt('"feature=" .. (FEATURES[band(%s, FEATURE_MASK)] or fmt("%%d", band(%s, FEATURE_MASK)))',
-          v, v)
+        form[#form + 1] = "feature=%s"
+        args[#args + 1] = fmt('FEATURES[band(%s, FEATURE_MASK)] or fmt("%%d", band(%s, FEATURE_MASK))', v, v)
         v = fmt("band(%s, bnot(FEATURE_MASK))", v)
       end
-      local shown
-      if fd.size == 8 then shown = fd.hex and fmt("hex(%s)", v) or fmt("dec(%s)", v)
-      elseif fd.bits then shown = fmt("bits_text(%s, E[%q])", v, fd.bits)
-      elseif fd.values then shown = fmt('(E[%q][%s] or %s)', fd.values, v, fd.hex and fmt('fmt("0x%%x", %s)', v)
-        or fmt('fmt("%%d", %s)', v))
-      elseif fd.hex then shown = fmt('fmt("0x%%x", %s)', v)
-      else shown = fmt('fmt("%%d", %s)', v) end
-      if fd.name ~= "argsz" then info[#info + 1] = fmt("%q .. %s", fd.name .. "=", shown) end
+      local spec_, arg = "%s", nil
+      if fd.size == 8 then arg = (fd.hex and "hex(%s)" or "dec(%s)"):format(v)
+      elseif fd.bits then arg = fmt("bits_text(%s, E[%q])", v, fd.bits)
+      elseif fd.values then arg = fmt('E[%q][%s] or fmt(%q, %s)', fd.values, v, fd.hex and "0x%x" or "%d", v)
+      else spec_, arg = fd.hex and "0x%x" or "%d", v end
+      if fd.name ~= "argsz" then
+        form[#form + 1] = fd.name .. "=" .. spec_
+        args[#args + 1] = arg
+      end
     end
-    DECODE[key] = assert(load("local s, b = ...\nreturn {" .. concat(parts, ", ") .. "}", "=decode_" .. key, "t",
+    DECODE[key] = assert(load("local s, b = ...\nreturn {" .. concat(reads, ", ") .. "}", "=decode_" .. key, "t",
       env))
-    KEYS[key] = assert(load("local f = ...\nreturn " .. (#info > 0 and concat(info, ' .. " " .. ') or '""'),
-      "=keys_" .. key, "t", env))
+    local body = #form == 0 and '""' or fmt("fmt(%q, %s)", " " .. concat(form, " "), concat(args, ", "))
+    KEYS[key] = assert(load("local f = ...\nreturn " .. body, "=keys_" .. key, "t", env))
   end
 end
 
@@ -2700,22 +2681,25 @@ local function add_tail(tree, base, s, n, lay, f)
   end
 end
 
-local function rtt_text(rtt)
-  if rtt < 1e-3 then return fmt("%.0fµs", rtt * 1e6) end
-  if rtt < 1 then return fmt("%.2fms", rtt * 1e3) end
-  return fmt("%.3fs", rtt)
+-- " ← request (response time)" in the Info column
+local function request_text(rq, rtt)
+  if rtt < 1e-3 then return fmt(" ← %d (%.0fµs)", rq, rtt * 1e6) end
+  if rtt < 1 then return fmt(" ← %d (%.2fms)", rq, rtt * 1e3) end
+  return fmt(" ← %d (%.3fs)", rq, rtt)
 end
 
 local function nstime(rtt)
-  local secs = floor(rtt)
-  local nsecs = floor((rtt - secs) * 1e9 + 0.5)
+  local t = rtt < 0 and -rtt or rtt  -- Wireshark keeps a negative time with both parts negative
+  local secs = floor(t)
+  local nsecs = floor((t - secs) * 1e9 + 0.5)
   if nsecs >= 1000000000 then secs, nsecs = secs + 1, nsecs - 1000000000 end
+  if rtt < 0 then return NSTime.new(-secs, -nsecs) end
   return NSTime.new(secs, nsecs)
 end
 
 -- One message: its bytes are s[base + 1 .. base + n], at offset base of TVB too; frame nil: decode only; fds
--- {kind, size} list; vflags the record's flags.  tree: nil for none.  Returns the message's item (or nil) and,
--- with cols, its Info text.
+-- {kind, size} list; vflags the record's flags.  tree: nil for none.  cols: nil, or the Info text's start.
+-- Returns the message's item (or nil) and, with cols, its Info text.
 local function display_message(s, base, n, tree, frame, fds, vflags, visited, cols)
   local root
   if tree ~= nil then
@@ -2724,15 +2708,15 @@ local function display_message(s, base, n, tree, frame, fds, vflags, visited, co
   end
   if n < 16 then
     if root and ALL then root:append_text(fmt(", %d bytes: shorter than the header", n)) end
-    return root, cols and fmt("[%d bytes, shorter than the 16-byte header]", n)
+    return root, cols and fmt("%s[%d bytes, shorter than the 16-byte header]", cols, n)
   end
   local h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, h11, h12, h13, h14, h15, h16 = byte(s, base + 1, base + 16)
   local msg_id, cmd = h1 + h2 * 256, h3 + h4 * 256
   local size, flags = h5 + h6 * 256 + h7 * 65536 + h8 * 16777216, h9 + h10 * 256 + h11 * 65536 + h12 * 16777216
   local err = h13 + h14 * 256 + h15 * 65536 + h16 * 16777216
-  local mtype = band(flags, C.FLAG_TYPE_MASK)
+  local mtype = flags % TYPE_MOD
   local is_reply = mtype == 1
-  local is_error = is_reply and band(flags, C.FLAG_ERROR) ~= 0
+  local is_error = is_reply and has(flags, C.FLAG_ERROR)
   local info = COMMANDS[cmd]
   local key
   if info ~= nil and not is_error then
@@ -2743,7 +2727,7 @@ local function display_message(s, base, n, tree, frame, fds, vflags, visited, co
   if root and ALL or cols then
     name = info and info.name or fmt("CMD_%d", cmd)
     if mtype == 0 then
-      kind = band(flags, C.FLAG_NO_REPLY) ~= 0 and "command (no_reply)" or "command"
+      kind = has(flags, C.FLAG_NO_REPLY) and "command (no_reply)" or "command"
     elseif is_reply then
       kind = is_error and "error reply" or "reply"
     else
@@ -2758,12 +2742,13 @@ local function display_message(s, base, n, tree, frame, fds, vflags, visited, co
     local ft = put_bits(root, VF.flags, MSG_FLAG_BITS, base + 8, 4)
     if band(flags, C.FLAG_RESERVED_MASK) ~= 0 then ft:add_le(VF.flags_reserved, TVB(base + 8, 4)) end
     if err ~= 0 or is_reply then root:add_le(VF.error, TVB(base + 12, 4)) end
-  elseif root and G.hdr then
+  elseif root and G.hdr then  -- a fields-only run: values without byte ranges (nobody sees the tree)
     for _, h in ipairs(G.hdr_list) do
-      local when = h[4]
+      local when = h[3]
       if when == nil or (when == "error" and (err ~= 0 or is_reply))
           or (when == "reserved" and band(flags, C.FLAG_RESERVED_MASK) ~= 0) then
-        root:add_le(h[1], TVB(base + h[2], h[3]))
+        local w = h[2]
+        root:add(h[1], w == 1 and msg_id or w == 2 and cmd or w == 3 and size or w == 4 and flags or err)
       end
     end
   end
@@ -2811,28 +2796,28 @@ local function display_message(s, base, n, tree, frame, fds, vflags, visited, co
     if rs ~= nil then put_generated(root, VF.response_in, rs) end
   end
   if not cols then return root end
-  local text = fmt("%s %s id=%d %dB", name, kind, msg_id, size)
-  if is_error then text = text .. fmt(" %s(%d)", E.ERRNO_NAMES[err] or fmt("errno %d", err), err) end
+  local err_text, fds_text, keys_text, flag_text, link_text = "", "", "", "", ""
+  if is_error then err_text = fmt(" %s(%d)", E.ERRNO_NAMES[err] or fmt("errno %d", err), err) end
   if #fds > 0 then
     local fl = {}
     for i, fd in ipairs(fds) do
       fl[i] = (E.FD_KINDS[fd.kind] or "unknown") .. (fd.size == 0 and "" or
         (" " .. (type(fd.size) == "number" and human_size(fd.size) or hex(fd.size))))
     end
-    text = text .. " fds=[" .. concat(fl, ", ") .. "]"
+    fds_text = " fds=[" .. concat(fl, ", ") .. "]"
   end
   if f ~= nil then
-    local kf = KEYS[key](f)
-    if caps then kf = kf .. (kf ~= "" and " " or "") .. "caps=" .. safe(json_text(caps, 200)) end
-    if vdata then kf = kf .. (kf ~= "" and " " or "") .. "version_data=" .. safe(fmt("%q", sub(vdata, 1, 40))) end
-    if kf ~= "" then text = text .. " " .. kf end
+    keys_text = KEYS[key](f)
+    if caps then keys_text = keys_text .. " caps=" .. safe(json_text(caps, 200)) end
+    if vdata then keys_text = keys_text .. " version_data=" .. safe(fmt("%q", sub(vdata, 1, 40))) end
   end
   if vflags ~= 0 then
-    if band(vflags, C.VF_TRUNCATED) ~= 0 then text = text .. " [truncated]" end
-    if band(vflags, C.VF_CONTEXT) ~= 0 then text = text .. " [context]" end
+    if has(vflags, C.VF_TRUNCATED) then flag_text = " [truncated]" end
+    if has(vflags, C.VF_CONTEXT) then flag_text = flag_text .. " [context]" end
   end
-  if rq ~= nil then text = text .. fmt(" ← %d (%s)", rq, rtt_text(rtt)) end
-  if rs ~= nil then text = text .. fmt(" → %d", rs) end
+  if rq ~= nil then link_text = request_text(rq, rtt) elseif rs ~= nil then link_text = fmt(" → %d", rs) end
+  local text = fmt("%s%s %s id=%d %dB%s%s%s%s%s", cols, name, kind, msg_id, size, err_text, fds_text, keys_text,
+    flag_text, link_text)
   return root, text
 end
 
@@ -2889,7 +2874,7 @@ local function parse_record(s, n, p2p)
   local b1, b2, b3, b4, b5, b6, b7, b8, b9, b10, b11, b12, b13, b14, b15, b16, b17, b18, b19, b20, b21, b22, b23, b24,
     b25, b26, b27, b28, b29, b30, b31, b32 = byte(s, 1, 32)
   if (p2p == 0 or p2p == 1) and b6 == REC.MSG and b7 + b8 * 256 == C.VFUC_FIXED_SIZE and b15 == 0 and b16 == 0
-      and b21 + b22 + b23 + b24 == 0 and band(b14, VF_MORE) == 0 and b1 == M1 and b2 == M2 and b3 == M3 and b4 == M4 then
+      and b21 + b22 + b23 + b24 == 0 and not has(b14, VF_MORE) and b1 == M1 and b2 == M2 and b3 == M3 and b4 == M4 then
     local r = FAST
     r.n, r.conn, r.d, r.flags, r.dir = n, b9 + b10 * 256 + b11 * 65536 + b12 * 16777216, b13, b14, p2p
     r.msg_len, r.msg_seq = b17 + b18 * 256 + b19 * 65536 + b20 * 16777216, b25 + b26 * 256 + b27 * 65536 + b28 * 16777216
@@ -3147,7 +3132,7 @@ local function message_record(tvb, pinfo, tree, r, s, n, frame, first, root, col
   local conn, d = r.conn, r.dir
   local data, base, mlen, vflags, fds = s, poff, plen, r.flags, r.fds
   local ra
-  if not (r.fast or (r.frag_off == 0 and band(r.flags, VF_MORE) == 0)) then
+  if not (r.fast or (r.frag_off == 0 and not has(r.flags, VF_MORE))) then
     if first then reassemble(r, s, frame, plen) end
     if want_tree and plen > 0 and G.rec then put(root, RF.payload, poff, plen) end
     local why = S.corrupt[frame]
@@ -3177,10 +3162,14 @@ local function message_record(tvb, pinfo, tree, r, s, n, frame, first, root, col
     if want_tree and ra == nil and plen > 0 and G.rec then put(root, RF.payload, poff, plen) end
     return cols and fmt("#%d %s raw %d bytes", conn, ARROW[d], mlen)
   end
-  if first and LINKS then link(frame, pinfo.rel_ts, conn, d, data, base, mlen, vflags) end
+  if first and LINKS and mlen >= 16 then
+    local h1, h2, h3, h4, _, _, _, _, h9, h10, h11, h12 = byte(data, base + 1, base + 12)
+    link(frame, pinfo.rel_ts, conn, d, h1 + h2 * 256, h3 + h4 * 256, h9 + h10 * 256 + h11 * 65536 + h12 * 16777216,
+      vflags)
+  end
   local item, text = display_message(data, base, mlen, want_tree and tree or nil, frame, fds, vflags, PASS.visited,
-    cols)
-  return cols and fmt("#%d %s %s", conn, ARROW[d], text), item
+    cols and fmt("#%d %s ", conn, ARROW[d]))
+  return text, item
 end
 
 -- a FINDING record: its verdict kept for the frames it names (first pass), shown, its expert added
@@ -3212,6 +3201,10 @@ local function dissect_record(tvb, pinfo, tree)
   tree_mode(pinfo, tree, frame)
   local first = not PASS.visited
   local want_tree, cols = WANT_TREE, WANT_COLS
+  if QUIET and frame ~= 1 and n >= C.VFUC_FIXED_SIZE then
+    local rt, _, _, _, _, _, _, _, flags, _, _, _, _, _, _, o1, o2, o3, o4 = byte(s, 6, 24)  -- type, flags, frag_off
+    if rt == REC.MSG and o1 + o2 + o3 + o4 == 0 and not has(flags, VF_MORE) and not S.by_frame[frame] then return end
+  end
   TVB = tvb
   local r = parse_record(s, n, pinfo.p2p_dir)
   local rt, conn = r.rt, r.conn or 0
@@ -3268,7 +3261,7 @@ function vfu.dissector(tvb, pinfo, tree)
     TVB = tvb
     pinfo.cols.protocol = "vfio-user"
     local s = tvb:raw()
-    local _, text = display_message(s, 0, #s, tree, nil, NO_FDS, 0, false, true)
+    local _, text = display_message(s, 0, #s, tree, nil, NO_FDS, 0, false, "")
     pinfo.cols.info = text
   end)
   TVB = nil

@@ -721,6 +721,27 @@ def write_fuzzed_records(source: Path, path: Path, seed: int, rate: float = 0.2)
     return path
 
 
+def write_long(path: Path, pairs: int = 11000) -> Path:
+    """More request/reply pairs than the plugin keeps links for in tables (it seals older frames): a request
+    answered ~9,500 frames later, replies whose time goes backwards, one days late."""
+    b = Builder(path)
+    _ready(b)
+    early = b.c2s(region_read(60000, 7))
+    for i in range(pairs):
+        mid = i % 50000
+        b.c2s(region_read(mid, 7, 4 * (i % 8)))
+        if i % 997 == 5:
+            b.ts -= 0.25                                                  # backwards: a negative response time
+        if i % 3001 == 7:
+            b.ts += 4 * 86400.0                                           # days: a response time beyond 2^48 ns
+        b.s2c(region_read_reply(mid, 7, 4 * (i % 8)))
+        if i == 4800:
+            b.s2c(region_read_reply(60000, 7))                            # the early request's reply
+    assert early
+    b.close_file()
+    return path
+
+
 def write_json_versions(path: Path, payloads: list[bytes]) -> Path:
     """One connection per version data: the request carries it, the reply echoes it."""
     b = Builder(path)

@@ -460,3 +460,42 @@ def test_vfio_user_alone_decodes_a_bare_message(tmp_path):
     assert out[0].endswith("REGION_READ reply id=5 36B offset=0x0 region=CONFIG count=4")
     text = "\n".join(lines(pcap, "-V"))
     assert "Data: 61626364" in text and "Finding" not in text
+
+
+PROBE = ('local p = package.loaded.vfudissect_vfio_user\n'
+         'print("PROBE " .. tostring(p.tshark) .. " " .. table.concat(p.asked, ","))\n')
+
+
+@pytest.mark.parametrize("args, asked", [
+    (["-T", "fields", "-e", "vfio_user.command"], "vfio_user.command"),
+    (["-T", "fields", "-e", "frame.number", "-e", "vfucap.conn", "-Y", "vfio_user.region_access.count > 1"],
+     "vfio_user.region_access.count,vfucap.conn"),
+    (["-Tfields", "-evfio_user.time", "-2", "-o", "vfio_user.show_payload:FALSE"], "vfio_user.time"),
+    (["-T", "fields", "-e", "vfio_user"], ""),  # the protocol: the whole tree
+    (["-T", "fields", "-e", "_ws.col.Info"], ""),  # a column
+    (["-T", "fields", "-e", "vfio_user.command", "-V"], ""),  # the tree printed too
+    (["-T", "fields", "-e", "vfio_user.command", "-z", "vfio_user,srt"], ""),  # a tap
+    (["-T", "fields", "-e", "vfio_user.no_such_field"], ""),
+    (["-T", "json", "-e", "vfio_user.command"], ""),
+    ([], ""),
+])
+def test_a_fields_only_run_is_recognised(tmp_path, args, asked):
+    """The plugin learns from tshark's command line which fields a -T fields run needs (its own path, which
+    names vfio_user.lua, and the preferences do not count); anything else builds the whole tree."""
+    probe = tmp_path / "probe.lua"
+    probe.write_text(PROBE)
+    p = subprocess.run([shutil.which("tshark") or "tshark", "-r", str(LVU), "-c", "1", "-X", f"lua_script:{PLUGIN}",
+                        "-X", f"lua_script:{probe}", *args], capture_output=True, text=True, timeout=60)
+    line = next(x for x in p.stdout.splitlines() if x.startswith("PROBE "))
+    assert line.rstrip() == f"PROBE true {asked}".rstrip(), (line, p.stderr)
+
+
+def test_links_read_back_from_sealed_chunks(tmp_path):
+    """A capture longer than the links kept in tables: requests answered thousands of frames later, time going
+    backwards, a reply days late; -2 reads every link back as the engine made it."""
+    path = judged(corpus.write_long(tmp_path / "long.pcapng"), tmp_path / "j.pcapng")
+    msgs, _ = run_read_json(path)
+    assert len(msgs) > 20000 and any(m["rtt"] is not None and m["rtt"] < 0 for m in msgs.values())
+    assert any(m["rtt"] is not None and m["rtt"] > 3 * 86400 for m in msgs.values())
+    assert any(m["request_frame"] and n - m["request_frame"] > 9000 for n, m in msgs.items())
+    assert parity(path) == []
