@@ -915,16 +915,17 @@ end
 -- ======================================================================
 -- Payload layouts: one decoder and one Info formatter per layout, compiled once from spec.LAYOUTS
 -- ======================================================================
-local DECODE, KEYS = {}, {}
+local DECODE, KEYS = {}, {}  -- (s, b): a table of the fields; their Info text (read straight from s)
 do
   local readers = {[1] = "byte", [2] = "rd16", [4] = "rd32", [8] = "rd64"}
   local env = {byte = byte, rd16 = rd16, rd32 = rd32, rd64 = rd64, hex = hex, dec = dec, fmt = fmt, band = band,
     bnot = bnot, bits_text = bits_text, E = E, FEATURES = E.FEATURES, FEATURE_MASK = C.FEATURE_MASK}
   for _, key in ipairs(SPEC.layout_order) do
-    local reads, form, args = {}, {}, {}  -- the decoder's fields; the Info text's format and its arguments
-    for _, fd in ipairs(LAYOUTS[key].fields) do
-      reads[#reads + 1] = fmt("[%q] = %s(s, b + %d)", fd.name, readers[fd.size], 17 + fd.offset)
-      local v = fmt("f[%q]", fd.name)
+    local reads, names, form, args = {}, {}, {}, {}  -- the fields' reads; the Info text's format and arguments
+    for i, fd in ipairs(LAYOUTS[key].fields) do
+      reads[i] = fmt("%s(s, b + %d)", readers[fd.size], 17 + fd.offset)
+      names[i] = fmt("[%q] = v%d", fd.name, i)
+      local v = "v" .. i
       if key == "device_feature" and fd.name == "flags" then
         form[#form + 1] = "feature=%s"
         args[#args + 1] = fmt('FEATURES[band(%s, FEATURE_MASK)] or fmt("%%d", band(%s, FEATURE_MASK))', v, v)
@@ -940,10 +941,12 @@ do
         args[#args + 1] = arg
       end
     end
-    DECODE[key] = assert(load("local s, b = ...\nreturn {" .. concat(reads, ", ") .. "}", "=decode_" .. key, "t",
-      env))
+    local locals = {}
+    for i = 1, #reads do locals[i] = "v" .. i end
+    local head = "local s, b = ...\nlocal " .. concat(locals, ", ") .. " = " .. concat(reads, ", ") .. "\n"
+    DECODE[key] = assert(load(head .. "return {" .. concat(names, ", ") .. "}", "=decode_" .. key, "t", env))
     local body = #form == 0 and '""' or fmt("fmt(%q, %s)", " " .. concat(form, " "), concat(args, ", "))
-    KEYS[key] = assert(load("local f = ...\nreturn " .. body, "=keys_" .. key, "t", env))
+    KEYS[key] = assert(load(head .. "return " .. body, "=keys_" .. key, "t", env))
   end
 end
 
@@ -1156,9 +1159,10 @@ local function nstime(rtt)
 end
 
 -- One message: its bytes are s[base + 1 .. base + n], at offset base of TVB too; frame nil: decode only; fds
--- {kind, size} list; vflags the record's flags.  tree: nil for none.  cols: nil, or the Info text's start.
--- Returns the message's item (or nil) and, with cols, its Info text.
-local function display_message(s, base, n, tree, frame, fds, vflags, visited, cols)
+-- {kind, size} list; vflags the record's flags.  tree: nil for none.  cols: nil, or the connection the Info text
+-- starts with (its direction d; none: a bare message).  Returns the message's item (or nil) and, with cols, its
+-- Info text.
+local function display_message(s, base, n, tree, frame, fds, vflags, visited, cols, d)
   local root
   if tree ~= nil then
     root = tree
@@ -1166,7 +1170,8 @@ local function display_message(s, base, n, tree, frame, fds, vflags, visited, co
   end
   if n < 16 then
     if root and ALL then root:append_text(fmt(", %d bytes: shorter than the header", n)) end
-    return root, cols and fmt("%s[%d bytes, shorter than the 16-byte header]", cols, n)
+    return root, cols and fmt("%s[%d bytes, shorter than the 16-byte header]", d and fmt("#%d %s ", cols, ARROW[d])
+      or "", n)
   end
   local h1, h2, h3, h4, h5, h6, h7, h8, h9, h10, h11, h12, h13, h14, h15, h16 = byte(s, base + 1, base + 16)
   local msg_id, cmd = h1 + h2 * 256, h3 + h4 * 256
@@ -1211,9 +1216,10 @@ local function display_message(s, base, n, tree, frame, fds, vflags, visited, co
     end
   end
   local f, caps, vdata
+  local decoded = lay ~= nil and n - 16 >= lay.size
   if n > 16 and (cols or root and (G.tail or G.lay[key])) then
-    if lay ~= nil and n - 16 >= lay.size then
-      f = DECODE[key](s, base)
+    if decoded then
+      if root or lay.tail ~= "json" then f = DECODE[key](s, base) end
       local pt
       if root then
         pt = put(root, LAYOUT_T[key], base + 16, n - 16) or root
@@ -1264,8 +1270,8 @@ local function display_message(s, base, n, tree, frame, fds, vflags, visited, co
     end
     fds_text = " fds=[" .. concat(fl, ", ") .. "]"
   end
-  if f ~= nil then
-    keys_text = KEYS[key](f)
+  if decoded then
+    keys_text = KEYS[key](s, base)
     if caps then keys_text = keys_text .. " caps=" .. safe(json_text(caps, 200)) end
     if vdata then keys_text = keys_text .. " version_data=" .. safe(fmt("%q", sub(vdata, 1, 40))) end
   end
@@ -1274,8 +1280,14 @@ local function display_message(s, base, n, tree, frame, fds, vflags, visited, co
     if has(vflags, C.VF_CONTEXT) then flag_text = flag_text .. " [context]" end
   end
   if rq ~= nil then link_text = request_text(rq, rtt) elseif rs ~= nil then link_text = fmt(" → %d", rs) end
-  local text = fmt("%s%s %s id=%d %dB%s%s%s%s%s", cols, name, kind, msg_id, size, err_text, fds_text, keys_text,
-    flag_text, link_text)
+  local text
+  if d then
+    text = fmt("#%d %s %s %s id=%d %dB%s%s%s%s%s", cols, ARROW[d], name, kind, msg_id, size, err_text, fds_text,
+      keys_text, flag_text, link_text)
+  else
+    text = fmt("%s %s id=%d %dB%s%s%s%s%s", name, kind, msg_id, size, err_text, fds_text, keys_text, flag_text,
+      link_text)
+  end
   return root, text
 end
 
@@ -1626,7 +1638,7 @@ local function message_record(tvb, pinfo, tree, r, s, n, frame, first, root, col
       vflags)
   end
   local item, text = display_message(data, base, mlen, want_tree and tree or nil, frame, fds, vflags, PASS.visited,
-    cols and fmt("#%d %s ", conn, ARROW[d]))
+    cols and conn, d)
   return text, item
 end
 
@@ -1719,7 +1731,7 @@ function vfu.dissector(tvb, pinfo, tree)
     TVB = tvb
     pinfo.cols.protocol = "vfio-user"
     local s = tvb:raw()
-    local _, text = display_message(s, 0, #s, tree, nil, NO_FDS, 0, false, "")
+    local _, text = display_message(s, 0, #s, tree, nil, NO_FDS, 0, false, 0, nil)
     pinfo.cols.info = text
   end)
   TVB = nil
