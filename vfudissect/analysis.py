@@ -228,14 +228,17 @@ def read_part(path: str, opts: ViewOptions, write: Write | None = None, label: s
     return res
 
 
-def stats_part(path: str, timeout: float, progress: Callable[[int], None] | None = None) -> PartResult:
-    """`stats` of one part: every record and finding counted."""
+def stats_part(path: str, timeout: float, progress: Callable[[int], None] | None = None,
+               tap: Callable[[list[Item]], None] | None = None) -> PartResult:
+    """`stats` of one part: every record and finding counted (and each batch of them handed to ``tap``)."""
     res = PartResult(path)
     events = _guarded(iter(_Counting(open_capture(path, progress), res)), res, path)
     add = res.stats.add
     for batch in analyze_batches(events, AnalyzerConfig(timeout=timeout)):
         for it in batch:
             add(it)
+        if tap is not None:
+            tap(batch)
     if not res.unusable:
         res.worst = max((findings.SEVERITY_RANK[s] for s, n in res.stats.severities.items() if n), default=-1)
     return res

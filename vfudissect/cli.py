@@ -14,11 +14,12 @@ import sys
 import time
 from typing import Callable, Iterator, TextIO
 
-from . import __version__, spec
-from .analysis import ViewOptions, analyze, analyze_batches, decode_tree, read_part, stats_part  # noqa: F401
+from . import __version__, batch, spec
+from .analysis import (PartResult, ViewOptions, analyze, analyze_batches, decode_tree, read_part,  # noqa: F401
+                       stats_part)
 from .core.records import Finding, MessageRecord
 from .inputs import CaptureSet, InputError, captures
-from .stats import Stats
+from .stats import BY_CHOICES, Breakdown, Stats
 from .core import findings
 
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
@@ -172,23 +173,17 @@ def cmd_read(args: argparse.Namespace) -> int:
     errors: list[str] = []
     notes: list[str] = []
     try:
-        for cs, path in parts:
-            if several and not opts.json:
-                write(_heading(path, color) + "\n")
-            progress = Progress(path, not args.no_progress)
-            try:
-                res = read_part(path, opts, write, label=_label(path), progress=progress, flush=out.flush)
-            finally:
-                progress.close()
-            if res.error:
-                errors.append(res.error)
-            if res.unusable:
-                continue
-            usable = True
-            merged.merge(res.stats, cs.name if len(sets) > 1 else None)
-            worst, shown = max(worst, res.worst), shown + res.shown
-            conns |= res.conns
-            notes += res.notes
+        with _pool(args, [p for _cs, p in parts]) as pool:
+            for cs, res in _read_results(args, parts, opts, pool):
+                if res.error:
+                    errors.append(res.error)
+                if res.unusable:
+                    continue
+                usable = True
+                merged.merge(res.stats, cs.name if len(sets) > 1 else None)
+                worst, shown = max(worst, res.worst), shown + res.shown
+                conns |= res.conns
+                notes += res.notes
         if usable and not opts.json and not args.quiet_summary:
             write("\n" + merged.render(color) + "\n")
             if opts.filtering:
@@ -211,6 +206,62 @@ def cmd_read(args: argparse.Namespace) -> int:
     if fail_rank is not None and worst >= fail_rank:
         return EXIT_FINDINGS
     return EXIT_OK
+
+
+def _read_results(args: argparse.Namespace, parts: list[tuple[CaptureSet, str]], opts: ViewOptions,
+                  pool: batch.Pool) -> Iterator[tuple[CaptureSet, PartResult]]:
+    """Each part read and shown, in order: here as it is read, or as each worker's text comes back in turn."""
+    out = sys.stdout
+    write = out.write
+    heading = len(parts) > 1 and not opts.json
+    if pool.local:
+        for cs, path in parts:
+            if heading:
+                write(_heading(path, opts.color) + "\n")
+            progress = Progress(path, not args.no_progress)
+            try:
+                res = read_part(path, opts, write, label=_label(path), progress=progress, flush=out.flush)
+            finally:
+                progress.close()
+            yield cs, res
+        return
+    full = [batch.absolute(p) for _cs, p in parts]
+    calls = [(f, opts, None, _label(p)) for f, (_cs, p) in zip(full, parts)]
+    done = batch.FilesDone("read", len(parts), not args.no_progress)
+    try:
+        for f, (cs, path), r in zip(full, parts, pool.map(read_part, calls, [p for _cs, p in parts], done)):
+            res = batch.lost_part(r) if isinstance(r, batch.Lost) else batch.relabel(r, f, path)
+            done.close()
+            if heading:
+                write(_heading(path, opts.color) + "\n")
+            for line in res.output:
+                write(line)
+            res.output.clear()
+            yield cs, res
+    finally:
+        done.close()
+
+
+class _pool:
+    """The batch pool of `read`/`stats` -j and --scheduler as a context manager; its refusals are usage errors."""
+
+    def __init__(self, args: argparse.Namespace, paths: list[str]) -> None:
+        try:
+            self.pool = batch.Pool(args.jobs, args.scheduler, len(paths))
+        except batch.BatchError as exc:
+            raise UsageError(str(exc)) from None
+        if self.pool.remote and "-" in paths:
+            raise UsageError("standard input (-) cannot be handed to Dask workers: give capture files with "
+                             "-j/--scheduler, or read stdin without them")
+
+    def __enter__(self) -> batch.Pool:
+        try:
+            return self.pool.__enter__()
+        except batch.BatchError as exc:
+            raise UsageError(str(exc)) from None
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.__exit__()
 
 
 def _heading(path: str, color: bool) -> str:
@@ -238,27 +289,57 @@ def _err_line(msg: str) -> None:
 # ----------------------------------------------------------------- stats
 def cmd_stats(args: argparse.Namespace) -> int:
     sets = _sets(args)
+    parts = [(cs, p) for cs in sets for p in cs.parts]
     merged = Stats()
+    per_capture: dict[str, Stats] = {}  # --by file|connection: each capture on its own, in input order
     usable = False
     errors: list[str] = []
-    for cs in sets:
-        for path in cs.parts:
-            progress = Progress(path, not args.no_progress)
+    with _pool(args, [p for _cs, p in parts]) as pool:
+        table = None
+        if args.parquet:
             try:
-                res = stats_part(path, args.timeout, progress)
-            finally:
-                progress.close()
-            if res.error:
-                errors.append(res.error)
-            if not res.unusable:
-                usable = True
-                merged.merge(res.stats, cs.name if len(sets) > 1 else None)
+                from .rows import ParquetOut
+
+                table = ParquetOut(args.parquet)
+            except batch.BatchError as exc:
+                raise UsageError(str(exc)) from None
+        try:
+            results = batch.stats_results([p for _cs, p in parts], pool, args.timeout, rows=table is not None,
+                                          progress=lambda path: Progress(path, not args.no_progress),
+                                          done=batch.FilesDone("stats", len(parts), not args.no_progress))
+            for (cs, _path), outcome in zip(parts, results):
+                res = outcome.result
+                if res.error:
+                    errors.append(res.error)
+                if table is not None:
+                    table.add(outcome.rows)
+                if not res.unusable:
+                    usable = True
+                    merged.merge(res.stats, cs.name if len(sets) > 1 else None)
+                    if args.by in ("file", "connection"):
+                        per_capture.setdefault(cs.name, Stats()).merge(res.stats)
+        except BaseException:
+            if table is not None:
+                table.abandon()
+            raise
+        if table is not None:
+            if usable:
+                try:
+                    table.close()
+                except batch.BatchError as exc:
+                    raise UsageError(str(exc)) from None
+                sys.stderr.write(f"{args.parquet}: {table.rows} messages\n")
+            else:
+                table.abandon()
     try:
         if usable:
-            if args.json:
-                sys.stdout.write(json.dumps(merged.to_json(), indent=2) + "\n")
+            color = use_color(args.color, sys.stdout)
+            if args.by:
+                bd = Breakdown(args.by, [(_label(name), st) for name, st in per_capture.items()], merged)
+                text = json.dumps(bd.to_json(), indent=2) if args.json else bd.render(color)
             else:
-                sys.stdout.write(merged.render(use_color(args.color, sys.stdout)) + "\n")
+                text = json.dumps(merged.to_json(), indent=2) if args.json else merged.render(color)
+            sys.stdout.write(text + "\n")
         sys.stdout.flush()
     except BrokenPipeError:
         return _broken_pipe()
@@ -364,6 +445,11 @@ def _common_analysis(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
+def _parallel(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-j", "--jobs", default="1", metavar="N", help=batch.JOBS_HELP)
+    p.add_argument("--scheduler", metavar="ADDRESS", help=batch.SCHEDULER_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vfudissect",
@@ -401,14 +487,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stored", action="store_true",
                    help="show the findings stored in the capture (what its writer's engine said) instead of "
                         "judging it afresh; without it, a line on stderr says when the two differ")
+    _parallel(p)
     p.set_defaults(func=cmd_read)
 
     p = sub.add_parser("stats", help="response-time table, errors, fds and findings per connection",
                        description="Per-command response times (count, min, mean, p50, p99, max; p50 and p99 "
                                    "are nearest-rank percentiles, to 1 percent), errors by errno, fds by kind and "
-                                   "findings by code, per connection and overall, over one capture or many.")
+                                   "findings by code, per connection and overall, over one capture or many. "
+                                   "Each part of each capture is analysed on its own and the figures merge "
+                                   "exactly, so -j N (or --scheduler) prints what one process prints.",
+                       epilog="Exit status: 0 clean, 1 findings at or above --fail-on, 2 unusable input (each\n"
+                              "file that could not be read, or whose worker died, is named in one line; the\n"
+                              "others still count) or a usage error.\n"
+                              "Examples:\n"
+                              "  vfudissect stats runs/                         # every capture under runs/, merged\n"
+                              "  vfudissect stats -j 2 'host-*.pcapng'          # two worker processes\n"
+                              "  vfudissect stats --by file runs/               # one row per capture, and totals\n"
+                              "  vfudissect stats --scheduler tcp://scheduler.example:8786 /shared/runs/\n"
+                              "  vfudissect stats --parquet msgs.parquet runs/  # then: duckdb -c \"select command,\n"
+                              "        median(response_time) from 'msgs.parquet' group by all\"",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_analysis(p)
-    p.add_argument("--json", action="store_true", help="print the statistics as one JSON document")
+    p.add_argument("--json", action="store_true", help="print the statistics (or the --by table) as one JSON "
+                                                      "document")
+    p.add_argument("--by", choices=BY_CHOICES,
+                   help="instead of the full report, one row per capture (file: a rotated capture is one row), "
+                        "per connection (CAPTURE#N) or per command, then a totals row: connections, messages, "
+                        "bytes, requests, replies, errno replies, p50/p99/max response time, findings by "
+                        "severity (per command: the response-time table)")
+    p.add_argument("--parquet", metavar="OUT",
+                   help="also write one row per message to the Parquet file OUT (file, connection, frame, time, "
+                        "direction, type, command, msg_id, size, error, response_time, findings), for pandas "
+                        "or DuckDB; it appears only once complete (needs the parquet extra: "
+                        f"{batch.PARQUET_HINT})")
+    _parallel(p)
     p.set_defaults(func=cmd_stats)
 
     p = sub.add_parser("import", help="turn a relay transcript (JSON Lines) into a pcapng capture",

@@ -382,3 +382,109 @@ def _conn_lines(title: str, cs: _ConnStats, paint: Paint) -> list[str]:
             sev = findings.CATALOGUE[code].severity
             lines.append(f"    {paint(sev, f'{sev:<8}')}{code:<30}{n:>7}")
     return lines
+
+
+# ------------------------------------------------------------ stats --by: one row per capture, connection or command
+BY_CHOICES = ("file", "connection", "command")
+
+
+@dataclass(frozen=True, slots=True)
+class ByRow:
+    """One row of `stats --by file|connection`: a capture's (or a connection's) figures in one line."""
+
+    name: str
+    connections: int
+    messages: int
+    bytes: int
+    requests: int
+    replies: int
+    error_replies: int
+    rtt: RttFigures | None  # every reply's response time, whatever its command
+    findings: tuple[tuple[str, int], ...]  # (severity, count), most severe first
+    unanswered: int
+    duration: float | None  # None for a connection (its capture's first and last record are not known per connection)
+
+    def as_dict(self, key: str) -> dict[str, Any]:
+        d: dict[str, Any] = {key: self.name} if key else {}
+        d.update({"connections": self.connections, "messages": self.messages, "bytes": self.bytes,
+                  "requests": self.requests, "replies": self.replies, "error_replies": self.error_replies,
+                  "response_time": self.rtt.as_dict() if self.rtt else None, "findings": dict(self.findings),
+                  "unanswered": self.unanswered})
+        if self.duration is not None:
+            d["duration"] = self.duration
+        return d
+
+
+def _by_row(name: str, cs: _ConnStats, connections: int, duration: float | None) -> ByRow:
+    every = _Rtt()
+    for r in cs.rtt.values():
+        every.merge(r)
+    sev: Counter[str] = Counter()
+    for code, n in cs.findings.items():
+        sev[findings.CATALOGUE[code].severity] += n
+    return ByRow(name, connections, cs.messages, cs.bytes, sum(cs.commands.values()), every.count,
+                 sum(cs.errors.values()), every.figures() if every.count else None,
+                 tuple((s, sev[s]) for s in _SEVERITY_ORDER), cs.unanswered, duration)
+
+
+class Breakdown:
+    """`stats --by`: rows per capture, per connection or per command over many captures, and a totals row.
+
+    ``captures`` are (name, statistics of that capture alone) in the order given; ``total`` is the merged
+    statistics of all of them (its totals row is the overall figures of `stats`)."""
+
+    def __init__(self, by: str, captures: list[tuple[str, "Stats"]], total: "Stats") -> None:
+        if by not in BY_CHOICES:
+            raise ValueError(f"--by {by!r}: one of {', '.join(BY_CHOICES)}")
+        self.by = by
+        conns = max(total.connections, len(total._conns))
+        tot = total._total()
+        self.total = _by_row("total", tot, conns, total._duration())
+        self.rows: list[ByRow] = []
+        self.commands: list[CommandRow] = []
+        if by == "file":
+            self.rows = [_by_row(name, st._total(), max(st.connections, len(st._conns)), st._duration())
+                         for name, st in captures]
+        elif by == "connection":
+            self.rows = [_by_row(f"{name}#{conn}", cs, 1, None) for name, st in captures for conn, cs in st._sorted()]
+        else:
+            self.commands = tot.rows()
+            every = _Rtt()
+            for r in tot.rtt.values():
+                every.merge(r)
+            self.command_total = CommandRow("total", sum(tot.commands.values()),
+                                            every.figures() if every.count else None)
+
+    def to_json(self) -> dict[str, Any]:
+        if self.by == "command":
+            def cmd(r: CommandRow, key: bool = True) -> dict[str, Any]:
+                d: dict[str, Any] = {"command": r.name} if key else {}
+                d.update({"requests": r.requests, "replies": r.replies.count if r.replies else 0,
+                          "response_time": r.replies.as_dict() if r.replies else None})
+                return d
+            return {"by": "command", "rows": [cmd(r) for r in self.commands],
+                    "total": cmd(self.command_total, key=False)}
+        return {"by": self.by, "rows": [r.as_dict(self.by) for r in self.rows], "total": self.total.as_dict("")}
+
+    def render(self, color: bool = False) -> str:
+        paint = _painter(color)
+        if self.by == "command":
+            lines = _table_lines(self.commands + [self.command_total])
+            lines[0] = paint("h", lines[0])
+            return "\n".join(lines)
+        from .render import rtt_text
+
+        width = max([len(self.by), len("total")] + [len(r.name) for r in self.rows])
+        head = (f"  {self.by:<{width}}{'conns':>7}{'messages':>10}{'bytes':>13}{'requests':>10}{'replies':>10}"
+                f"{'errno':>7}{'p50':>10}{'p99':>10}{'max':>10}{'errors':>8}{'warnings':>10}{'notes':>7}")
+        lines = [paint("h", head)]
+        for r in self.rows + [self.total]:
+            times = ("".join(f"{rtt_text(v):>10}" for v in (r.rtt.p50, r.rtt.p99, r.rtt.max)) if r.rtt
+                     else f"{'—':>10}" * 3)
+            sev = dict(r.findings)
+            counts = "".join(f"{paint(s, f'{sev[s]:>{w}}') if sev[s] else f'{0:>{w}}'}"
+                             for s, w in (("error", 8), ("warning", 10), ("note", 7)))
+            line = (f"  {r.name:<{width}}{r.connections:>7}{r.messages:>10}{r.bytes:>13}{r.requests:>10}"
+                    f"{r.replies:>10}{r.error_replies:>7}{times}{counts}")
+            lines.append(line)
+        return "\n".join(lines)
