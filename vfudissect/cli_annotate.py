@@ -8,6 +8,7 @@ import sys
 
 from . import spec
 from .capture.annotate import annotate
+from .capture.files import GROUP_READ_HELP, open_capture_output
 from .capture.reader import CaptureError
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
@@ -20,7 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "tool), judge it with the engine, and write it to OUT with the engine's findings as records of "
                     "their own (what Wireshark shows, with or without the vfio-user plugin) in place of the ones it "
                     "carried. Every other record is copied byte for byte; frame numbers in the findings are OUT's. "
-                    "IN is never overwritten. On a damaged capture every record before the damage is written, one "
+                    "IN is never overwritten. OUT is created 0600 (-g: 0640): a capture holds guest memory and the "
+                    "peers' credentials. On a damaged capture every record before the damage is written, one "
                     "line says where reading stopped, and the exit status is 2.",
         epilog="Exit status: 0 written, 2 unusable input (damaged, not a capture, IN and OUT the same file) or a "
                "usage error.\nExamples:\n"
@@ -31,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("-w", "--write", required=True, metavar="OUT", help="capture to write (- for stdout)")
     p.add_argument("--timeout", type=_seconds, default=spec.DEFAULT_REPLY_TIMEOUT, metavar="SECONDS",
                    help="REPLY_TIMEOUT threshold (default %(default)s s, QEMU's x-msg-timeout; 0 disables)")
+    p.add_argument("-g", "--group-read", action="store_true", help=GROUP_READ_HELP)
     p.set_defaults(func=cmd_annotate)
     return p
 
@@ -61,7 +64,7 @@ def cmd_annotate(args: argparse.Namespace) -> int:
         return _err(f"{src}: {exc.strerror or exc}")
     try:
         try:
-            out = sys.stdout.buffer if dst == "-" else open(dst, "wb")
+            out = sys.stdout.buffer if dst == "-" else open_capture_output(dst, args.group_read)
         except OSError as exc:
             return _err(f"cannot write {dst}: {exc.strerror or exc}")
         try:

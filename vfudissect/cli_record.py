@@ -8,9 +8,11 @@ import shlex
 import sys
 
 from . import spec
+from .capture.files import GROUP_READ_HELP
 from .proxy.relay import RelayConfig as _RelayConfig
 
 RELAY_DEFAULTS = _RelayConfig()
+WAIT_SERVER_DEFAULT = 30.0  # seconds, --wait-server without a value
 
 _DESCRIPTION = """\
 Sit between a vfio-user client (e.g. QEMU's vfio-user-pci) and a device server,
@@ -28,6 +30,18 @@ Two ways in:
   --intercept PATH               take over a server that is already listening
                                  at PATH: its socket is linked aside as
                                  PATH.vfudissect-orig and put back on exit
+
+The server is checked at start without connecting to it (a single-client
+server such as libvfio-user's sample would take a test connection for its
+client): a missing socket, a path that is not a socket or a socket nobody
+listens on is refused (exit 2), unless --wait-server waits for it.  A client
+that arrives later while the server is not there is closed, with a line in
+the live view and a note in the capture, and the proxy goes on serving.
+
+The capture is created 0600 (owner only): it holds guest memory (DMA data),
+the device's data and the peers' credentials (as Wireshark's dumpcap does;
+-g makes it 0640).  An existing file is never made more readable: group and
+other bits beyond that are cleared.
 """
 
 _EPILOG = """\
@@ -39,7 +53,9 @@ examples:
   (for Wireshark to decode: vfudissect lua --install)
 
 exit status: 0 after a clean stop (Ctrl-C, SIGTERM), 2 when a path, a
-permission or the server is unusable (said in one line).
+permission or the server is unusable (said in one line): the server socket
+missing (without --wait-server, or still missing when it runs out), not a
+socket, or nobody listening on it.
 
 Performance: recording never sits between a message and its forwarding: it
 is done in slices of at most --max-hold between looks at the sockets, so a
@@ -106,6 +122,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     where.add_argument("--connect", metavar="PATH", help="the server's socket each client is forwarded to")
     where.add_argument("--intercept", metavar="PATH",
                        help="take over the server listening at PATH (restored on exit)")
+    where.add_argument("--wait-server", type=_positive, nargs="?", const=WAIT_SERVER_DEFAULT, default=None,
+                       metavar="SECONDS",
+                       help="when the --connect socket does not exist yet or nobody listens on it, wait for its "
+                            f"server (up to SECONDS: {WAIT_SERVER_DEFAULT:g} when given without a value, 0 = for "
+                            "ever) instead of exit 2; --listen's socket is there meanwhile, and a client that "
+                            "connects is held until the server is")
     where.add_argument("--mode", type=_mode, default=0o600, metavar="OCTAL",
                        help="permissions of the listening socket (default 0600; --intercept keeps the "
                             "server socket's own unless given)")
@@ -119,6 +141,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                      help="start a new file when the capture reaches SIZE (e.g. 100M): FILE, then FILE-2, "
                           "FILE-3 ...; each begins with the connections' state (VERSION, device info, DMA "
                           "mappings, requests awaiting replies) as CONTEXT records, so it reads on its own")
+    out.add_argument("-g", "--group-read", action="store_true", help=GROUP_READ_HELP)
     view = p.add_argument_group("live view")
     view.add_argument("-q", "--quiet", action="store_true",
                       help="no line per message: only findings and the summary")
@@ -160,5 +183,6 @@ def cmd_record(args: argparse.Namespace) -> int:
         snaplen=args.snaplen, rotate_size=args.rotate_size, quiet=args.quiet, color=use_color(args.color, live_stream), timeout=args.timeout,
         relay=RelayConfig(stall_timeout=args.stall_timeout, busy_poll=default_busy_poll() if args.busy_poll is None
                           else args.busy_poll / 1e6, record_slice=max(args.max_hold, 1e-4)),
-        comment="vfudissect " + " ".join(shlex.quote(a) for a in sys.argv[1:]), summary=not args.no_summary)
+        comment="vfudissect " + " ".join(shlex.quote(a) for a in sys.argv[1:]), summary=not args.no_summary,
+        group_read=args.group_read, wait_server=args.wait_server)
     return run_proxy(opts)

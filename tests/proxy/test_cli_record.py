@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +16,7 @@ import time
 import pytest
 
 from vfudissect.capture.reader import read_events
-from vfudissect.core.events import ConnClosed, ConnOpened, FindingIn, MessageIn, VerdictsIn
+from vfudissect.core.events import ConnClosed, ConnOpened, FindingIn, MessageIn, NoteIn, VerdictsIn
 from vfudissect.peers.client import Client, run_session
 from vfudissect.peers.server import DeviceServer
 from vfudissect.proxy.listener import MOVED_SUFFIX
@@ -227,3 +229,167 @@ def test_the_capture_streams_live_into_tshark(sockdir: str, device: DeviceServer
     proc.wait(timeout=20)
     rest, _ = ts.communicate(timeout=30)
     assert ts.returncode == 0 and rest == ""
+
+
+# ----------------------------------------------------------------- the server socket: checked at start, waited for
+
+
+def _stale(path: str) -> str:
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.close()  # the socket file stays, nobody listens on it
+    return path
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("stale", "nobody listens at server socket {srv} (connection refused"),
+    ("file", "server path {srv} is not a socket"),
+    ("dir", "server path {srv} is not a socket"),
+    ("missing", "cannot use server socket {srv}: No such file or directory; start the server first, or give "
+                "--wait-server [SECONDS] to wait for it"),
+])
+def test_an_unusable_server_socket_is_refused_at_start_in_one_line(sockdir: str, kind: str, words: str) -> None:
+    srv, px, cap = (os.path.join(sockdir, n) for n in ("srv.sock", "p.sock", "c.pcapng"))
+    if kind == "stale":
+        _stale(srv)
+    elif kind == "file":
+        open(srv, "w").close()
+    elif kind == "dir":
+        os.mkdir(srv)
+    r = run_cli("record", "--listen", px, "--connect", srv, "-w", cap)
+    assert r.returncode == 2
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("vfudissect: error: ") and words.format(srv=srv) in lines[0], lines
+    assert not os.path.lexists(px) and not os.path.lexists(cap)  # nothing left behind
+
+
+def _wait_for_line(proc: subprocess.Popen, timeout: float = 10.0) -> str:
+    """The first line of the proxy's stdout (read in a thread: the pipe has no timeout of its own)."""
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    t.start()
+    t.join(timeout)
+    assert got, "the proxy said nothing"
+    return got[0].decode()
+
+
+@pytest.mark.parametrize("before", ["missing", "stale"])
+def test_wait_server_listens_at_once_and_holds_early_clients_until_the_server_is_there(sockdir: str,
+                                                                                       before: str) -> None:
+    srv_path, px, cap = (os.path.join(sockdir, n) for n in ("dev.sock", "p.sock", "c.pcapng"))
+    if before == "stale":
+        _stale(srv_path)
+    proc = record("--listen", px, "--connect", srv_path, "-w", cap, "--wait-server", "10")
+    short = "it does not exist yet" if before == "missing" else "nobody listens on it yet"
+    assert _wait_for_line(proc) == f"waiting for the server socket {srv_path} ({short}; up to 10 s) ...\n"
+    wait_for(lambda: os.path.exists(px), what="the proxy socket")  # there while the proxy waits
+    got: dict[str, object] = {}
+
+    def early() -> None:
+        with Client(px, timeout=10) as c:  # connects now; its VERSION waits with the proxy
+            got["version"] = c.version()
+
+    t = threading.Thread(target=early)
+    t.start()
+    time.sleep(0.3)
+    assert "version" not in got and proc.poll() is None
+    if before == "stale":
+        os.unlink(srv_path)
+    srv = DeviceServer(srv_path).start()
+    try:
+        t.join(timeout=10)
+        assert got["version"]["max_msg_fds"] == 8  # type: ignore[index]
+        with Client(px) as c:  # and the ones after
+            c.version()
+            assert c.get_info()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        srv.stop()
+    assert proc.returncode == 0 and err == b"", err
+    assert out.decode().splitlines()[0].startswith(f"listening on {px}, each client forwarded to {srv_path}")
+    with open(cap, "rb") as f:
+        events = list(read_events(f))
+    assert sorted({e.conn for e in events if isinstance(e, MessageIn)}) == [1, 2]
+
+
+def test_wait_server_gives_up_in_one_line_and_closes_the_clients_it_held(sockdir: str) -> None:
+    srv_path, px, cap = (os.path.join(sockdir, n) for n in ("dev.sock", "p.sock", "c.pcapng"))
+    start = time.monotonic()
+    proc = record("--listen", px, "--connect", srv_path, "-w", cap, "--wait-server", "0.5")
+    wait_for(lambda: os.path.exists(px), what="the proxy socket")
+    held = socket.socket(socket.AF_UNIX)
+    held.connect(px)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 2
+    assert time.monotonic() - start < 5
+    assert err.decode().splitlines() == [f"vfudissect: error: cannot use server socket {srv_path}: No such file or "
+                                         "directory; waited 0.5 s (--wait-server)"]
+    assert out.decode() == f"waiting for the server socket {srv_path} (it does not exist yet; up to 0.5 s) ...\n"
+    held.settimeout(5)
+    try:
+        assert held.recv(1) == b""
+    except ConnectionResetError:
+        pass  # closed either way: the client is not left hanging
+    held.close()
+    assert not os.path.lexists(px) and not os.path.lexists(cap)
+
+
+def test_a_stop_while_waiting_for_the_server_is_a_clean_exit_that_leaves_nothing(sockdir: str) -> None:
+    srv_path, px, cap = (os.path.join(sockdir, n) for n in ("dev.sock", "p.sock", "c.pcapng"))
+    proc = record("--listen", px, "--connect", srv_path, "-w", cap, "--wait-server")  # 30 s, default
+    assert "up to 30 s" in _wait_for_line(proc)
+    wait_for(lambda: os.path.exists(px), what="the proxy socket")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and err == b""
+    assert out.decode() == "stopped before the server socket was there: nothing recorded\n"
+    assert not os.path.lexists(px) and not os.path.lexists(cap)
+
+
+def test_wait_server_refuses_what_waiting_cannot_mend_at_once(sockdir: str) -> None:
+    srv_path, px = os.path.join(sockdir, "dev.sock"), os.path.join(sockdir, "p.sock")
+    open(srv_path, "w").close()
+    r = run_cli("record", "--listen", px, "--connect", srv_path, "-w", os.path.join(sockdir, "c.pcapng"),
+                "--wait-server", "30")
+    assert r.returncode == 2 and r.stderr == f"vfudissect: error: server path {srv_path} is not a socket\n"
+    r = run_cli("record", "--listen", px, "--connect", os.path.join(sockdir, "absent.sock"),
+                "-w", os.path.join(sockdir, "no", "dir", "c.pcapng"), "--wait-server", "30")
+    assert r.returncode == 2 and "cannot write the capture" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = run_cli("record", "--intercept", srv_path, "-w", os.path.join(sockdir, "c.pcapng"), "--wait-server")
+    assert r.returncode == 2 and "--wait-server goes with --connect" in r.stderr
+
+
+def test_a_client_that_comes_while_the_server_is_down_is_closed_and_serving_goes_on(sockdir: str) -> None:
+    srv_path, px, cap = (os.path.join(sockdir, n) for n in ("dev.sock", "p.sock", "c.pcapng"))
+    srv = DeviceServer(srv_path).start()
+    proc = record("--listen", px, "--connect", srv_path, "-w", cap)
+    try:
+        wait_for(lambda: os.path.exists(px), what="the proxy socket")
+        with Client(px) as c:
+            c.version()
+        srv.stop()
+        _stale(srv_path)  # the server died and left its socket file: connection refused
+        c = Client(px, timeout=3)
+        with pytest.raises(Exception):
+            c.version()
+        c.close()
+        os.unlink(srv_path)
+        srv = DeviceServer(srv_path).start()  # back
+        with Client(px) as c:
+            assert c.version()["max_msg_fds"] == 8
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        srv.stop()
+    assert proc.returncode == 0
+    said = f"cannot connect to {srv_path}: nobody listens on it (Connection refused: the server is gone)"
+    assert [ln for ln in err.decode().splitlines() if ln] == [
+        f"vfudissect: error: connection #2: {said}; client pid {os.getpid()} closed, still accepting clients"]
+    assert f"#2     note {said}; client closed, the proxy goes on accepting clients" in out.decode()
+    with open(cap, "rb") as f:
+        events = [e for e in read_events(f) if getattr(e, "conn", None) == 2]
+    assert [type(e) for e in events] == [ConnOpened, NoteIn, ConnClosed]
+    assert events[1].proxy_errno == errno.ECONNREFUSED and "client closed" in events[1].text
+    with open(cap, "rb") as f:
+        assert {e.conn for e in read_events(f) if isinstance(e, MessageIn)} == {1, 3}

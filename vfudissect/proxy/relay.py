@@ -375,15 +375,19 @@ class Relay:
         server.settimeout(self.cfg.connect_timeout)
         try:
             server.connect(self.connect_path)
-        except OSError as exc:
+        except OSError as exc:  # the server is not there (or not taking clients): this client only is closed
             server.close()
             client.close()
             msg = exc.strerror or str(exc)
-            self.error(f"connection #{cid}: cannot connect to {self.connect_path}: {msg}"
-                       + (f" (client pid {ccred.pid} dropped)" if ccred else ""))
+            why = {errno.ENOENT: f"the server socket does not exist ({msg})",
+                   errno.ECONNREFUSED: f"nobody listens on it ({msg}: the server is gone)",
+                   errno.EAGAIN: f"the server takes no more clients ({msg}: its backlog is full)"}.get(
+                       exc.errno or 0, f"the server does not accept ({msg})" if isinstance(exc, TimeoutError) else msg)
+            self.error(f"connection #{cid}: cannot connect to {self.connect_path}: {why}; client "
+                       + (f"pid {ccred.pid} " if ccred else "") + "closed, still accepting clients")
             self._enqueue(ConnOpened(now, cid, self.label, ccred, None))
-            self._enqueue(NoteIn(now, cid, f"cannot connect to {self.connect_path}: {msg}; client dropped",
-                                 proxy_errno=exc.errno or 0))
+            self._enqueue(NoteIn(now, cid, f"cannot connect to {self.connect_path}: {why}; client closed, the proxy "
+                                           "goes on accepting clients", proxy_errno=exc.errno or 0))
             self._enqueue(ConnClosed(now, cid))
             return
         conn = self._add_conn(cid, client, server)

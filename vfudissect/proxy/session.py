@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..capture.files import open_capture_fd
 from ..capture.rotate import RotatingCaptureWriter
 from ..capture.writer import CaptureWriter
-from .listener import Intercept, PathError, check_server, intercept, listen_at, same_file
+from .listener import (Intercept, PathError, ServerStatus, check_listen_path, intercept, listen_at, same_file,
+                       server_status)
 from .recorder import LiveView, Recorder
 from .relay import Relay, RelayConfig
 from .sinks import BufferedSink, ThreadSink, open_sink
@@ -31,6 +35,15 @@ class ProxyOptions:
     relay: RelayConfig = field(default_factory=RelayConfig)
     comment: str = ""
     summary: bool = True
+    group_read: bool = False  # captures 0640 instead of 0600
+    wait_server: float | None = None  # seconds to wait for a missing / not yet listening server (0: for ever)
+
+
+WAIT_POLL = 0.05  # seconds between two looks at a server socket being waited for
+
+
+class Stopped(Exception):
+    """A stop (signal, stop()) came while setup() waited for the server: nothing was set up."""
 
 
 class ProxySession:
@@ -56,11 +69,15 @@ class ProxySession:
             pass
 
     def setup(self) -> None:
-        """Paths first (so a refusal leaves nothing behind), then the capture file. Raises PathError."""
+        """Paths first (so a refusal leaves nothing behind), then the capture file. Raises PathError, or Stopped
+        when stop() comes while waiting for the server (--wait-server)."""
         o = self.opts
         if o.intercept:
             if o.listen or o.connect:
                 raise PathError("--intercept replaces --listen/--connect; give one or the other")
+            if o.wait_server is not None:
+                raise PathError("--wait-server goes with --connect: --intercept takes over a server that is "
+                                "already listening")
             self.intercepted = intercept(o.intercept, None if o.mode == 0o600 else o.mode)
             listener, target, self.listen_path = self.intercepted.listener, self.intercepted.moved, o.intercept
             label = o.intercept
@@ -70,9 +87,16 @@ class ProxySession:
             if same_file(o.listen, o.connect) or os.path.abspath(o.listen) == os.path.abspath(o.connect):
                 raise PathError(f"--listen and --connect are the same file ({o.listen}): use --intercept to "
                                 "sit in front of a server's own socket")
-            check_server(o.connect)
+            waiting = self._server_or_wait(o.connect)
             listener, target, self.listen_path = listen_at(o.listen, o.mode), o.connect, o.listen
             label = o.connect
+            if waiting is not None:
+                try:
+                    self._wait_server(o.connect, waiting)
+                except (PathError, Stopped):
+                    listener.close()
+                    self._release_paths()
+                    raise
         try:
             if o.rotate_size is not None and o.write == "-":
                 raise PathError("--rotate-size needs a capture file, not - (stdout)")
@@ -101,16 +125,57 @@ class ProxySession:
                                  capture_error=lambda: (out.error or "write error") if out.broken else "")
         self.relay = Relay(listener, target, self.recorder, o.relay, socket_label=label, error=self.error)
 
+    def _server_or_wait(self, path: str) -> ServerStatus | None:
+        """None when the server socket is usable; its status when it is not yet and --wait-server allows waiting
+        (after checking what would be refused after the wait); PathError, one line, otherwise."""
+        st = server_status(path)
+        if st.ok:
+            return None
+        if not st.waitable:
+            raise PathError(st.why)
+        if self.opts.wait_server is None:
+            raise PathError(f"{st.why}; start the server first, or give --wait-server [SECONDS] to wait for it")
+        if self.opts.write != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(self.opts.write))):
+            raise PathError(f"cannot write the capture {self.opts.write}: {os.strerror(errno.ENOENT)}")
+        return st
+
+    def _wait_server(self, path: str, st: ServerStatus) -> None:
+        """Wait (--wait-server seconds, 0: for ever) until the server socket is usable; the proxy's socket is already
+        listening, so a client that connects meanwhile waits in its backlog and is served once the server is there.
+        PathError when the time is up or the path turns unusable, Stopped on stop()."""
+        wait = self.opts.wait_server
+        assert wait is not None
+        if not self.opts.quiet:
+            limit = "for ever" if wait == 0 else f"up to {wait:g} s"
+            self._say(f"waiting for the server socket {path} ({st.short}; {limit}) ...\n")
+        end = None if wait == 0 else time.monotonic() + wait
+        while not st.ok:
+            if not st.waitable:
+                raise PathError(st.why)
+            if self._stop_requested:
+                raise Stopped()
+            if end is not None and time.monotonic() >= end:
+                raise PathError(f"{st.why}; waited {wait:g} s (--wait-server)")
+            time.sleep(WAIT_POLL)
+            st = server_status(path)
+
+    def _say(self, text: str) -> None:
+        """A line on the live view's stream before the live view exists."""
+        try:
+            os.write(self._stderr if self.opts.write == "-" else self._stdout, text.encode("utf-8", "replace"))
+        except OSError:
+            pass
+
     def _capture_sink(self):  # type: ignore[no-untyped-def]
         if self.opts.write == "-":
             return ThreadSink(self._stdout, drop=False, close_fd=False, name="capture")
         return self._file_sink(self.opts.write)
 
-    @staticmethod
-    def _file_sink(path: str):  # type: ignore[no-untyped-def]
-        """A capture file, created or truncated (PathError, in one line, when it cannot be)."""
+    def _file_sink(self, path: str):  # type: ignore[no-untyped-def]
+        """A capture file, created 0600 (0640 with group_read) or truncated and never widened (PathError, in one
+        line, when it cannot be): it holds guest memory and the peers' credentials."""
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            fd = open_capture_fd(path, self.opts.group_read)
         except OSError as exc:
             raise PathError(f"cannot write the capture {path}: {exc.strerror or exc}") from None
         return open_sink(fd, close_fd=True, name="capture")
@@ -184,6 +249,10 @@ def run_proxy(opts: ProxyOptions) -> int:
     except PathError as exc:
         s.error(str(exc))
         return 2
+    except Stopped:
+        if not opts.quiet:
+            s._say("stopped before the server socket was there: nothing recorded\n")
+        return 0
     if not opts.quiet:
         where = "the capture on stdout" if opts.write == "-" else opts.write
         if s.intercepted is not None:
@@ -195,4 +264,4 @@ def run_proxy(opts: ProxyOptions) -> int:
     return s.run()
 
 
-__all__ = ["PathError", "ProxyOptions", "ProxySession", "run_proxy"]
+__all__ = ["PathError", "ProxyOptions", "ProxySession", "Stopped", "run_proxy"]
