@@ -65,9 +65,10 @@ def parse_jobs(text: str | int) -> int:
 JOBS_HELP = ("analyse the captures' parts in N worker processes of a local Dask cluster (one thread each), each "
              "part on its own; the output is the one-process output, byte for byte (default 1: in this process, "
              f"no Dask; N above 1 needs the dask extra: {DASK_HINT})")
-SCHEDULER_HELP = ("run the parts on an existing Dask cluster (e.g. tcp://scheduler.example:8786) instead: its workers need "
-                  "vfudissect installed and must see the captures under the same paths (relative ones are made "
-                  "absolute)")
+CONNECT_TIMEOUT_ENV = "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT"
+SCHEDULER_HELP = ("run the parts on an existing Dask cluster (e.g. tcp://scheduler.example:8786) instead: its workers "
+                  "need vfudissect installed and must see the captures under the same paths (relative ones are made "
+                  f"absolute); an unreachable scheduler is given up after 10 s ({CONNECT_TIMEOUT_ENV}=30s for more)")
 
 
 def _distributed() -> Any:
@@ -141,7 +142,7 @@ class Pool:
         _quiet()
         try:
             if self.scheduler:
-                self.client = distributed.Client(self.scheduler, timeout="10s", set_as_default=False)
+                self.client = distributed.Client(self.scheduler, timeout=_connect_timeout(), set_as_default=False)
             else:
                 self._cluster = distributed.LocalCluster(
                     n_workers=self.jobs, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -216,6 +217,15 @@ class Pool:
                               "workers")
         finally:
             fut.release()
+
+
+def _connect_timeout() -> str:
+    """How long to keep trying a scheduler: 10 s, or what Dask's own setting says when the user set it."""
+    if CONNECT_TIMEOUT_ENV in os.environ:
+        import dask
+
+        return str(dask.config.get("distributed.comm.timeouts.connect"))
+    return "10s"
 
 
 def _why(exc: BaseException) -> str:

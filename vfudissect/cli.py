@@ -25,7 +25,7 @@ from .core import findings
 EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
 # Subcommands living in their own modules: each exposes add_parser(subparsers).
-SUBCOMMAND_MODULES = ["cli_annotate", "cli_record", "cli_serve", "cli_client", "cli_lua", "cli_demo"]
+SUBCOMMAND_MODULES = ["cli_annotate", "cli_record", "cli_serve", "cli_client", "cli_lua", "cli_demo", "cli_replay"]
 
 
 class UsageError(Exception):
@@ -504,8 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "  vfudissect stats -j 2 'host-*.pcapng'          # two worker processes\n"
                               "  vfudissect stats --by file runs/               # one row per capture, and totals\n"
                               "  vfudissect stats --scheduler tcp://scheduler.example:8786 /shared/runs/\n"
-                              "  vfudissect stats --parquet msgs.parquet runs/  # then: duckdb -c \"select command,\n"
-                              "        median(response_time) from 'msgs.parquet' group by all\"",
+                              "  vfudissect stats --parquet msgs.parquet runs/  # one row per message, for pandas/DuckDB",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_analysis(p)
     p.add_argument("--json", action="store_true", help="print the statistics (or the --by table) as one JSON "

@@ -17,7 +17,7 @@ time.  The columns, for pandas or DuckDB:
     size           the header's size field
     error          errno of a reply with the error flag, else null
     response_time  seconds from the request, on matched replies, else null
-    findings       the finding codes on this message
+    findings       the finding codes on this message (as `read` shows them: a request's REPLY_TIMEOUT too)
 
 A rotated capture's context copies (messages repeated from an earlier part,
 counted there) are not rows.
@@ -31,6 +31,7 @@ from typing import Any
 
 from . import spec
 from .core.records import Item, MessageRecord
+from .core.sequencer import Sequencer
 
 CHUNK = 65536  # rows per record batch
 
@@ -66,12 +67,17 @@ class MessageRows:
         self._writer = pa.ipc.new_stream(self._sink, self.schema,
                                          options=pa.ipc.IpcWriteOptions(compression="lz4"))
         self._cols: list[list[Any]] = [[] for _ in range(11)]
+        self._seq = Sequencer()  # a request's REPLY_TIMEOUT / NO_REPLY comes later: its row waits for it
         self.count = 0
 
     def add(self, batch: list[Item]) -> None:
+        """One batch of the engine's output (records come out once every finding about them is known)."""
+        self._rows(self._seq.push(batch))
+
+    def _rows(self, items: list[Item]) -> None:
         conn, frame, ts, dirs, kind, cmd, mid, size, err, rtt, codes = self._cols
         flag = spec.FLAG_ERROR
-        for it in batch:
+        for it in items:
             if type(it) is not MessageRecord or it.context:
                 continue
             conn.append(it.conn)
@@ -100,6 +106,7 @@ class MessageRows:
         self._cols = [[] for _ in range(11)]
 
     def finish(self) -> bytes:
+        self._rows(self._seq.flush())
         self._flush()
         self._writer.close()
         return self._sink.getvalue().to_pybytes()
