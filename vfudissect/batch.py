@@ -300,5 +300,74 @@ def stats_results(parts: Sequence[str], pool: Pool, timeout: float, rows: bool =
             yield replace(out, result=relabel(out.result, f, given))
 
 
-__all__ = ["BatchError", "DASK_HINT", "FilesDone", "JOBS_HELP", "Lost", "PARQUET_HINT", "Pool", "SCHEDULER_HELP",
+# ------------------------------------------------------------ annotate
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    """What annotating one part did: where it went, what was copied and recorded, or the line saying where it stopped."""
+
+    src: str
+    dst: str
+    copied: int = 0
+    dropped: int = 0
+    findings: int = 0
+    error: str = ""
+
+    @property
+    def line(self) -> str:
+        """The line on stderr: the summary of a part written, or the error of one that stopped."""
+        if self.error:
+            return self.error
+        return (f"{self.dst}: {self.copied} records copied, {self.findings} findings recorded"
+                + (f" (replacing {self.dropped} stored)" if self.dropped else ""))
+
+    def named(self, src: str, dst: str) -> "Annotation":
+        """The same, naming the files as the user gave them."""
+        return replace(self, src=src, dst=dst, error=self.error.replace(self.src, src).replace(self.dst, dst))
+
+
+def annotate_task(src: str, dst: str, timeout: float = spec.DEFAULT_REPLY_TIMEOUT,
+                  group_read: bool = False) -> Annotation:
+    """`annotate` of one part into ``dst`` (what a worker runs): the file written, or everything before the
+    damage and the line saying where reading stopped (no file at all when nothing of it was a capture)."""
+    from .capture.annotate import annotate
+    from .capture.files import open_capture_output
+
+    try:
+        fin = open(src, "rb")
+    except OSError as exc:
+        return Annotation(src, dst, error=f"{src}: {exc.strerror or exc}")
+    with fin:
+        try:
+            out = open_capture_output(dst, group_read)
+        except OSError as exc:
+            return Annotation(src, dst, error=f"cannot write {dst}: {exc.strerror or exc}")
+        try:
+            res = annotate(fin, out, src, timeout=timeout)
+        finally:
+            out.close()
+    if res.error is not None:
+        if res.copied == 0:
+            try:
+                os.unlink(dst)  # nothing of it was a capture: leave no empty file behind
+            except OSError:
+                pass
+        where = f"; {res.copied} records before it written to {dst}" if res.copied else ""
+        return Annotation(src, dst, res.copied, res.dropped, res.findings, f"{res.error}{where}")
+    return Annotation(src, dst, res.copied, res.dropped, res.findings)
+
+
+def annotate_results(pairs: Sequence[tuple[str, str]], pool: Pool, timeout: float,
+                     group_read: bool = False) -> Iterator[Annotation]:
+    """Every (input part, output file) annotated, in order, here or on the pool's workers."""
+    if pool.local:
+        for src, dst in pairs:
+            yield annotate_task(src, dst, timeout, group_read)
+        return
+    full = [(absolute(s), absolute(d)) for s, d in pairs]
+    calls = [(s, d, timeout, group_read) for s, d in full]
+    for (src, dst), out in zip(pairs, pool.map(annotate_task, calls, [s for s, _d in pairs])):
+        yield Annotation(src, dst, error=out.line) if isinstance(out, Lost) else out.named(src, dst)
+
+
+__all__ = ["Annotation", "annotate_results", "annotate_task", "BatchError", "DASK_HINT", "FilesDone", "JOBS_HELP", "Lost", "PARQUET_HINT", "Pool", "SCHEDULER_HELP",
            "StatsOutcome", "absolute", "lost_part", "parse_jobs", "relabel", "stats_results", "stats_task"]
