@@ -795,6 +795,29 @@ def _finding_record(code: bytes | None, severity: int | None, frames: list[int],
     return vfuc.EXP_PREFIX_DIR[C2S][:12] + b"\0\0\0\0" + hdr + tl
 
 
+def write_texts(path: Path, texts: list[bytes]) -> Path:
+    """One FINDING record per text (any bytes: the plugin must show what the reader decodes)."""
+    b = Builder(path)
+    b.write_records([vfuc.encode_verdicts("vfudissect test", 5.0)])
+    for i, text in enumerate(texts):
+        b.write_records([_finding_record(b"ZERO_COUNT", 1, [1 + i % 2], text[:16000])])
+    b.close_file()
+    return path
+
+
+def write_every_code(path: Path, codes: list[tuple[str, str]]) -> Path:
+    """A FINDING record per (code, severity) after one request."""
+    b = Builder(path)
+    b.write_records([vfuc.encode_verdicts("vfudissect test", 5.0)])
+    _ready(b)
+    req = b.c2s(region_read(1, 7))
+    rank = {"note": 0, "warning": 1, "error": 2}
+    for code, sev in codes:
+        b.write_records([_finding_record(code.encode(), rank[sev], [req], f"{code} as stored".encode())])
+    b.close_file()
+    return path
+
+
 def write_stored_oddities(path: Path) -> Path:
     """Stored verdicts the engine would not write: a newer engine's code, an unknown severity, no code (corrupt),
     frames 0 and beyond the capture, repeated frames, a long text, control characters and broken UTF-8."""

@@ -61,7 +61,7 @@ def test_the_template_judges_nothing():
     for limit in ("LVU_SERVER_MAX_MSG_SIZE", "DEFAULT_MAX_DATA_XFER_SIZE", "DEFAULT_REPLY_TIMEOUT", "MAX_ERRNO",
                   "DEFAULT_MAX_DMA_MAPS", "QEMU_MAX_REGIONS", "PCI_MIN_REGIONS"):
         assert limit not in template, limit
-    assert len(template.splitlines()) < 1800
+    assert len(template.splitlines()) < 1850  # decoding and display (2,711 lines with the engine port)
 
 
 def kind(code: str, **kw: str) -> SimpleNamespace:

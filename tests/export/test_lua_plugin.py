@@ -63,7 +63,8 @@ def test_committed_captures_show_their_verdicts(capture):
 
 def test_every_finding_code_on_the_frames_it_names(catalogue):
     st = stored(catalogue)
-    assert {f.code for f in st.findings} == set(findings.CATALOGUE)
+    engine_codes = {code for code, k in findings.CATALOGUE.items() if k.basis != "replay"}  # replay's: not here
+    assert {f.code for f in st.findings} == engine_codes
     assert parity(catalogue) == []
     frames = run_tshark(catalogue)
     for fnd in st.findings[:50]:  # the record and (-2) every frame it names carry the same code
@@ -71,6 +72,19 @@ def test_every_finding_code_on_the_frames_it_names(catalogue):
         for fr in fnd.frames:
             if fr:
                 assert frames[fr].findings[fnd.code] >= 1, (fnd, fr)
+
+
+def test_every_catalogue_code_has_its_expert(tmp_path):
+    """A FINDING record per code of the catalogue (its severity): each shows as vfio_user.finding.<code>."""
+    path = corpus.write_every_code(tmp_path / "codes.pcapng", [(k.code, k.severity) for k in findings.CATALOGUE.values()])
+    from tests.export.tshark_run import compare
+    assert compare(path, True) == []
+    names = [f"vfio_user.finding.{code.lower()}" for code in findings.CATALOGUE]
+    rows = fields(path, ["frame.number"] + names + [f"vfio_user.finding.other.{s}" for s in findings.SEVERITIES])
+    codes = list(findings.CATALOGUE)
+    shown_as = {int(r[0][0]): [codes[i] for i, v in enumerate(r[1:len(codes) + 1]) if v] for r in rows}
+    assert not any(any(r[len(codes) + 1:]) for r in rows)  # no "other": every code is the catalogue's
+    assert [c for f in stored(path).findings for c in shown_as[f.frame]] == codes
 
 
 def test_one_pass_shows_findings_on_their_records_only(catalogue):
@@ -117,6 +131,20 @@ def test_fuzzed_records(tmp_path, source, seed):
     path = judged(corpus.write_fuzzed_records(source, tmp_path / "r.pcapng", seed), tmp_path / "j.pcapng")
     assert any(f.code == "CAPTURE_CORRUPT" for f in stored(path).findings)  # the damage reached the VFUC headers
     assert parity(path) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(2, 8))
+def test_more_random_and_fuzzed_captures(tmp_path, seed):
+    assert parity(judged(corpus.write_random(tmp_path / "r.pcapng", seed, conns=60), tmp_path / "r1.pcapng")) == []
+    for source in (QEMU, LVU):
+        path = corpus.write_fuzzed_messages(source, tmp_path / "m.pcapng", seed, rate=0.5)
+        assert parity(judged(path, tmp_path / "m1.pcapng")) == []
+        path = corpus.write_fuzzed_records(source, tmp_path / "f.pcapng", seed, rate=0.3)
+        assert parity(judged(path, tmp_path / "f1.pcapng")) == []
+        from tests.export.tshark_run import compare
+        damaged = corpus.damage_records(judged(source, tmp_path / "j.pcapng"), tmp_path / "d.pcapng", seed, rate=0.5)
+        assert compare(damaged, True) == [] and compare(damaged, False) == []
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -444,6 +472,25 @@ def test_texts_are_shown_as_read(tmp_path):
     rows = {int(r[0][0]): r[1] for r in fields(path, ["frame.number", "vfio_user.finding.text"])}
     for fnd in st.findings:
         assert rows[fnd.frame] == ([shown(fnd.text)] if fnd.text else []), fnd
+
+
+@settings(max_examples=4, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.binary(max_size=300), st.text(max_size=120).map(str.encode),
+                          st.lists(st.sampled_from([b"\xc3\xa9", b"\xe2\x82\xac", b"\xf0\x9f\x98\x80", b"\xed\xa0\x80",
+                                                    b"\xc0\xaf", b"\xe0\x80", b"\xf4\x90\x80\x80", b"\x80", b"\xff",
+                                                    b"a", b"\x00", b"\t", b"\\", b'"']), max_size=100).map(b"".join)),
+                min_size=30, max_size=30))
+def test_any_text_is_shown_as_the_reader_decodes_it(tmp_path, texts):
+    """The plugin's UTF-8 repair is Python's decode("utf-8", "replace"); the expert keeps 239 bytes of it."""
+    path = corpus.write_texts(tmp_path / "t.pcapng", texts)
+    st_ = stored(path)
+    assert len(st_.findings) == len(texts)
+    rows = {int(r[0][0]): r for r in fields(path, ["frame.number", "vfio_user.finding.text", "_ws.expert.message"])}
+    for fnd in st_.findings:
+        got_text, got_expert = rows[fnd.frame][1], [m for m in rows[fnd.frame][2] if not m.startswith("vfio-user ")]
+        assert got_text == ([shown(fnd.text)] if fnd.text else []), fnd.text
+        assert got_expert == [expert_text(fnd.text)] or (not fnd.text and got_expert == []), fnd.text
 
 
 def test_vfio_user_alone_decodes_a_bare_message(tmp_path):

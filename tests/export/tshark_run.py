@@ -179,11 +179,12 @@ def expected_experts(st: Stored, two_pass: bool) -> dict[int, Counter]:
 def expected_codes(st: Stored, two_pass: bool) -> dict[int, Counter]:
     out: dict[int, Counter] = {}
     for fnd in st.findings:
-        out.setdefault(fnd.frame, Counter())[fnd.code] += 1
+        code = shown(fnd.code)
+        out.setdefault(fnd.frame, Counter())[code] += 1
         if two_pass:
             for fr in dict.fromkeys(fnd.frames):
                 if 0 < fr <= st.frames:
-                    out.setdefault(fr, Counter())[fnd.code] += 1
+                    out.setdefault(fr, Counter())[code] += 1
     return out
 
 

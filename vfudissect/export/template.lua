@@ -366,23 +366,27 @@ vfu.prefs.colour_errors = Pref.bool("Colour frames with error findings", true,
 local RISKY_OPTS = "VOPxSjJGzwU"  -- tshark options that print or use the whole tree
 local ARG_OPTS = "aAbBcCdeEfFGHijJKMNoOrRsStTuUwWXyYz"  -- tshark options that take a value
 
--- the vfio_user/vfucap fields a `tshark -T fields` run names (-e, -Y, -R), or nil: the whole tree (another
--- output, an option that prints or taps the tree, a column, a macro, a name that is not a field)
-local function asked_fields()
+-- this process's command line ({} when it cannot be read)
+local function command_line()
   local fh = io.open("/proc/self/cmdline", "rb")
-  if fh == nil then return nil end
-  local raw = fh:read("*a")
+  if fh == nil then return {} end
+  local raw = fh:read("*a") or ""
   fh:close()
   local args = {}
   for a in string.gmatch(raw, "([^%z]*)%z") do args[#args + 1] = a end
-  if args[1] == nil or not find(args[1], "tshark[^/]*$") then return nil end
+  return args
+end
+
+-- the vfio_user/vfucap fields a `tshark -T fields` run names (-e, -Y, -R), or nil: the whole tree (another
+-- output, an option that prints or taps the tree, a column, a macro, a name that is not a field)
+local function asked_fields(args)
   local values, fields_mode = {}, false
   local i = 2
   while i <= #args do
     local a = args[i]
     if sub(a, 1, 2) == "--" then return nil end
     if sub(a, 1, 1) == "-" and #a > 1 then
-      for k = 2, #a do
+      for k = 2, #a do  -- a cluster of one-letter options, the last one may take a value
         local o = sub(a, k, k)
         if find(RISKY_OPTS, o, 1, true) then return nil end
         if find(ARG_OPTS, o, 1, true) then
@@ -421,16 +425,9 @@ local function asked_fields()
   return need
 end
 
-local IS_TSHARK, ASKED = false, nil
-do
-  local fh = io.open("/proc/self/cmdline", "rb")
-  if fh ~= nil then
-    local argv0 = string.match(fh:read("*a") or "", "^([^%z]*)")
-    fh:close()
-    IS_TSHARK = argv0 ~= nil and find(argv0, "tshark[^/]*$") ~= nil
-  end
-  if IS_TSHARK then ASKED = asked_fields() end
-end
+local ARGS = command_line()
+local IS_TSHARK = ARGS[1] ~= nil and find(ARGS[1], "tshark[^/]*$") ~= nil
+local ASKED = IS_TSHARK and asked_fields(ARGS) or nil
 -- what this load decided, for whoever looks (the tests): the fields a fields-only run builds
 local LOADED = {version = SPEC.version, tshark = IS_TSHARK, asked = {}}
 for abbr, pf in pairs(BY_ABBR) do
@@ -455,13 +452,12 @@ local function groups(need)
     end
     return any
   end
-  local g = {lay = {}, tail = false}
-  g.hdr = part_of("hdr", {VF.msg_id, VF.command, VF.size, VF.flags, VF.flags_type, VF.flags_no_reply,
-    VF.flags_error, VF.flags_reserved, VF.error})
-  g.hdr_list = {}  -- the header fields asked for: {field, offset, length, only when}
+  local g = {lay = {}, tail = false, hdr_list = {}}  -- hdr_list: the header fields asked for
   for _, h in ipairs(HEADER_FIELDS) do
+    part[h[1]] = "hdr"
     if need[h[1]] then g.hdr_list[#g.hdr_list + 1] = h end
   end
+  g.hdr = #g.hdr_list > 0
   g.links = part_of("links", {VF.request_in, VF.response_in, VF.time})
   g.fnd = part_of("fnd", {VF.finding, VF.finding_severity, VF.finding_text, VF.finding_frame, VF.finding_conn,
     VF.finding_record})
@@ -739,9 +735,10 @@ local function link(frame, ts, conn, d, msg_id, cmd, flags, vflags)
 end
 
 -- ======================================================================
--- JSON for the VERSION tree: values with their byte positions (p..e, keys at kp); nil when malformed
+-- JSON for the VERSION tree, read as Python's json reads it: values with their byte positions (p..e, keys at
+-- kp); nil when malformed (then the data shows as text)
 -- ======================================================================
-local JSON_MAX_DEPTH = 200
+local JSON_MAX_DEPTH = 980  -- about where Python's json gives up
 local json_value
 
 local function skip_ws(s, i)
@@ -795,13 +792,19 @@ local function json_string(s, i)
   end
 end
 
+-- -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][-+]?[0-9]+)?
 local function json_number(s, i)
-  local lit = string.match(s, "^-?%d+%.?%d*[eE]?[-+]?%d*", i)
-  if lit == nil then return nil end
-  local int = find(lit, "^-?%d+$") ~= nil
-  local v = tonumber(lit)
-  if v == nil then return nil end
-  return {t = int and "int" or "float", lit = lit, v = v, p = i, e = i + #lit - 1}, i + #lit
+  local j = i
+  if byte(s, j) == 45 then j = j + 1 end
+  local int = string.match(s, "^0", j) or string.match(s, "^[1-9]%d*", j)
+  if int == nil then return nil end
+  j = j + #int
+  local frac = string.match(s, "^%.%d+", j) or ""
+  j = j + #frac
+  local exp = string.match(s, "^[eE][-+]?%d+", j) or ""
+  j = j + #exp
+  local lit = sub(s, i, j - 1)
+  return {t = (frac == "" and exp == "") and "int" or "float", lit = lit, v = tonumber(lit), p = i, e = j - 1}, j
 end
 
 local function json_container(s, i, depth, close)
@@ -854,12 +857,17 @@ json_value = function(s, i, depth)
   elseif sub(s, i, i + 3) == "true" then return {t = "bool", v = true, p = i, e = i + 3}, i + 4
   elseif sub(s, i, i + 4) == "false" then return {t = "bool", v = false, p = i, e = i + 4}, i + 5
   elseif b == 45 or (b ~= nil and b >= 48 and b <= 57) then
-    return json_number(s, i)
+    local num, j = json_number(s, i)
+    if num ~= nil then return num, j end
+  end
+  for _, word in ipairs({"NaN", "Infinity", "-Infinity"}) do  -- Python reads these too
+    if sub(s, i, i + #word - 1) == word then return {t = "float", lit = word, p = i, e = i + #word - 1}, i + #word end
   end
   return nil
 end
 
 local function json_decode(s)
+  if utf8_repair(s) ~= s then return nil end  -- not UTF-8: not JSON
   local ok, v, j = pcall(json_value, s, skip_ws(s, 1), 0)
   if not ok or v == nil or skip_ws(s, j) ~= #s + 1 then return nil end
   return v
