@@ -394,3 +394,30 @@ def test_help_explains_j_scheduler_by_and_parquet():
                  "pip install 'vfudissect[dask]'", "pip install 'vfudissect[parquet]'", "byte for byte"):
         assert word in text, word
     assert "-j N" in run("read", "--help").stdout.decode()
+
+
+def test_the_files_done_counter_is_shown_on_a_terminal_only(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    now = [100.0]
+    monkeypatch.setattr(batch.time, "monotonic", lambda: now[0])
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    bar = batch.FilesDone("stats", 200, enabled=True)
+    for done, later in ((0, 0.0), (36, 0.01), (37, 0.5), (200, 0.01)):  # at most ten a second, and the last
+        now[0] += later
+        bar(done)
+    bar.close()
+    assert term.getvalue().split("\r")[1:4] == ["stats: 0/200 files", "stats: 37/200 files", "stats: 200/200 files"]
+    assert term.getvalue().endswith("\r" + " " * 29 + "\r")  # cleared at the end
+    for quiet in (batch.FilesDone("stats", 200, enabled=False), batch.FilesDone("stats", 1, enabled=True)):
+        before = term.getvalue()
+        quiet(1)
+        quiet.close()
+        assert term.getvalue() == before  # --no-progress, or a single file: nothing
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: nothing either
+    bar = batch.FilesDone("read", 5, enabled=True)
+    bar(3)
+    assert sys.stderr.getvalue() == ""

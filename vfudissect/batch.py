@@ -178,6 +178,8 @@ class Pool:
         if self.client is None:
             raise RuntimeError("Pool.map outside its `with` block")
         distributed = _distributed()
+        if done:
+            done(0)
         futures = [self.client.submit(fn, *call, pure=False) for call in calls]
         index = {f.key: i for i, f in enumerate(futures)}
         finished: dict[int, Any] = {}
@@ -293,11 +295,15 @@ def stats_results(parts: Sequence[str], pool: Pool, timeout: float, rows: bool =
         return
     full = [absolute(p) for p in parts]
     calls = [(f, timeout, given, rows) for f, given in zip(full, parts)]
-    for f, given, out in zip(full, parts, pool.map(stats_task, calls, parts, done)):
-        if isinstance(out, Lost):
-            yield StatsOutcome(lost_part(out))
-        else:
-            yield replace(out, result=relabel(out.result, f, given))
+    try:
+        for f, given, out in zip(full, parts, pool.map(stats_task, calls, parts, done)):
+            if isinstance(out, Lost):
+                yield StatsOutcome(lost_part(out))
+            else:
+                yield replace(out, result=relabel(out.result, f, given))
+    finally:
+        if done:
+            done.close()
 
 
 # ------------------------------------------------------------ annotate
