@@ -546,3 +546,36 @@ def test_links_read_back_from_sealed_chunks(tmp_path):
     assert any(m["rtt"] is not None and m["rtt"] > 3 * 86400 for m in msgs.values())
     assert any(m["request_frame"] and n - m["request_frame"] > 9000 for n, m in msgs.items())
     assert parity(path) == []
+
+
+FAKE_GUI = '''-- what the GUI offers a plugin, recorded: loaded before the plugin
+local G = getmetatable(_ENV).__index
+G.gui_enabled = function() return true end
+G.set_color_filter_slot = function(row, filter) print("COLOUR " .. row .. " " .. filter) end
+G.register_menu = function(name, action, group)
+  print("MENU " .. name .. " " .. tostring(group == MENU_STAT_GENERIC))
+  G.vfu_menu_action = action
+end
+G.TextWindow = {new = function(title)
+  print("WINDOW " .. title)
+  return {set = function(self, text) print("TEXT\\n" .. text) end, set_atclose = function(self, f) end}
+end}
+G.retap_packets = function() print("RETAP") end
+'''
+OPEN_MENU = "getmetatable(_ENV).__index.vfu_menu_action()\n"  # loaded after it: the user opens the menu
+
+
+def test_the_gui_parts(tmp_path, catalogue):
+    """With a GUI (simulated): the error colouring is set once, Statistics > vfio-user > Response times opens a
+    window whose text is the response-time table, filled as the frames are tapped."""
+    (tmp_path / "gui.lua").write_text(FAKE_GUI)
+    (tmp_path / "menu.lua").write_text(OPEN_MENU)
+    p = subprocess.run([shutil.which("tshark") or "tshark", "-n", "-q", "-r", str(catalogue),
+                        "-X", f"lua_script:{tmp_path / 'gui.lua'}", "-X", f"lua_script:{PLUGIN}",
+                        "-X", f"lua_script:{tmp_path / 'menu.lua'}"], capture_output=True, text=True, timeout=120)
+    assert "Lua" not in p.stderr, p.stderr
+    out = p.stdout
+    assert "MENU vfio-user/Response times true" in out and "WINDOW vfio-user response times" in out
+    assert "RETAP" in out and out.count("COLOUR 1 vfio_user.finding.severity == 2") == 1
+    table = out[out.rindex("TEXT\n") + 5:]
+    assert table.strip() == tshark_out(catalogue, "-q", "-z", "vfio_user,srt").strip()
