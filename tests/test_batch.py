@@ -115,7 +115,7 @@ def test_results_come_back_in_input_order_whatever_order_the_workers_finish(clus
     finished: list[int] = []
     out = list(cluster.map(_slow_upper, list(zip(words, delays)), words, finished.append))
     assert out == [w.upper() for w in words]
-    assert finished == list(range(1, 9))  # the done callback counts every part, as they finish
+    assert finished == list(range(0, 9))  # the done callback: 0 at the start, then every part as it finishes
 
 
 def test_a_worker_that_dies_is_one_lost_part_and_the_others_complete(cluster):
@@ -133,6 +133,31 @@ def test_a_worker_that_dies_is_one_lost_part_and_the_others_complete(cluster):
     assert "\n" not in lost.line
     # the cluster recovers: the nanny restarts the worker, the next job runs on both
     assert list(cluster.map(str.upper, [("x",), ("y",)], ["x", "y"])) == ["X", "Y"]
+
+
+def test_stats_j2_names_a_file_whose_worker_died_in_one_line_and_counts_the_others(monkeypatch, capsys, tmp_path):
+    import dask
+    import distributed  # noqa: F401 - its defaults must be in dask.config before we set one of them
+
+    real = batch.stats_task
+
+    def dies_on_crash(path, *rest):  # type: ignore[no-untyped-def]  # a local function: pickled by value
+        if "crash" in path:
+            os._exit(1)  # the worker process dies as if killed (out of memory, a signal)
+        return real(path, *rest)
+
+    monkeypatch.setattr(batch, "stats_task", dies_on_crash)
+    crash = tmp_path / "crash.pcapng"
+    shutil.copy(DEMO, crash)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        code = cli.main(["stats", "--json", "--no-progress", "-j", "2", str(QEMU), str(crash), str(LVU)])
+    out, err = capsys.readouterr()
+    assert code == cli.EXIT_BAD_INPUT
+    assert err == (f"vfudissect: error: {crash}: the Dask worker analysing it died (tried once: killed, out of "
+                   "memory or crashed; the worker's log says why); the other captures were analysed\n")
+    got = json.loads(out)
+    assert set(got["per_connection"]) == {f"{QEMU}#1", f"{LVU}#1"}
+    assert got["overall"]["messages"] == 398 + 216
 
 
 def test_stats_on_the_cluster_merges_to_the_sequential_figures(cluster, fleet):
