@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import textwrap
 import pathlib
 
 import pytest
@@ -22,7 +23,13 @@ def test_every_code_has_documentation_and_an_example_or_says_why_not():
         assert len(k.doc.split(". ")) >= 2, f"{code}: its documentation is a sentence or less"
         assert (code in EXAMPLES) != bool(k.no_example or k.elsewhere), code
     assert sorted(c for c, k in CATALOGUE.items() if k.no_example) == ["CAPTURE_CORRUPT"]
-    assert sorted(c for c, k in CATALOGUE.items() if k.elsewhere) == ["WRONG_CHANNEL"]
+    elsewhere = sorted(c for c, k in CATALOGUE.items() if k.elsewhere)
+    assert elsewhere == sorted(["WRONG_CHANNEL"] + [c for c in CATALOGUE if c.startswith("REPLAY_")])
+    root = RULES_DIR.parent.parent.parent
+    for code in elsewhere:  # the test it names exists and checks that code
+        named = [w.rstrip(",;:)") for w in CATALOGUE[code].elsewhere.split() if w.startswith("tests/")]
+        assert named, f"{code}: names no test"
+        assert any(code in (root / t).read_text() for t in named), f"{code}: {named} do not check it"
 
 
 def test_code_is_the_catalogue():
@@ -50,24 +57,41 @@ def test_the_example_raises_its_code_on_the_flagged_step(code: str) -> None:
 
 
 def _codes_used(fn: object) -> set[str]:
-    tree = ast.parse(inspect.getsource(fn).lstrip())  # type: ignore[arg-type]
+    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))  # type: ignore[arg-type]
     return {n.attr for n in ast.walk(tree)
             if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id == "Code"}
 
 
 def test_every_rule_adds_only_the_codes_it_declares():
     import vfudissect.core.rules as rules  # noqa: F401  (registers them)
+    import vfudissect.replay.client, vfudissect.replay.server  # noqa: E401, F401  (the replay's judges)
 
     for name, emits in base.EMITS.items():
-        module, _, qual = name.rpartition(".")
-        fn = getattr(__import__(module, fromlist=[qual]), qual)
+        fn = _resolve(name)
         used = _codes_used(fn)
         # helpers a rule calls in its own module count as the rule's (e.g. _caps_problems adds m.vdata's codes)
         assert used <= {c.value for c in emits}, f"{name} adds {sorted(used - set(emits))} it does not declare"
 
 
+def _resolve(name: str) -> object:
+    """A judge by its dotted name (module.function or module.Class.method)."""
+    import importlib
+
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for p in parts[i:]:
+            obj = getattr(obj, p)
+        return obj
+    raise LookupError(name)
+
+
 def test_every_declared_code_is_emitted_by_some_judge():
     import vfudissect.core.capabilities  # noqa: F401
+    import vfudissect.replay.client, vfudissect.replay.server  # noqa: E401, F401  (the replay's judges)
 
     declared = {c for emits in base.EMITS.values() for c in emits}
     assert set(CATALOGUE) <= declared, f"declared but no judge raises {sorted(set(CATALOGUE) - declared)}"

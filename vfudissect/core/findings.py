@@ -802,6 +802,63 @@ _KINDS: tuple[FindingKind, ...] = (
                     s2c(reply(_MIG_SET, layout("device_feature", argsz=16, flags=2 | spec.FEATURE_SET) + struct.pack("<II", spec.MIG_STATE_RESUMING, 0))),
                     c2s(mig_data_read(6, 64), flag="MIG_DATA_WRONG_STATE"), refused(mig_data_read(6, 64))],
     ),
+    # replay (`vfudissect replay client|server`): a live peer compared with the capture it replays
+    FindingKind("REPLAY_DIFFERS", "warning", "protocol", "live message differs from the recorded one", "replay",
+        doc=("Raised by `vfudissect replay` on a live message that answers a recorded one (the reply to a request "
+             "sent with its recorded msg_id, the server command in its recorded place, the client's reply to a "
+             "server command) but differs from it: in the header (command, type, error, size), in a payload field as "
+             "the dissector decodes it (VERSION capabilities compared as JSON values), or in its fds (count, kind, "
+             "size of a file). The text names the recorded frame of the replayed capture and each differing field "
+             "with both values; the finding points at the live frame of the replay's own capture. Fields that "
+             "legitimately change between runs are normalised by the documented rules of vfudissect/replay/match.py"
+             " (the mmap offset of a region fd, an ioeventfd's offset, a server's own msg_id counter, fd inodes and "
+             "names); nothing else is ignored."),
+        elsewhere=("raised by the replay's comparison, not by the engine from traffic alone; tests/replay/test_client.py"
+                   " replays a recorded session against `serve --fault` for each fault kind and checks the message "
+                   "and field it names"),
+    ),
+    FindingKind("REPLAY_MISSING", "warning", "sequence", "a recorded message did not come", "replay",
+        doc=("Raised by `vfudissect replay` when a message the recorded peer sent at this point never came from the "
+             "live one within --timeout (a server command the recorded server made, a close it did): the replay "
+             "waits for every message that preceded the next one it sends in the recording, so it waits this long "
+             "and then goes on. The text names the recorded frame; the finding points at the last live frame "
+             "before it."),
+        elsewhere="raised by the replay's comparison; tests/replay/test_client.py (a server that drops a command)",
+    ),
+    FindingKind("REPLAY_NO_REPLY", "warning", "sequence", "the reply the recording has never came", "replay",
+        doc=("Raised by `vfudissect replay client` on a request it sent whose recorded reply has no live counterpart"
+             " within --timeout; it points at the live request frame and names the recorded reply frame. The "
+             "engine's own REPLY_TIMEOUT or NO_REPLY says the same of the live exchange."),
+        elsewhere="raised by the replay's comparison; tests/replay/test_client.py (serve --fault drop)",
+    ),
+    FindingKind("REPLAY_EXTRA", "warning", "sequence", "a live message the recording does not have", "replay",
+        doc=("Raised by `vfudissect replay` on a live message with no recorded counterpart: a reply to a request the"
+             " recorded server never answered, a reply whose msg_id matches no request the replay sent, a server "
+             "command beyond those recorded. A server command is still answered from the replay's memory, so the "
+             "server does not hang on it."),
+        elsewhere="raised by the replay's comparison; tests/replay/test_client.py (serve --fault duplicate, wrong_id)",
+    ),
+    FindingKind("REPLAY_CLOSED", "error", "sequence", "the live peer closed where the recorded one did not",
+                "replay",
+        doc=("Raised by `vfudissect replay` when the live peer closes the connection before the recording ends (or a"
+             " send to it fails), naming how much of the recording had been played. The replay stops there and its "
+             "capture is complete up to that point."),
+        elsewhere="raised by the replay; tests/replay/test_client.py (serve --fault close)",
+    ),
+    FindingKind("REPLAY_INEXACT", "note", "request_code", "request matched a recorded one by command alone",
+                "replay",
+        doc=("Raised by `vfudissect replay server` on a live request that no unused recorded request equals (same "
+             "command and every payload field, after the normalisation rules): it is answered with the reply of the "
+             "next unused recorded request of the same command, or, when all are used, of the last equal one again. "
+             "The text names the recorded frame and what differs."),
+        elsewhere="raised by the replay server's matching; tests/replay/test_server.py",
+    ),
+    FindingKind("REPLAY_UNMATCHED", "warning", "request_code", "request with no recorded counterpart", "replay",
+        doc=("Raised by `vfudissect replay server` on a live request whose command the recorded client never sent: "
+             "the replay server answers it with an EINVAL error reply (what libvfio-user answers a request it cannot "
+             "serve) and goes on. A client build that sends a command the recorded one never did shows here first."),
+        elsewhere="raised by the replay server's matching; tests/replay/test_server.py",
+    ),
     # capture file
     FindingKind("CAPTURE_CORRUPT", "error", "malformed", "capture record could not be decoded", "capture",
         doc=("Raised on a note that the capture reader produced because it could not decode a record: a malformed "

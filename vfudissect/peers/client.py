@@ -404,8 +404,9 @@ def _wait_eventfd(fd: int, timeout: float) -> int:
 
 
 def run_session(client: Client, *, ram_size: int = 1 << 21, migration: bool = False,
-                json_text: bytes | None = QEMU_VERSION_JSON) -> SessionReport:
-    """Drive a QEMU-shaped session on a connected client and check every effect; returns the report."""
+                json_text: bytes | None = QEMU_VERSION_JSON, irq_wait: float = 2.0) -> SessionReport:
+    """Drive a QEMU-shaped session on a connected client and check every effect; returns the report
+    (``irq_wait``: how long to wait for each interrupt)."""
     rep = SessionReport()
     rep.server_caps = client.version(json_text)
     # Guest RAM (a memfd, like QEMU's memory-backend-memfd) and a ROM range passed without an fd, pipelined.
@@ -450,7 +451,7 @@ def run_session(client: Client, *, ram_size: int = 1 << 21, migration: bool = Fa
         for sel, fd in ((0, intx), (2, msi[1])):
             client.write32(BAR0, REG_IRQ_SEL, sel)
             client.write32(BAR0, REG_DOORBELL, DB_IRQ)
-            rep.interrupts_seen += 1 if _wait_eventfd(fd, 2.0) else 0
+            rep.interrupts_seen += 1 if _wait_eventfd(fd, irq_wait) else 0
         # DMA: our memory -> BAR1 by DMA_READ messages
         a = pattern(1, 4096)
         ram.mem[0x10000:0x11000] = a

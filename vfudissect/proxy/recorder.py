@@ -98,8 +98,9 @@ class Recorder:
         self.engine_errors = 0
         self._last_ts = 0.0
 
-    def record(self, ev: Event) -> None:
-        """Write ev to the capture, feed the event as recorded to the engine, record and show what it says."""
+    def record(self, ev: Event) -> Event:
+        """Write ev to the capture, feed the event as recorded to the engine, record and show what it says; returns
+        the event as recorded (with its frame number)."""
         if not isinstance(ev, Tick):
             if self.writer is not None:
                 ev = self.writer.write(ev)  # type: ignore[arg-type]
@@ -110,9 +111,10 @@ class Recorder:
             items = self.judge.judge(ev) if self.judge is not None else self.analyzer.feed(ev)
         except Exception as exc:  # noqa: BLE001 - a bug in the engine must not stop the relay or the capture
             self._engine_failed(ev, exc)
-            return
+            return ev
         if items:
             self._items(items)
+        return ev
 
     def _engine_failed(self, ev: Event, exc: Exception) -> None:
         self.engine_errors += 1
@@ -144,6 +146,10 @@ class Recorder:
         items = self.judge.finish(end) if self.judge is not None else self.analyzer.finish(end)
         self._items(items)
         self.idle()
+
+    def add(self, items: list[Item]) -> None:
+        """Records and findings made outside the engine (a replay's comparison): counted and shown like its own."""
+        self._items(items)
 
     def _items(self, items: list[Item]) -> None:
         if not items:
