@@ -19,8 +19,12 @@
 -- Every protocol table below (SPEC) is generated from vfudissect/spec.py and core/findings.py.
 
 -- loaded once, whichever way it was given (plugin folder and -X lua_script): plugins have environments of
--- their own, package.loaded is shared
+-- their own, package.loaded is shared; a vfucap dissector already there (an older copy) stays
 if package.loaded.vfudissect_vfio_user then return end
+do
+  local ok, other = pcall(Dissector.get, "vfucap")
+  if ok and other ~= nil then return end
+end
 package.loaded.vfudissect_vfio_user = true
 
 local SPEC = {

@@ -375,6 +375,12 @@ def test_the_plugin_loads_once_given_both_ways(tmp_path, catalogue):
     assert both == alone and sum(bool(r[1]) for r in both) > 100
     installed_only = fields(catalogue, ["frame.number", "vfio_user.command"], "-2", plugin=None, env=env)
     assert installed_only == alone
+    # an older copy without the guard installed: it stays, this one steps aside without an error
+    older = tmp_path / ".local" / "lib" / "wireshark" / "plugins" / "vfio_user.lua"
+    older.write_text('local p = Proto("vfucap", "an older vfudissect plugin")\n'
+                     'function p.dissector(tvb, pinfo, tree) tree:add(p, tvb()) end\n')
+    rows = fields(catalogue, ["frame.number", "frame.protocols"], "-c", "5", env=env)
+    assert [r[1] for r in rows] == [["exported_pdu:vfucap"]] * 5
 
 
 def glossary() -> set[str]:
