@@ -283,6 +283,7 @@ local SPEC = {
       [4] = "RAW",
       [5] = "FINDING",
       [6] = "VERDICTS",
+      [7] = "ORIGINAL",
     },
     VFUC_FLAGS = {
       [1] = "TRUNCATED",
@@ -1446,6 +1447,13 @@ local SPEC = {
       basis = "replay",
     },
     {
+      code = "FAULT_INJECTED",
+      severity = "note",
+      group = "sequence",
+      title = "message forwarded by the proxy for a fault asked for",
+      basis = "fault",
+    },
+    {
       code = "CAPTURE_CORRUPT",
       severity = "error",
       group = "malformed",
@@ -1454,7 +1462,7 @@ local SPEC = {
     },
   },
   severities = {"note", "warning", "error"},
-  rec_types = {MSG = 0, CONN_OPEN = 1, CONN_CLOSE = 2, NOTE = 3, RAW = 4, FINDING = 5, VERDICTS = 6},
+  rec_types = {MSG = 0, CONN_OPEN = 1, CONN_CLOSE = 2, NOTE = 3, RAW = 4, FINDING = 5, VERDICTS = 6, ORIGINAL = 7},
   tlvs = {
     SOCKET_PATH = 1,
     CLIENT_CRED = 2,

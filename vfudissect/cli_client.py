@@ -34,7 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    from .peers.client import TWIN_VERSION_JSON, Client, ProtocolError, VfuError, run_session
+    from .peers.client import TWIN_VERSION_JSON, Client, ProtocolError, ReplyTimeout, VfuError, run_session
 
     try:
         with Client(args.socket, timeout=args.timeout) as c:
@@ -46,8 +46,9 @@ def cmd_client(args: argparse.Namespace) -> int:
         return _fail(f"cannot connect to {args.socket}: nobody listens on it")
     except (VfuError, ProtocolError) as exc:
         return _fail(f"the session with {args.socket} broke: {exc}")
-    except TimeoutError:
-        return _fail(f"the server at {args.socket} did not answer within {args.timeout:g} s")
+    except (TimeoutError, ReplyTimeout) as exc:
+        what = f" ({exc})" if str(exc) else ""
+        return _fail(f"the server at {args.socket} did not answer within {args.timeout:g} s{what}")
     except OSError as exc:
         return _fail(f"the session with {args.socket} broke: {exc.strerror or exc}")
     checks = [("config space (vendor/device id, capability list)", rep.config_ok),

@@ -12,6 +12,8 @@ from .capture.files import GROUP_READ_HELP
 from .proxy.relay import RelayConfig as _RelayConfig
 
 RELAY_DEFAULTS = _RelayConfig()
+_FAULT_SYNTAX = ("ACTION[,side=server|client][,command=NAME][,kind=command|reply][,nth=N][,delay=S][,data=HEX]"
+                 "[,header=FIELD=V/...] (the vocabulary of `serve --fault`; side: whose messages, default server)")
 WAIT_SERVER_DEFAULT = 30.0  # seconds, --wait-server without a value
 
 _DESCRIPTION = """\
@@ -50,6 +52,8 @@ examples:
   vfudissect record --intercept /run/gpio.sock -w gpio.pcapng -q
   vfudissect record --listen /tmp/p.sock --connect /run/gpio.sock -w - | wireshark -k -i -
   vfudissect record --intercept /run/gpio.sock -w long.pcapng --rotate-size 100M
+  vfudissect record --listen /tmp/p.sock --connect /run/gpio.sock -w f.pcapng \\
+      --fault delay,side=server,command=REGION_READ,nth=3,delay=6
   (for Wireshark to decode: vfudissect lua --install)
 
 exit status: 0 after a clean stop (Ctrl-C, SIGTERM), 2 when a path, a
@@ -162,8 +166,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     tune.add_argument("--busy-poll", type=_positive, default=None, metavar="USEC",
                       help="keep polling this long after traffic instead of sleeping (default: 200 us on "
                            "machines with 4 or more CPUs, 0 = never, below that)")
+    provoke = p.add_argument_group("fault injection (the proxy stays byte- and fd-transparent without it)")
+    provoke.add_argument("--fault", type=_fault, action="append", default=[], metavar="SPEC",
+                         help="change what one side sends, on purpose (repeatable): " + _FAULT_SYNTAX + "; every "
+                              "changed or invented message is recorded as forwarded, flagged INJECTED, the original "
+                              "beside it, withheld. ACTIONs: " + ", ".join(_fault_actions()))
     p.set_defaults(func=cmd_record)
     return p
+
+
+def _fault_actions() -> list[str]:
+    from .peers.faults import ACTIONS
+
+    return list(ACTIONS)
+
+
+def _fault(text: str):  # type: ignore[no-untyped-def]
+    from .proxy.inject import parse
+
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -182,7 +206,8 @@ def cmd_record(args: argparse.Namespace) -> int:
         write=args.write, listen=args.listen, connect=args.connect, intercept=args.intercept, mode=args.mode,
         snaplen=args.snaplen, rotate_size=args.rotate_size, quiet=args.quiet, color=use_color(args.color, live_stream), timeout=args.timeout,
         relay=RelayConfig(stall_timeout=args.stall_timeout, busy_poll=default_busy_poll() if args.busy_poll is None
-                          else args.busy_poll / 1e6, record_slice=max(args.max_hold, 1e-4)),
+                          else args.busy_poll / 1e6, record_slice=max(args.max_hold, 1e-4),
+                          faults=tuple(args.fault)),
         comment="vfudissect " + " ".join(shlex.quote(a) for a in sys.argv[1:]), summary=not args.no_summary,
         group_read=args.group_read, wait_server=args.wait_server)
     return run_proxy(opts)

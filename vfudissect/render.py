@@ -129,6 +129,8 @@ class Renderer:
             parts.append("[truncated]")
         if rec.context:
             parts.append("[context]")
+        if rec.fault:
+            parts.append(self._c("error", f"[{rec.fault} by the proxy]"))
         if rec.request_frame is not None:
             t = f"← {rec.request_frame}"
             if rec.rtt is not None:
@@ -172,6 +174,7 @@ def message_json(rec: MessageRecord) -> dict[str, Any]:
         "request_frame": rec.request_frame, "response_frame": rec.response_frame,
         "rtt": None if rec.rtt is None else round(rec.rtt, 9), "findings": list(rec.findings),
         "fields": fields, "truncated": rec.truncated, "context": rec.context,
+        **({"fault": rec.fault} if rec.fault else {}),
     }
 
 

@@ -426,6 +426,7 @@ class RecType(IntEnum):
     RAW = 4
     FINDING = 5  # one verdict of the engine: code, severity, text, the frames it concerns (TLVs 8-10, 4)
     VERDICTS = 6  # the capture carries the engine's verdicts (its first record): engine, REPLY_TIMEOUT threshold
+    ORIGINAL = 7  # a message as a peer sent it, withheld by the proxy (record --fault): like MSG, not traffic
 
 
 REC_TYPE_NAMES: Mapping[int, str] = {r.value: r.name for r in RecType}
@@ -444,6 +445,11 @@ VF_CONTEXT = 0x40
 # never held by the recorder: its header is recorded as the message (msg_len the size it claims), its body as RAW
 # records flagged BEYOND_LIMIT as it arrives, forwarded the same way; framing resumes after it.
 VF_BEYOND_LIMIT = 0x80
+# INJECTED: a message the proxy forwarded in place of, or besides, what a peer sent, because a fault was asked for
+# (record --fault): the peers saw it, so it is judged, and its findings say the proxy made it.
+# WITHHELD (in memory only: the record type ORIGINAL on disk): a message as a peer sent it that the proxy did not
+# forward as it was (it dropped, delayed, changed or replaced it); kept for the record, not judged, not counted.
+VF_WITHHELD = 0x100
 # NOTE records the analysis acts on: a record the reader could not decode (CAPTURE_CORRUPT), and the last record
 # of a rotated capture's part, naming the next file (the traffic goes on: no NO_REPLY at this file's end).
 NOTE_CORRUPT_PREFIX = "corrupt record: "

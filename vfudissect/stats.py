@@ -206,7 +206,7 @@ class Stats:
 
     def _message(self, it: MessageRecord) -> None:
         is_command = it.msg_type == "command"
-        if it.context:  # a copy from an earlier part of a rotated capture, counted there
+        if it.context or it.fault == "withheld":  # a copy counted in its own part; a message the peer never got
             return
         cs = self._conns.get(it.conn) or self._conn(it.conn)
         cs.messages += 1

@@ -24,7 +24,7 @@ def test_every_code_has_documentation_and_an_example_or_says_why_not():
         assert (code in EXAMPLES) != bool(k.no_example or k.elsewhere), code
     assert sorted(c for c, k in CATALOGUE.items() if k.no_example) == ["CAPTURE_CORRUPT"]
     elsewhere = sorted(c for c, k in CATALOGUE.items() if k.elsewhere)
-    assert elsewhere == sorted(["WRONG_CHANNEL"] + [c for c in CATALOGUE if c.startswith("REPLAY_")])
+    assert elsewhere == sorted(["WRONG_CHANNEL", "FAULT_INJECTED"] + [c for c in CATALOGUE if c.startswith("REPLAY_")])
     root = RULES_DIR.parent.parent.parent
     for code in elsewhere:  # the test it names exists and checks that code
         named = [w.rstrip(",;:)") for w in CATALOGUE[code].elsewhere.split() if w.startswith("tests/")]

@@ -15,6 +15,12 @@ Codes no traffic through a proxy can produce (asserted exactly below, so a new c
 Codes a one-connection script cannot produce, produced through the real proxy elsewhere:
   WRONG_CHANNEL    needs a twin socket (a second connection); tests/proxy/test_relay.py runs the emulated peers
                    with the server's fault wrong_channel through the proxy, live and `read` agreeing.
+  FAULT_INJECTED   raised on records only `record --fault` writes: tests/proxy/test_inject.py injects each fault kind
+                   between the emulated peers through the real proxy.
+  REPLAY_*         raised by `vfudissect replay`'s comparison, not by the engine from traffic alone:
+                   REPLAY_DIFFERS, REPLAY_MISSING, REPLAY_NO_REPLY, REPLAY_EXTRA, REPLAY_CLOSED (tests/replay/
+                   test_client.py, against the emulated server with each fault kind), REPLAY_INEXACT and
+                   REPLAY_UNMATCHED (tests/replay/test_server.py, the emulated client against the replay server).
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ AS_PROCESS = sorted(code for code, scn in SCENARIOS.items() if scn.needs_fd_star
 
 def test_every_code_has_a_scenario_except_the_ones_a_proxy_cannot_produce() -> None:
     assert sorted(EXCLUDED) == ["CAPTURE_CORRUPT"]
-    assert sorted(ELSEWHERE) == ["WRONG_CHANNEL"]
+    assert sorted(ELSEWHERE) == sorted(["WRONG_CHANNEL", "FAULT_INJECTED"] + [
+        c for c in findings.CATALOGUE if c.startswith("REPLAY_")])
     assert sorted(set(findings.CATALOGUE) - set(SCENARIOS)) == sorted({**EXCLUDED, **ELSEWHERE})
     assert set(SCENARIOS) <= set(findings.CATALOGUE)
     for code in {**EXCLUDED, **ELSEWHERE}:

@@ -239,7 +239,7 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
     partial: dict[tuple[int, str | None, int], _Partial] = {}
     decode = vfuc.decode
     strip = vfuc.strip_exported_pdu
-    MSG, RAW = spec.RecType.MSG, spec.RecType.RAW
+    MSG, RAW, ORIGINAL = spec.RecType.MSG, spec.RecType.RAW, spec.RecType.ORIGINAL
     MORE = spec.VF_MORE_FRAGMENTS
     fast_prefix = {vfuc.EXP_PREFIX_DIR[d]: d for d in spec.DIRECTIONS}
     plen = len(vfuc.EXP_PREFIX_DIR[spec.C2S])
@@ -276,7 +276,7 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
             yield NoteIn(ts, 0, f"{CORRUPT_NOTE_PREFIX}{exc}", None, r.number)
             continue
         rt = rec.rec_type
-        if rt == MSG or rt == RAW:
+        if rt == MSG or rt == RAW or rt == ORIGINAL:
             if rec.dir is None:
                 yield NoteIn(ts, rec.conn, f"{CORRUPT_NOTE_PREFIX}message record without direction", None, r.number)
                 continue
@@ -307,9 +307,10 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
                 first = p.first
             else:
                 first = rec
-            if rt == MSG:
+            if rt != RAW:
                 yield MessageIn(ts, rec.conn, rec.dir, payload, first.fds, r.number,
-                                first.msg_len if first.msg_len else len(payload), flags)
+                                first.msg_len if first.msg_len else len(payload),
+                                flags | spec.VF_WITHHELD if rt == ORIGINAL else flags)
             else:
                 yield RawIn(ts, rec.conn, rec.dir, payload, first.fds, r.number, first.tlv_text(spec.Tlv.NOTE), flags)
         elif rt == spec.RecType.CONN_OPEN:

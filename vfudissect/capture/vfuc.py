@@ -88,7 +88,7 @@ def _header(rec_type: int, conn: int, dir_: str | None, flags: int, fds_blob: by
             tlv_blob: bytes, msg_len: int, frag_off: int, msg_seq: int) -> bytes:
     hdr_len = spec.VFUC_FIXED_SIZE + len(fds_blob) + len(tlv_blob)
     d = spec.DIR_CODES[dir_] if dir_ is not None else spec.VFUC_DIR_NONE
-    return _FIXED.pack(spec.VFUC_MAGIC, spec.VFUC_VERSION, rec_type, hdr_len, conn, d, flags, n_fds,
+    return _FIXED.pack(spec.VFUC_MAGIC, spec.VFUC_VERSION, rec_type, hdr_len, conn, d, flags & 0xFF, n_fds,
                        msg_len, frag_off, msg_seq, spec.VFUC_FD_ENTRY_SIZE, 0) + fds_blob + tlv_blob
 
 
@@ -97,6 +97,8 @@ def encode(ev: ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed, msg_seq: in
     """Encode one event as one or more records (fragments), each at most ``max_record`` bytes."""
     if isinstance(ev, (MessageIn, RawIn)):
         rec_type = spec.RecType.MSG if isinstance(ev, MessageIn) else spec.RecType.RAW
+        if ev.flags & spec.VF_WITHHELD:  # the flags byte has no room for it: its own record type
+            rec_type = spec.RecType.ORIGINAL
         prefix = EXP_PREFIX_DIR[ev.dir]
         ents, paths = _fd_bytes(ev.fds)
         extra = paths + (_tlv(spec.Tlv.NOTE, ev.note.encode()) if isinstance(ev, RawIn) and ev.note else b"")

@@ -156,7 +156,8 @@ class CaptureWriter:
         return self._w.records
 
     def write(self, ev: Recordable) -> Recordable:
-        if type(ev) is MessageIn and not ev.fds and self._snaplen is None and not self._verdicts_due:
+        if type(ev) is MessageIn and not ev.fds and self._snaplen is None and not self._verdicts_due \
+                and ev.flags < 0x100:
             fast = self._write_message_fast(ev)
             if fast is not None:
                 return fast

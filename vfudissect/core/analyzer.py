@@ -241,12 +241,17 @@ class Analyzer:
             return
         msg_id, cmd, size, flags, err = _HDR(data)
         m = Msg(ev, c, st, msg_id, cmd, size, flags, err)
-        if ev.flags & spec.VF_FRAMING_ERROR:
-            _run(HEADER, m)
-            self._unframeable(m, out)
-            return
         mtype = m.mtype
         plan = _PLANS.get((cmd << 2) | (mtype if mtype < 2 else 2)) or _UNDEFINED[mtype if mtype < 2 else 2]
+        fl = ev.flags
+        if fl:
+            if fl & spec.VF_WITHHELD:
+                self._withheld(m, plan, out)
+                return
+            if fl & spec.VF_FRAMING_ERROR:
+                _run(HEADER, m)
+                self._unframeable(m, out)
+                return
         for step in plan.front:
             step(m)
         dec = plan.decoder
@@ -287,6 +292,17 @@ class Analyzer:
             else:
                 header.unpaired_reply_fixed_part(m)
         self._emit(out, m, request_frame, rtt, answers)
+
+    def _withheld(self, m: Msg, plan: Any, out: list[Item]) -> None:
+        """A message the proxy did not forward as it was (record --fault): shown decoded, not judged, changing no
+        state, except that the command a withheld reply answers is told its reply was withheld."""
+        dec = plan.decoder
+        if dec is not None and not (m.mtype == 1 and m.flags & spec.FLAG_ERROR) and len(m.ev.data) - 16 >= dec.size:
+            m.fields = dict(zip(dec.names, dec.unpack(m.ev.data, 16)))
+        if m.mtype == 1:
+            self.state.withhold(m.ev, m.msg_id)
+        m.found = ()
+        self._emit(out, m, None, None, fault="withheld")
 
     def _unframeable(self, m: Msg, out: list[Item]) -> None:
         """A header the recorder could not frame: FRAMING_LOST here, and no command checks or reply wait."""
@@ -335,17 +351,21 @@ class Analyzer:
 
     @staticmethod
     def _emit(out: list[Item], m: Msg, request_frame: int | None, rtt: float | None,
-              answers: int | None = None) -> None:
+              answers: int | None = None, fault: str = "") -> None:
         ev = m.ev
         context = bool(ev.flags & spec.VF_CONTEXT)
         found = () if context else m.found  # a copy is judged in the file where it was traffic
+        if ev.flags & spec.VF_INJECTED:
+            fault = "injected"
+            found = [(code, text if code == "FAULT_INJECTED" else f"{text} (on a message the proxy injected)", extra)
+                     for code, text, extra in found]
         codes = tuple([code for code, _t, _x in found]) if found else ()
         mtype, cmd = m.mtype, m.cmd
         out.append(make_message_record(
             ev.frame, ev.ts, ev.conn, ev.dir, m.msg_id, cmd, _NAMES.get(cmd) or f"CMD_{cmd}",
             _MSG_TYPES[mtype] if mtype < 2 else f"type{mtype}",
             m.size, m.flags, m.err, m.wire, ev.fds, m.fields or {}, request_frame, rtt, codes,
-            bool(ev.flags & spec.VF_TRUNCATED), bool(m.flags & spec.FLAG_NO_REPLY), context, answers))
+            bool(ev.flags & spec.VF_TRUNCATED), bool(m.flags & spec.FLAG_NO_REPLY), context, answers, fault))
         for code, text, extra in found:
             out.append(Finding(code, SEVERITY[code], ev.conn, (ev.frame,) + extra, text, ev.ts))
 

@@ -859,6 +859,16 @@ _KINDS: tuple[FindingKind, ...] = (
              "serve) and goes on. A client build that sends a command the recorded one never did shows here first."),
         elsewhere="raised by the replay server's matching; tests/replay/test_server.py",
     ),
+    # fault injection (`vfudissect record --fault`)
+    FindingKind("FAULT_INJECTED", "note", "sequence", "message forwarded by the proxy for a fault asked for", "fault",
+        doc=("Raised on every message record flagged INJECTED: `vfudissect record --fault` forwarded it in place of, "
+             "or besides, what a peer sent (a delayed, duplicated, changed or invented message); the message as the "
+             "peer sent it is kept in the capture just before it, shown withheld. The engine judges an injected "
+             "message like any other, since the peers saw it, and every other finding on it says that the proxy "
+             "injected it; a command whose reply the proxy withheld says so in its REPLY_TIMEOUT or NO_REPLY."),
+        elsewhere=("raised on records only `record --fault` writes; tests/proxy/test_inject.py injects each fault kind "
+                   "between the emulated peers and checks where it lands and what the engine makes of it"),
+    ),
     # capture file
     FindingKind("CAPTURE_CORRUPT", "error", "malformed", "capture record could not be decoded", "capture",
         doc=("Raised on a note that the capture reader produced because it could not decode a record: a malformed "

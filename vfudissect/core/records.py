@@ -53,6 +53,8 @@ class MessageRecord(NamedTuple):
     no_reply: bool = False
     context: bool = False  # copied from an earlier file of a rotated capture (VFUC flag CONTEXT)
     request_command: int | None = None  # on replies: the command of the request it answers (may differ from its own)
+    fault: str = ""  # "injected": the proxy forwarded it for a fault (record --fault); "withheld": a peer sent it,
+    # the proxy did not forward it as it was (not judged, not counted)
 
 
 _tuple_new = tuple.__new__
@@ -62,11 +64,12 @@ def make_message_record(frame: int, ts: float, conn: int, dir: str, msg_id: int,
                         command_name: str, msg_type: str, size: int, flags: int, error: int, wire_len: int,
                         fds: tuple[FdInfo, ...], fields: dict[str, Any], request_frame: int | None,
                         rtt: float | None, findings: tuple[str, ...], truncated: bool,
-                        no_reply: bool, context: bool = False, request_command: int | None = None) -> MessageRecord:
+                        no_reply: bool, context: bool = False, request_command: int | None = None,
+                        fault: str = "") -> MessageRecord:
     """The engine's hot-path constructor: the same record as MessageRecord(...), built in one step."""
     return _tuple_new(MessageRecord, (frame, ts, conn, dir, msg_id, command, command_name, msg_type, size, flags,
                                       error, wire_len, fds, fields, request_frame, None, rtt, findings, truncated,
-                                      no_reply, context, request_command))
+                                      no_reply, context, request_command, fault))
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ class Pending:
     seq: int
     answered: bool = False
     timed_out: bool = False  # its REPLY_TIMEOUT was raised (or none is expected): no NO_REPLY later
+    withheld: int = 0  # frame of its reply that the proxy withheld (record --fault): the peer did answer
 
 
 @dataclass(slots=True)
@@ -227,6 +228,14 @@ class EngineState:
             if older is not None and older.seq < req.seq:
                 return Match(req, False, older)
         return Match(req)
+
+    def withhold(self, ev: MessageIn, msg_id: int) -> Pending | None:
+        """A reply the proxy withheld (record --fault): the command it answers, told so, still waits."""
+        q = self.pending.get((ev.conn, OTHER[ev.dir], msg_id))
+        req = next((p for p in q if not p.no_reply and not p.withheld), None) if q else None
+        if req is not None:
+            req.withheld = ev.frame
+        return req
 
     def unpend(self, p: Pending) -> None:
         key = (p.conn, p.dir, p.msg_id)

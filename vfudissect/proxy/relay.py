@@ -47,6 +47,7 @@ from ..core import framing
 from ..core.events import ConnClosed, ConnOpened, Cred, Event, FdInfo, NoteIn, RawIn, Tick, make_message_in
 from ..core.framing import MESSAGE, NOTE, RAW, ConnectionFraming, Deframer, Out
 from .fdinfo import describe_fd
+from .inject import SIDE_DIR, Forward, Injector, LiveFault, Plan
 from .recorder import Recorder
 
 C2S, S2C = spec.C2S, spec.S2C
@@ -79,6 +80,7 @@ class RelayConfig:
     max_bytes: int = 32 << 20  # ... or bytes (data plus _EVENT_COST each)
     live_lag: int = 256  # events waiting to be recorded before the live view stops rendering messages
     connect_timeout: float = 2.0
+    faults: tuple[LiveFault, ...] = ()  # record --fault: without any, the proxy is byte- and fd-transparent
 
     @property
     def max_hold(self) -> float:
@@ -155,7 +157,8 @@ class Conn:
 class Pump:
     """One direction of one connection: its deframer, its state, and the output still to send."""
 
-    __slots__ = ("conn", "dir", "src", "dst", "d", "state", "out", "out_fds", "shut_pending", "gone")
+    __slots__ = ("conn", "dir", "src", "dst", "d", "state", "out", "out_fds", "shut_pending", "gone", "held",
+                 "stalled", "injector")
 
     def __init__(self, conn: Conn, d: str, src: socket.socket, dst: socket.socket, deframer: Deframer) -> None:
         self.conn = conn
@@ -168,6 +171,11 @@ class Pump:
         self.out_fds: list[int] = []  # fds to send with the next sendmsg (nothing of `out` sent yet)
         self.shut_pending = False  # src hit EOF while output was pending: shut dst down after it drains
         self.gone: OSError | None = None  # the last forward found the receiver gone (handled once recorded)
+        # record --fault: injected forwards waiting for their time (or for the output before them), in order, while
+        # reading this direction pauses; ``stalled`` after a truncate: nothing more is forwarded
+        self.held: deque[tuple[float, Forward | None, Conn]] | None = None
+        self.stalled = False
+        self.injector: Injector | None = None
 
 
 class Relay:
@@ -205,6 +213,8 @@ class Relay:
         self._entries[self.wake_r] = "wake"
         self.messages = 0
         self._spin_ok = True  # busy-poll only after small messages: bulk transfers need the CPU elsewhere
+        self._held: set[Pump] = set()  # pumps with injected forwards waiting (record --fault)
+        self.injected = 0  # faults that fired
 
     # ------------------------------------------------------------ public
     def stop(self) -> None:
@@ -234,6 +244,8 @@ class Relay:
                 if now >= next_timer:
                     self._timers(now)
                     next_timer = now + min(cfg.tick_interval, cfg.stall_timeout / 4 if self._partial else 1.0)
+                if self._held:
+                    next_timer = self._release_held(now, next_timer)
                 if self.queue:
                     evs = poll(0)
                 elif now - last_active < busy and self._spin_ok:
@@ -269,7 +281,8 @@ class Relay:
                 reader, writer = entry
                 if mask & _OUT and writer.out is not None:
                     self._flush_out(writer)
-                if read and mask & (_IN | _ERRMASK) and reader.state == OPEN and reader.out is None:
+                if read and mask & (_IN | _ERRMASK) and reader.state == OPEN and reader.out is None \
+                        and reader.held is None:
                     self._read(reader)
                 elif mask & _ERRMASK and reader.state >= EOF and writer.state >= EOF:
                     self._teardown(reader.conn)
@@ -306,7 +319,8 @@ class Relay:
         if entry is None:
             return
         reader, writer = entry
-        mask = (_IN if reader.state == OPEN and reader.out is None else 0) | (_OUT if writer.out is not None else 0)
+        mask = (_IN if reader.state == OPEN and reader.out is None and reader.held is None else 0) | (
+            _OUT if writer.out is not None else 0)
         old = self._masks.get(fd, -1)
         if mask == old:
             return
@@ -401,6 +415,14 @@ class Relay:
         conn = Conn(cid, self.label, client, server, self.cfg.stall_timeout,
                     twin_of.id if twin_of is not None else None, twin_of.framing if twin_of is not None else None)
         self.conns[cid] = conn
+        if self.cfg.faults:  # each side's faults count per connection, a twin socket's with its main connection's
+            if twin_of is not None:
+                conn.c2s.injector, conn.s2c.injector = twin_of.c2s.injector, twin_of.s2c.injector
+            else:
+                for side, d in SIDE_DIR.items():
+                    mine = [f for f in self.cfg.faults if f.side == side]
+                    if mine:
+                        (conn.c2s if d == C2S else conn.s2c).injector = Injector(side, mine)
         self._by_sock[client.fileno()] = (conn.c2s, conn.s2c)
         self._by_sock[server.fileno()] = (conn.s2c, conn.c2s)
         self._masks[client.fileno()] = 0
@@ -426,6 +448,12 @@ class Relay:
             p.out_fds, p.out = [], None
             p.state = DONE
             self._partial.discard(p)
+            if p.held is not None:  # injected forwards not yet due: they go nowhere now
+                for _due, fw, _c in p.held:
+                    if fw is not None:
+                        _close_all(fw.fds)
+                p.held = None
+                self._held.discard(p)
         for s in (conn.client, conn.server):
             fd = s.fileno()
             if fd >= 0:
@@ -474,7 +502,7 @@ class Relay:
                     self._partial.discard(p)
                 self._outs(p, outs)
                 budget -= 1
-                if budget <= 0 or p.out is not None or p.state != OPEN or self.full:
+                if budget <= 0 or p.out is not None or p.state != OPEN or self.full or p.held is not None:
                     return
             elif d.want() > _BIG:
                 self._spin_ok = False
@@ -503,6 +531,11 @@ class Relay:
         twin: tuple[socket.socket, socket.socket] | None = None
         infos: tuple[FdInfo, ...] | None = None
         caps = conn.framing.saw(p.dir, data)  # VERSION: the receivers' limits (and the twin socket) follow it
+        if p.injector is not None and send:
+            plan = None if p.stalled else p.injector.plan(bytes(data), fds)
+            if plan is not None or p.stalled:
+                self._inject(p, o, plan)
+                return
         if caps is not None and fds:
             infos = tuple(describe_fd(fd) for fd in fds)  # as the sender sent them, before any swap
             if p.dir == S2C and send:
@@ -520,6 +553,93 @@ class Relay:
             else:  # the client is gone: nobody will use the twin channel
                 for sock in twin:
                     sock.close()
+
+    # ------------------------------------------------------------ record --fault
+    def _inject(self, p: Pump, o: Out, plan: Plan | None) -> None:
+        """Carry out a fault's plan: the original recorded (WITHHELD unless it goes on as it was), each injected
+        forward now or at its time (INJECTED), then the close.  ``plan`` None: the direction is stalled (after a
+        truncate) and the message is withheld."""
+        conn = p.conn
+        data, fds = o.data, list(o.fds)
+        infos = tuple(describe_fd(fd) for fd in fds)
+        self.messages += 1
+        if plan is None or not plan.original:
+            if plan is not None:
+                self.injected += 1
+                self._enqueue(NoteIn(time.time(), conn.id, plan.note, p.dir))
+            _close_all(plan.unused if plan is not None else fds)
+            self._enqueue(make_message_in(o.ts, conn.id, p.dir, data, infos, 0, o.msg_len,
+                                          o.flags | spec.VF_WITHHELD), len(data))
+            if plan is None:
+                return
+        else:
+            self.injected += 1
+            self._enqueue(NoteIn(time.time(), conn.id, plan.note, p.dir))
+            infos = self._send(p, data, [fd for fd in fds if fd not in plan.unused], infos)
+            _close_all(plan.unused)
+            self._enqueue(make_message_in(o.ts, conn.id, p.dir, data, infos, 0, o.msg_len, o.flags), len(data))
+        base = time.monotonic()
+        queue: deque[tuple[float, Forward | None, Conn]] = p.held if p.held is not None else deque()
+        for fw in plan.forwards:
+            queue.append((base + fw.delay, fw, conn))
+        if plan.close:
+            queue.append((base + max((fw.delay for fw in plan.forwards), default=0.0), None, conn))
+        if queue:
+            p.held = queue
+            self._held.add(p)
+            self._update(p.src)
+            self._drain_held(p)
+
+    def _release_held(self, now: float, next_timer: float) -> float:
+        """Forward what is due; the next timer no later than the next forward's time."""
+        for p in list(self._held):
+            self._drain_held(p)
+            if p.held:
+                next_timer = min(next_timer, p.held[0][0])
+        return next_timer
+
+    def _drain_held(self, p: Pump) -> None:
+        q = p.held
+        while q and p.out is None and p.state < DONE:
+            due, fw, conn = q[0]
+            if due > time.monotonic():
+                return
+            q.popleft()
+            if fw is None:
+                self._teardown(conn, f"the proxy closed connection #{conn.id} (record --fault close)")
+                q.clear()
+                break
+            self._forward_injected(p, fw)
+            if fw.stall:
+                p.stalled = True
+        if q and p.state < DONE:
+            return
+        for _due, fw, _c in q or ():
+            if fw is not None:
+                _close_all(fw.fds)
+        p.held = None
+        self._held.discard(p)
+        if p.state < DONE:
+            self._update(p.src)
+            if p.state == OPEN and p.out is None and not self.full:
+                self._read(p)
+
+    def _forward_injected(self, p: Pump, fw: Forward) -> None:
+        target = p
+        if fw.main_socket and p.conn.twin_of is not None and p.conn.twin_of in self.conns:
+            main = self.conns[p.conn.twin_of]
+            target = main.s2c if p.dir == S2C else main.c2s
+        infos = self._send(target, fw.data, list(fw.fds))
+        now = time.time()
+        data = fw.data
+        if len(data) >= framing.HEADER_SIZE:
+            size = spec.HEADER.unpack_from(data)[2]
+            flags = spec.VF_INJECTED | (spec.VF_FRAMING_ERROR if size < framing.HEADER_SIZE else 0)
+            self._enqueue(make_message_in(now, target.conn.id, p.dir, data, infos, 0, -1, flags), len(data))
+        else:
+            self._enqueue(RawIn(now, target.conn.id, p.dir, data, infos, 0, "injected by the proxy",
+                                spec.VF_INJECTED), len(data))
+        self._after_send(target)
 
     @staticmethod
     def _describe_and_close(fds: tuple[int, ...] | list[int]) -> tuple[FdInfo, ...]:
@@ -609,6 +729,9 @@ class Relay:
             p.out_fds = []
         p.out = p.out[n:] if n < len(p.out) else None
         if p.out is None:
+            if p.held is not None:
+                self._drain_held(p)
+                return
             if p.shut_pending:
                 p.shut_pending = False
                 self._shut_dst(p)

@@ -13,7 +13,7 @@ _OTHERS = tuple(c for c in C if c not in _REGION_ACCESS)
 
 @on(HEADER, emits=(Code.BAD_SIZE, Code.MESSAGE_INCOMPLETE, Code.MESSAGE_TOO_LARGE, Code.BAD_TYPE,
                    Code.RESERVED_FLAGS, Code.FDS_TRUNCATED, Code.FDS_NOT_AT_MSG_START, Code.CAPTURE_TRUNCATED,
-                   Code.UNKNOWN_COMMAND, Code.REMOVED_COMMAND))
+                   Code.UNKNOWN_COMMAND, Code.REMOVED_COMMAND, Code.FAULT_INJECTED))
 def header(m: Msg) -> None:
     """Sizes, type and flag bits; then, for a message the recorder framed, its record flags and command code."""
     size, wire = m.size, m.wire
@@ -47,6 +47,9 @@ def header(m: Msg) -> None:
             m.add(Code.FDS_NOT_AT_MSG_START, "fds arrived after the first byte of the message")
         if fl & spec.VF_TRUNCATED:
             m.add(Code.CAPTURE_TRUNCATED, f"payload truncated to {m.n} of {m.wire} bytes by the recorder")
+        if fl & spec.VF_INJECTED:
+            m.add(Code.FAULT_INJECTED, "the proxy forwarded this message for a fault asked for (record --fault); "
+                                       "the peers answer what they were given")
     if m.name is None:
         m.add(Code.UNKNOWN_COMMAND, f"command {m.cmd} is not defined by the spec")
     elif m.cmd == C.DIRTY_PAGES:

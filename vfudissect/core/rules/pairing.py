@@ -63,7 +63,7 @@ def reply_pairs(m: Msg) -> None:
 @declares(Code.REPLY_TIMEOUT)
 def reply_timeout(p: Pending, timeout: float) -> tuple[str, str]:
     """A command whose deadline passed while it still waits (fired by a later event or a Tick)."""
-    return Code.REPLY_TIMEOUT, f"{name_of(p.command)} id={p.msg_id} unanswered after {timeout:g} s"
+    return Code.REPLY_TIMEOUT, f"{name_of(p.command)} id={p.msg_id} unanswered after {timeout:g} s{_withheld(p)}"
 
 
 @declares(Code.NO_REPLY)
@@ -71,10 +71,15 @@ def closed_unanswered(p: Pending) -> tuple[str, str] | None:
     """A command still waiting when its connection closed (unless it already timed out or expects nothing)."""
     if p.no_reply or p.timed_out:
         return None
-    return Code.NO_REPLY, f"{name_of(p.command)} id={p.msg_id} got no reply before the connection closed"
+    return Code.NO_REPLY, f"{name_of(p.command)} id={p.msg_id} got no reply before the connection closed{_withheld(p)}"
 
 
 @declares(Code.NO_REPLY)
 def ended_unanswered(p: Pending, end: float) -> tuple[str, str]:
     """A command still waiting when the capture (or session) ended."""
-    return Code.NO_REPLY, f"{name_of(p.command)} id={p.msg_id} got no reply before the capture ended ({end - p.ts:.3f} s)"
+    return Code.NO_REPLY, (f"{name_of(p.command)} id={p.msg_id} got no reply before the capture ended "
+                           f"({end - p.ts:.3f} s){_withheld(p)}")
+
+
+def _withheld(p: Pending) -> str:
+    return f" (the peer's reply, frame {p.withheld}, was withheld by the proxy: record --fault)" if p.withheld else ""
