@@ -58,6 +58,7 @@ class Sampler:
         self.root = psutil.Process(pid)
         self.interval = interval
         self.peak: dict[int, int] = {}  # pid -> peak RSS in bytes
+        self.cpu: dict[int, float] = {}  # pid -> CPU seconds (user + system) at the last sample
         self.kind: dict[int, str] = {}  # pid -> "main" | "worker" | "other"
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -74,6 +75,8 @@ class Sampler:
             for p in procs:
                 try:
                     rss = p.memory_info().rss
+                    t = p.cpu_times()
+                    self.cpu[p.pid] = t.user + t.system
                     if p.pid not in self.kind:
                         cmd = " ".join(p.cmdline())
                         self.kind[p.pid] = ("main" if p.pid == self.root.pid else
@@ -91,6 +94,9 @@ class Sampler:
 
     def of(self, kind: str) -> list[int]:
         return [v for pid, v in self.peak.items() if self.kind.get(pid) == kind]
+
+    def cpu_of(self, kind: str) -> float:
+        return sum(v for pid, v in self.cpu.items() if self.kind.get(pid) == kind)
 
 
 def run(cmd: list[str]) -> tuple[float, bytes, Sampler]:
@@ -149,6 +155,8 @@ def main() -> int:
     if workers:
         print(f"peak RSS per worker / one-process run: {workers[0] / seq_rss:.2f}x "
               f"({mb(workers[0])} / {mb(seq_rss)})")
+    print(f"CPU seconds (sampled): one process {seq.cpu_of('main'):.1f}; -j {a.jobs}: parent (scheduler, client, "
+          f"merge) {par.cpu_of('main'):.1f}, workers {par.cpu_of('worker'):.1f}")
     return 0
 
 
