@@ -38,13 +38,10 @@ def pytest_configure(config) -> None:  # type: ignore[no-untyped-def]
     proxy = os.path.join(tempfile.mkdtemp(prefix="vfu-proxy-"), "proxy.sock")
     capture = os.environ.get("VFU_CAPTURE", "lvu-suite.pcapng")
     server = lvu.SOCK_PATH.decode()
-    if not os.path.exists(server):  # the suite creates its server later; `record` wants a socket to exist
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(server)
-        s.close()
+    # the suite creates (and re-creates) its server later: `record` waits for it for ever (--wait-server 0)
     _proc = subprocess.Popen(
-        [sys.executable, "-m", "vfudissect", "record", "--listen", proxy, "--connect", server, "-w",
-         os.path.abspath(capture), "--color", "never"],
+        [sys.executable, "-m", "vfudissect", "record", "--listen", proxy, "--connect", server, "--wait-server", "0",
+         "-w", os.path.abspath(capture), "--color", "never"],
         stdout=open(capture + ".txt", "w"), stderr=subprocess.STDOUT, cwd=ROOT)
     for _ in range(500):
         if os.path.exists(proxy):

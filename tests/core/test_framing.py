@@ -63,7 +63,7 @@ def test_a_header_below_16_is_put_out_alone_and_the_rest_goes_raw():
 
 
 def test_a_message_beyond_the_receivers_limit_is_never_held_whole_and_framing_resumes():
-    d = Deframer(limit=limit_for(4096))
+    d = Deframer(limit=4096 + framing.FIXED_MAX + spec.FRAMING_SLACK)
     big = region_write(5, 1, 0, bytes(100_000))
     after = region_read(6, 7)
     out = d.feed(big + after, ts=2.0)
@@ -96,10 +96,21 @@ def test_the_end_of_the_stream_puts_out_a_partial_header_as_raw():
 
 def test_version_sets_the_limit_of_the_direction_its_sender_receives():
     f = ConnectionFraming()
-    f.saw(spec.C2S, version(0, caps={"capabilities": {"max_data_xfer_size": 8192}}))
-    f.saw(spec.S2C, version_reply(0, caps={"capabilities": {"max_data_xfer_size": 4096}}))
-    assert f.s2c.limit == limit_for(8192)  # the client receives s2c messages
-    assert f.c2s.limit == limit_for(4096)  # the server receives c2s messages
+    f.saw(spec.C2S, version(0, caps={"capabilities": {"max_data_xfer_size": 8 << 20}}))
+    f.saw(spec.S2C, version_reply(0, caps={"capabilities": {"max_data_xfer_size": 4 << 20}}))
+    assert f.s2c.limit == limit_for(8 << 20) > limit_for(4 << 20)  # the client receives s2c messages
+    assert f.c2s.limit == limit_for(4 << 20)  # the server receives c2s messages
+
+
+def test_a_small_data_size_keeps_the_default_limit_for_what_is_not_data():
+    # libvfio-user's own tests negotiate max_data_xfer_size 4: its 125-byte VERSION reply is still held whole
+    f = ConnectionFraming()
+    f.saw(spec.C2S, version(0, caps={"capabilities": {"max_data_xfer_size": 4}}))
+    assert f.s2c.limit == limit_for(spec.DEFAULT_MAX_DATA_XFER_SIZE)
+    reply = version_reply(0, caps={"capabilities": {"max_msg_fds": 8, "max_data_xfer_size": 1048576,
+                                                    "migration": {"pgsize": 4096}}})
+    out = f.s2c.feed(reply)
+    assert [o.kind for o in out] == [MESSAGE] and not out[0].flags & spec.VF_BEYOND_LIMIT
 
 
 def test_a_proposal_beyond_any_sane_size_is_capped():
@@ -141,7 +152,7 @@ def test_any_split_of_the_same_stream_gives_the_same_messages(s, cuts):  # type:
 @settings(max_examples=1000, deadline=None)
 @given(st.binary(max_size=2000), st.lists(st.integers(0, 2000), max_size=20))
 def test_any_bytes_in_any_pieces_come_out_exactly_once(data, cuts):  # type: ignore[no-untyped-def]
-    d = Deframer(limit=limit_for(256))
+    d = Deframer(limit=256 + framing.FIXED_MAX + spec.FRAMING_SLACK)
     out = play(data, {}, [c % (len(data) + 1) for c in cuts], d) + d.close(9.0)
     forwarded = b"".join(bytes(o.data) for o in out if o.kind in (MESSAGE, RAW))
     assert forwarded == data  # every byte out once, in order, whatever it is

@@ -57,8 +57,11 @@ class Out:
 
 
 def limit_for(max_data_xfer_size: int) -> int:
-    """The largest message a receiver that negotiated ``max_data_xfer_size`` is held whole for."""
-    return min(max(max_data_xfer_size, 0) + FIXED_MAX + spec.FRAMING_SLACK, ABSOLUTE_LIMIT)
+    """The largest message a receiver that negotiated ``max_data_xfer_size`` is held whole for: never below the
+    default (a VERSION reply, a region's capabilities or a dirty bitmap may exceed a small data size, and holding
+    1 MiB is no burden), never above ``ABSOLUTE_LIMIT``."""
+    return min(max(max_data_xfer_size, spec.DEFAULT_MAX_DATA_XFER_SIZE) + FIXED_MAX + spec.FRAMING_SLACK,
+               ABSOLUTE_LIMIT)
 
 
 class Deframer:
