@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 import json
+import os
+import pathlib
 import subprocess
 import sys
 
@@ -362,3 +364,43 @@ def test_the_client_command_runs_the_emulated_session_and_says_one_line_when_it_
         srv.wait(timeout=10)
     p = run("client", str(tmp_path / "none.sock"))
     assert p.returncode == 2 and b"Traceback" not in p.stderr and len(p.stderr.splitlines()) == 1
+
+
+# ------------------------------------------------------------------ sockdump captures
+def _sockdump_file(tmp_path) -> pathlib.Path:  # type: ignore[no-untyped-def]
+    from tests.capture.test_sockdump import QEMU as QEMU_JSONL, messages_of, qemu_style, sends, sockdump_pcap, \
+        transcript
+
+    if not QEMU_JSONL.exists():
+        pytest.skip("the shared transcripts are not beside the checkout")
+    f = tmp_path / "sockdump.pcap"
+    f.write_bytes(sockdump_pcap(sends(messages_of(transcript(QEMU_JSONL)), qemu_style)))
+    return f
+
+
+def test_read_takes_a_sockdump_pcap_as_it_is_and_import_makes_it_a_capture(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sd = _sockdump_file(tmp_path)
+    direct = run("read", "--json", str(sd), "--fail-on", "never")
+    assert direct.returncode == 0, direct.stderr
+    recs = [json.loads(line) for line in direct.stdout.splitlines()]
+    msgs = [r for r in recs if "msg_id" in r]
+    assert len(msgs) > 300 and msgs[0]["command_name"] == "VERSION"
+    assert any(r.get("event") == "note" and r["text"].startswith("fds not captured: ") for r in recs)
+    assert not any(r.get("finding") in ("FDS_MISSING", "DMA_MAP_DEGENERATE") for r in recs)  # fds unseen: unjudged
+    out = tmp_path / "imported.pcapng"
+    p = run("import", "--sockdump", str(sd), "-w", str(out))
+    assert p.returncode == 0 and p.stderr.decode().startswith(f"{out}: ") and os.stat(out).st_mode & 0o777 == 0o600
+    again = run("read", "--json", str(out), "--fail-on", "never")
+    assert [json.loads(x)["msg_id"] for x in again.stdout.splitlines() if b'"msg_id"' in x] == \
+        [m["msg_id"] for m in msgs]
+
+
+def test_import_takes_one_source_and_a_damaged_sockdump_is_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sd = _sockdump_file(tmp_path)
+    p = run("import", str(sd), "--sockdump", str(sd), "-w", str(tmp_path / "x.pcapng"))
+    assert p.returncode == 2 and b"one of them" in p.stderr
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(sd.read_bytes()[:5000])
+    p = run("import", "--sockdump", str(cut), "-w", str(tmp_path / "y.pcapng"))
+    assert p.returncode == 2 and p.stderr.count(b"\n") == 1 and b"record" in p.stderr
+    assert not (tmp_path / "y.pcapng").exists()  # all or nothing

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from . import spec
-from .capture.reader import CaptureError, open_capture
+from .capture.reader import CaptureError
+from .capture.sockdump import open_events as open_capture  # a vfudissect capture, or a sockdump pcap
 from .core import findings
 from .core.analyzer import Analyzer, AnalyzerConfig
 from .core.events import Event, FindingIn, MessageIn, VerdictsIn

@@ -357,6 +357,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     """A transcript (or a sockdump pcap) into a capture, all or nothing: the capture appears only when complete."""
     from .capture.transcript import TranscriptError, write_judged
 
+    if (args.sockdump is None) == (args.transcript is None):
+        raise UsageError("import takes a transcript (.jsonl) or --sockdump FILE, one of them")
+    if args.sockdump is not None:
+        return _import_sockdump(args)
     src, dst = args.transcript, args.write
     try:
         fin = sys.stdin if src == "-" else open(src, encoding="utf-8")
@@ -374,6 +378,32 @@ def cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _import_sockdump(args: argparse.Namespace) -> int:
+    """`import --sockdump FILE`: a sockdump --format pcap capture as a judged capture, all or nothing."""
+    from .capture.reader import CaptureError
+    from .capture.sockdump import write_judged as write_sockdump
+
+    src, dst = args.sockdump, args.write
+    try:
+        fin = sys.stdin.buffer if src == "-" else open(src, "rb")
+    except IsADirectoryError:
+        raise UsageError(f"cannot read {src}: it is a directory, not a capture") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read {src}: {exc.strerror}") from None
+    try:
+        with _all_or_nothing(dst, args.group_read) as out:
+            try:
+                n = write_sockdump(fin, out, src, flush=dst == "-", timeout=args.timeout)
+            except CaptureError as exc:
+                raise UsageError(str(exc)) from None
+    finally:
+        if fin is not sys.stdin.buffer:
+            fin.close()
+    if dst != "-":
+        sys.stderr.write(f"{dst}: {n} records\n")
+    return EXIT_OK
+
+
 class _all_or_nothing:
     """A capture written under a temporary name beside its place and renamed there once complete (stdout as is)."""
 
@@ -383,14 +413,24 @@ class _all_or_nothing:
     def __enter__(self):  # type: ignore[no-untyped-def]
         import tempfile
 
+        from .capture.files import open_capture_output, target_mode
+
         if self.path == "-":
             return sys.stdout.buffer
+        if os.path.lexists(self.path) and (os.path.islink(self.path) or not os.path.isfile(self.path)):
+            try:  # a FIFO, a device, a symlink (/dev/stdout): written through, never renamed over
+                self.f = open_capture_output(self.path, self.group_read)
+            except OSError as exc:
+                raise UsageError(f"cannot write {self.path}: {exc.strerror}") from None
+            return self.f  # self.tmp stays "": nothing to rename
         where = os.path.dirname(self.path) or "."
         try:
             fd, self.tmp = tempfile.mkstemp(prefix=".vfudissect-", suffix=".part", dir=where)
         except OSError as exc:
             raise UsageError(f"cannot write {self.path}: {exc.strerror}") from None
-        os.fchmod(fd, 0o640 if self.group_read else 0o600)  # captures hold guest memory and credentials
+        # captures hold guest memory and credentials: 0600 (0640 with -g) less the umask; an existing file's mode
+        # narrowed to that, never widened (vfudissect/capture/files.py)
+        os.fchmod(fd, target_mode(self.path, self.group_read))
         self.f = os.fdopen(fd, "wb")
         return self.f
 
@@ -399,6 +439,8 @@ class _all_or_nothing:
             sys.stdout.buffer.flush()
             return
         self.f.close()
+        if not self.tmp:
+            return
         if kind is None:
             try:
                 os.replace(self.tmp, self.path)
@@ -525,10 +567,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="turn a relay transcript (JSON Lines) into a pcapng capture",
                        description="Convert a transcript as in shared/captures (one JSON object per message: "
                                    "t, conn, dir, data hex, fds) into a VFUC pcapng capture.")
-    p.add_argument("transcript", help="the .jsonl transcript (- for stdin)")
+    p.add_argument("transcript", nargs="?", help="the .jsonl transcript (- for stdin)")
+    p.add_argument("--sockdump", metavar="FILE",
+                   help="a capture of sockdump (github.com/mechpen/sockdump, --format pcap; - for stdin) to import "
+                        "instead of a transcript: it sees bytes, not fds or closes, and says so in the capture")
     p.add_argument("-w", "--write", required=True, metavar="FILE", help="capture to write (- for stdout)")
-    p.add_argument("--timeout", type=float, default=spec.DEFAULT_REPLY_TIMEOUT, metavar="SECONDS",
+    p.add_argument("--timeout", type=seconds, default=spec.DEFAULT_REPLY_TIMEOUT, metavar="SECONDS",
                    help="REPLY_TIMEOUT threshold of the verdicts recorded in the capture (default %(default)s s)")
+    from .capture.files import GROUP_READ_HELP
+
+    p.add_argument("-g", "--group-read", action="store_true", help=GROUP_READ_HELP)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("codes", help="list the finding codes with their severity",

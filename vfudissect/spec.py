@@ -454,6 +454,9 @@ VF_WITHHELD = 0x100
 # of a rotated capture's part, naming the next file (the traffic goes on: no NO_REPLY at this file's end).
 NOTE_CORRUPT_PREFIX = "corrupt record: "
 NOTE_CONTINUED_PREFIX = "capture continues in "
+# A capture that cannot see fds (sockdump: sendmsg bytes only) says so once per connection; the fd checks are off
+# there (FDS_MISSING, an offset without an fd, a twin socket's fd_index).
+NOTE_FDS_UNSEEN_PREFIX = "fds not captured: "
 
 
 class Tlv(IntEnum):

@@ -165,7 +165,7 @@ def test_transcripts_come_back_whole(name, style, layout):
 def test_same_findings_as_the_transcript_but_those_of_absent_fds(name):
     ref = verdicts(numbered(transcript(SHARED / name)), Analyzer())
     events = imported(sockdump_pcap(sends(messages_of(transcript(SHARED / name)), lvu_style)))
-    assert verdicts(events, sockdump.FdsUnseenAnalyzer()) == ref
+    assert verdicts(events, Analyzer()) == ref
     plain = verdicts(events, Analyzer())  # the engine alone: at most the verdicts of absent fds differ
     assert [v for v in plain if v[0] not in FD_BLIND] == [v for v in ref if v[0] not in FD_BLIND]
     assert {v[0] for v in plain} - {v[0] for v in ref} <= FD_BLIND
@@ -185,20 +185,21 @@ def test_import_writes_a_judged_capture():
     assert stored == [c for c, _i in verdicts(numbered(transcript(LVU)), Analyzer())]
     assert sum(1 for e in notes(back) if e.text.startswith(sockdump.FDS_UNSEEN_NOTE_PREFIX)) == 1
     # read afresh by the interim analyzer, the capture draws what the transcript draws
-    assert verdicts(back, sockdump.FdsUnseenAnalyzer()) == verdicts(numbered(transcript(LVU)), Analyzer())
+    assert verdicts(back, Analyzer()) == verdicts(numbered(transcript(LVU)), Analyzer())
 
 
-def test_fd_blind_analyzer_keeps_what_fds_do_not_explain():
+def test_the_engine_keeps_what_unseen_fds_do_not_explain():
     ev = [ConnOpened(1.0, 1, "x"), NoteIn(1.0, 1, sockdump.FDS_UNSEEN_NOTE_PREFIX + "sockdump")]
     msgs = [build.dma_map(1, 0x10000, 0, offset=0x1000),  # empty: degenerate whatever the fds
             build.dma_map(2, 0x20000, 0x1000, offset=0x1000),  # offset without its (unseen) fd
             build.dma_map(3, 0x30000, 0x1000, flags=0x7)]  # MMAP without its (unseen) fd
     ev += [MessageIn(2.0 + i, 1, spec.C2S, m, frame=10 + i) for i, m in enumerate(msgs)]
-    got = verdicts(ev, sockdump.FdsUnseenAnalyzer())
+    got = verdicts(ev, Analyzer())
     assert ("DMA_MAP_DEGENERATE", 0) in got
     assert not [v for v in got if v[1] in (1, 2) and v[0] in FD_BLIND]
     other = [ConnOpened(1.0, 2, "y")] + [MessageIn(2.0 + i, 2, spec.C2S, m, frame=10 + i) for i, m in enumerate(msgs)]
-    assert verdicts(other, sockdump.FdsUnseenAnalyzer()) == verdicts(other, Analyzer())  # no note: judged as ever
+    seen = verdicts(other, Analyzer())  # no note: the same messages draw their fd findings
+    assert [v for v in seen if v[1] in (1, 2) and v[0] in FD_BLIND]
 
 
 # ------------------------------------------------------------------ segments cut at --seg-size
@@ -232,7 +233,7 @@ def test_cut_segments_give_truncated_messages_and_framing_holds(style, seg_size)
     for n in per_dir:
         assert f"{lost[n.dir]} bytes not captured" in n.text and f"--seg-size of {seg_size} bytes" in n.text
     ref = verdicts(numbered(transcript(LVU)), Analyzer())
-    judged = verdicts(events, sockdump.FdsUnseenAnalyzer())
+    judged = verdicts(events, Analyzer())
     assert sorted(i for c, i in judged if c == "CAPTURE_TRUNCATED") == sorted(cut)
     assert [v for v in judged if v[0] != "CAPTURE_TRUNCATED" and v[1] not in cut] == \
         [v for v in ref if v[1] not in cut]

@@ -88,8 +88,8 @@ is never lost by a cut, only the bytes:
 
 fds: the engine raises FDS_MISSING (DMA_MAP with MMAP/FILE_IO, region info MMAP, region io fds),
 DMA_MAP_DEGENERATE (an offset without an fd) and TWIN_SOCKET_BAD (fd_index past the fds) from fds
-that are absent here.  Until the engine knows the note, ``FdsUnseenAnalyzer`` (an Analyzer) drops
-exactly those verdicts on connections that carry it; ``write_judged`` records with it.
+that are absent here; the note (spec.NOTE_FDS_UNSEEN_PREFIX) turns exactly those checks off on its
+connection, so the engine judges what sockdump can see.
 """
 
 from __future__ import annotations
@@ -104,8 +104,6 @@ from .. import spec
 from ..core import framing
 from ..core.analyzer import Analyzer, AnalyzerConfig
 from ..core.events import ConnClosed, ConnOpened, Cred, Event, MessageIn, NoteIn, make_message_in
-from ..core.findings import Code
-from ..core.records import Finding, Item, MessageRecord
 from .reader import CaptureError, iter_records
 
 LINKTYPE_USER0 = 147  # sockdump.py PCAP_LINK_TYPE
@@ -114,7 +112,7 @@ PATH_FIELD = UNIX_PATH_MAX + 1  # '109p': length byte + 108 bytes
 PREFIX_WITH_PATH = PATH_FIELD + 16  # 125
 PREFIX_PIDS = 16
 WITH_PATH, PIDS_ONLY = "path+pids", "pids"  # the two record layouts
-FDS_UNSEEN_NOTE_PREFIX = "fds not captured: "  # proposed for spec.py, beside NOTE_CONTINUED_PREFIX
+FDS_UNSEEN_NOTE_PREFIX = spec.NOTE_FDS_UNSEEN_PREFIX  # the engine turns its fd checks off on such a connection
 
 _PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">", b"\x4d\x3c\xb2\xa1": "<",
                 b"\xa1\xb2\x3c\x4d": ">"}
@@ -607,64 +605,6 @@ def open_events(path: str, progress: Callable[[int], None] | None = None) -> Ite
 
 
 # ------------------------------------------------------------------ the engine, fd-blind connections
-_DMA_MAP, _VERSION = int(spec.Command.DMA_MAP), int(spec.Command.VERSION)
-
-
-def _twin_claim(caps: Any) -> dict[str, Any] | None:
-    tw = caps.get("twin_socket") if isinstance(caps, dict) else None
-    return tw if isinstance(tw, dict) and tw.get("supported") is True else None
-
-
-class FdsUnseenAnalyzer(Analyzer):
-    """The engine, minus the verdicts that only absent fds raise, on connections whose capture says it cannot
-    see fds (a NoteIn starting with ``FDS_UNSEEN_NOTE_PREFIX``): FDS_MISSING on a message with no fds,
-    DMA_MAP_DEGENERATE for an offset without an fd, TWIN_SOCKET_BAD for an fd_index the reply's (unseen)
-    fds would hold.  Other connections are judged as by Analyzer.  Interim: the engine change proposed
-    with this module makes it unnecessary."""
-
-    def __init__(self, config: AnalyzerConfig | None = None) -> None:
-        super().__init__(config)
-        self.fds_unseen: set[int] = set()
-        self._twin_asked: dict[int, bool] = {}
-
-    def feed(self, ev: Event) -> list[Item]:
-        if type(ev) is NoteIn and ev.text.startswith(FDS_UNSEEN_NOTE_PREFIX):
-            self.fds_unseen.add(ev.conn)
-        items = super().feed(ev)
-        if type(ev) is not MessageIn or ev.conn not in self.fds_unseen or ev.fds:
-            return items
-        out: list[Item] = []
-        drop: set[str] = set()
-        frame = -1
-        for it in items:
-            if type(it) is MessageRecord:
-                drop = self._blind_codes(it)
-                frame = it.frame
-                if drop:
-                    it = it._replace(findings=tuple(c for c in it.findings if c not in drop))
-            elif type(it) is Finding and it.frame == frame and it.code in drop:
-                continue
-            out.append(it)
-        return out
-
-    def _blind_codes(self, r: MessageRecord) -> set[str]:
-        f = r.fields
-        if r.command == _VERSION and r.msg_type == "command":
-            self._twin_asked[r.conn] = _twin_claim(f.get("capabilities")) is not None
-        if not r.findings:
-            return set()
-        drop = {Code.FDS_MISSING} if Code.FDS_MISSING in r.findings else set()
-        if (Code.DMA_MAP_DEGENERATE in r.findings and r.command == _DMA_MAP and r.msg_type == "command" and f
-                and f.get("offset") and f.get("size") and f["address"] + f["size"] <= 1 << 64):
-            drop.add(Code.DMA_MAP_DEGENERATE)  # not empty, not wrapping: the offset without an fd
-        if Code.TWIN_SOCKET_BAD in r.findings and r.command == _VERSION and r.msg_type == "reply":
-            tw = _twin_claim(f.get("capabilities"))
-            idx = tw.get("fd_index") if tw else None
-            if self._twin_asked.get(r.conn) and isinstance(idx, int) and not isinstance(idx, bool) and idx >= 0:
-                drop.add(Code.TWIN_SOCKET_BAD)
-        return drop
-
-
 def write_judged(f: BinaryIO, out: BinaryIO, name: str = "<sockdump>", *,
                  timeout: float = spec.DEFAULT_REPLY_TIMEOUT, flush: bool = False,
                  progress: Callable[[int], None] | None = None) -> int:
@@ -674,7 +614,7 @@ def write_judged(f: BinaryIO, out: BinaryIO, name: str = "<sockdump>", *,
     from .writer import CaptureWriter
 
     w = CaptureWriter(out, comment=f"imported from the sockdump capture {name}", flush=flush, judged=timeout)
-    judge = JudgingWriter(w, FdsUnseenAnalyzer(AnalyzerConfig(timeout)))
+    judge = JudgingWriter(w, Analyzer(AnalyzerConfig(timeout)))
     last = 0.0
     for ev in sockdump_events(f, name, progress):
         judge.write(ev)

@@ -221,6 +221,8 @@ class Analyzer:
         codes: tuple[str, ...] = ()
         if ev.text.startswith(spec.NOTE_CONTINUED_PREFIX):
             self.state.continued = True
+        elif ev.text.startswith(spec.NOTE_FDS_UNSEEN_PREFIX):
+            self.state.conn(ev.conn).fds_unseen = True
         said = header.corrupt_record(ev.text)
         if said is not None:
             out.append(Finding(said[0], SEVERITY[said[0]], ev.conn, (ev.frame,), said[1], ev.ts))

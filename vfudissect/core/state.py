@@ -78,6 +78,7 @@ class ConnState:
     maps: dict[int, DmaMap] = field(default_factory=dict)
     mig_state: int | None = None
     raw_dirs: set[str] = field(default_factory=set)
+    fds_unseen: bool = False  # the capture cannot see fds on this connection (NOTE_FDS_UNSEEN_PREFIX)
     closed_dirs: set[str] = field(default_factory=set)
     outstanding: dict[str, dict[int, Pending]] = field(default_factory=lambda: {C2S: {}, S2C: {}})
 

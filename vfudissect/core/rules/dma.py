@@ -30,12 +30,12 @@ def dma_map(m: Msg) -> None:
         m.add(Code.DMA_MAP_FLAGS, f"flag bits 0x{flags & ~spec.DMA_MAP_FLAGS_LVU:x} are not defined")
     if nfds > 1:
         m.add(Code.FDS_UNEXPECTED, f"{nfds} fds on DMA_MAP (at most 1; libvfio-user closes the rest)")
-    if flags & _MMAP_OR_FILE_IO and not nfds:
+    if flags & _MMAP_OR_FILE_IO and not nfds and not c.fds_unseen:
         m.add(Code.FDS_MISSING, "MMAP/FILE_IO flag without an fd (libvfio-user: EINVAL)")
     if _degenerate(address, size):
         m.add(Code.DMA_MAP_DEGENERATE, f"range 0x{address:x}+0x{size:x} is empty or wraps")
         return
-    if offset and not nfds:
+    if offset and not nfds and not c.fds_unseen:
         m.add(Code.DMA_MAP_DEGENERATE, f"offset 0x{offset:x} without an fd")
     pg = c.min_pgsize
     if address % pg or size % pg:

@@ -71,6 +71,8 @@ def _twin(m: Msg) -> tuple[dict[str, Any] | None, str | None]:
     idx = twin.get("fd_index")
     if not asked:
         return twin, "twin_socket.supported in the reply but the client did not ask"
+    if m.c.fds_unseen and not m.nfds and isinstance(idx, int) and not isinstance(idx, bool) and idx >= 0:
+        return None, None  # its fd cannot be seen: neither judged nor taken as negotiated
     if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < m.nfds:
         return twin, f"twin_socket.fd_index {idx!r} but the reply carries {m.nfds} fds"
     if m.ev.fds[idx].kind not in ("socket", "unknown"):

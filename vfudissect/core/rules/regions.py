@@ -146,7 +146,7 @@ def region_info(m: Msg) -> None:
                                     "the client retries with more", req.frame)
     if m.nfds > 1:
         m.add(Code.FDS_UNEXPECTED, f"{m.nfds} fds on a region info reply (at most 1)")
-    if flags & spec.REGION_FLAG_MMAP and not m.nfds and not truncated:
+    if flags & spec.REGION_FLAG_MMAP and not m.nfds and not truncated and not m.c.fds_unseen:
         m.add(Code.FDS_MISSING, f"{region_name(index)} is MMAP but the reply has no fd")
     if flags & spec.REGION_FLAG_CAPS and not truncated:
         problem = caps_chain_problem(m.ev.data, 16, m.plen, f["cap_offset"], size)
@@ -171,7 +171,7 @@ def region_io_fds(m: Msg) -> None:
     if rq and f["argsz"] > rq.get("argsz", 0):
         m.add(Code.REPLY_TRUNCATED, f"reply needs argsz {f['argsz']}, the request allowed {rq.get('argsz')}",
               req.frame)
-    elif f["count"] and not m.nfds:
+    elif f["count"] and not m.nfds and not m.c.fds_unseen:
         m.add(Code.FDS_MISSING, f"{f['count']} sub-regions but no fds")
 
 
