@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from . import spec
 from .core.events import FdInfo
@@ -100,6 +100,8 @@ class Renderer:
     def __init__(self, color: bool = False, base_ts: float | None = None) -> None:
         self.color = color
         self.base_ts = base_ts
+        # how a frame number is shown: as it is, or (a rotated capture's live view) as its part file numbers it
+        self.frame: Callable[[int], str] = str
 
     def _c(self, style: str, text: str) -> str:
         return f"{_STYLE[style]}{text}{_RESET}" if self.color else text
@@ -110,7 +112,8 @@ class Renderer:
         return ts - self.base_ts
 
     def message_line(self, rec: MessageRecord) -> str:
-        head = (f"{self._c('frame', f'{rec.frame:>6}')} {self._c('time', f'{self._rel(rec.ts):>11.6f}')} "
+        fr = self.frame
+        head = (f"{self._c('frame', f'{fr(rec.frame):>6}')} {self._c('time', f'{self._rel(rec.ts):>11.6f}')} "
                 f"{self._c('conn', f'#{rec.conn}')} {_ARROW.get(rec.dir, rec.dir)} ")
         is_reply = rec.msg_type == "reply"
         name = self._c("reply" if is_reply else "cmd", rec.command_name)
@@ -132,17 +135,17 @@ class Renderer:
         if rec.fault:
             parts.append(self._c("error", f"[{rec.fault} by the proxy]"))
         if rec.request_frame is not None:
-            t = f"← {rec.request_frame}"
+            t = f"← {fr(rec.request_frame)}"
             if rec.rtt is not None:
                 t += f" ({rtt_text(rec.rtt)})"
             parts.append(self._c("link", t))
         if rec.response_frame is not None:
-            parts.append(self._c("link", f"→ {rec.response_frame}"))
+            parts.append(self._c("link", f"→ {fr(rec.response_frame)}"))
         return head + " ".join(parts)
 
     def conn_line(self, rec: ConnRecord) -> str:
         rel = self._rel(rec.ts) if rec.ts else 0.0
-        frame = f"{rec.frame:>6}" if rec.frame else "      "
+        frame = f"{self.frame(rec.frame):>6}" if rec.frame else "      "
         return (f"{self._c('frame', frame)} {self._c('time', f'{rel:>11.6f}')} {self._c('conn', f'#{rec.conn}')} "
                 f"{_ARROW.get(rec.dir, '   ')} {self._c('event', rec.kind)} {rec.text}")
 
@@ -150,7 +153,7 @@ class Renderer:
         mark = _SEV_MARK.get(f.severity, "?")
         where = ""
         if standalone or len(f.frames) > 1:
-            where = f" [frame{'s' if len(f.frames) > 1 else ''} {', '.join(map(str, f.frames))}]"
+            where = f" [frame{'s' if len(f.frames) > 1 else ''} {', '.join(map(self.frame, f.frames))}]"
         text = f"{mark} {f.severity} {f.code}: {f.text}{where}"
         return " " * 8 + self._c(f.severity, text)
 

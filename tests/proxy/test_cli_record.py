@@ -91,6 +91,9 @@ def test_intercept_takes_over_and_puts_the_server_socket_back(sockdir: str, devi
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0 and b"Traceback" not in err
+    # -q keeps the status line (what it took over, where it records), drops the per-message ones
+    assert out.decode().splitlines()[0].startswith(f"intercepting {device.path} (server socket linked at ")
+    assert "C→S VERSION" not in out.decode()
     assert os.stat(device.path).st_ino == ino and not os.path.lexists(device.path + MOVED_SUFFIX)
     with Client(device.path) as c:  # the server is reachable at its own path again, directly
         assert c.version()["max_msg_fds"] == 8

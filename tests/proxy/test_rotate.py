@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 
 from vfudissect import spec
 from vfudissect.capture.reader import read_events
 from vfudissect.capture.rotate import part_path
+from vfudissect.render import Renderer
 from vfudissect.cli import analyze
 from vfudissect.core.analyzer import AnalyzerConfig
 from vfudissect.core.events import ConnOpened, MessageIn, NoteIn, VerdictsIn
@@ -58,6 +60,17 @@ def test_a_rotated_session_reads_part_by_part_as_it_did_live(sockdir: str, devic
     with open(px.live_path, encoding="utf-8") as f:
         text = f.read()
     assert f"the capture continues in {parts[1]}" in text
+    # the live view numbers frames as the part it is writing does: what it showed after the switch to part 2 is
+    # what `read` of part 2 shows, frame for frame (links to context copies included)
+    section = text.split(f"the capture continues in {parts[1]}", 1)[1].split("the capture continues in", 1)[0]
+    line = re.compile(r"^\s*(\d+)\s+-?[\d.]+\s+(#\d+ .*)$")
+    live_lines = {m.groups() for m in map(line.match, section.splitlines()) if m}
+    r = Renderer()
+    with open(parts[1], "rb") as f:
+        read_lines = {m.groups() for it in analyze(read_events(f), AnalyzerConfig(timeout=5.0))
+                      if isinstance(it, MessageRecord) and not it.context
+                      for m in [line.match(r.message_line(it))] if m}
+    assert len(live_lines) > 10 and live_lines <= read_lines, sorted(live_lines - read_lines)[:3]
 
 
 def test_rotate_size_needs_a_file() -> None:

@@ -240,6 +240,16 @@ class RotatingCaptureWriter:
             return frame - self._base
         return self._copies.get(frame)
 
+    def label(self, frame: int) -> str:
+        """A global frame as a reader of the files finds it: its number in the current part, else ``N of FILE``."""
+        if self.part == 1:
+            return str(frame)
+        local = self.local_frame(frame)  # its own number here, or its CONTEXT copy's
+        if local is not None:
+            return str(local)
+        path, n = self.locate(frame)
+        return f"{n} of {os.path.basename(path)}"
+
     def locate(self, frame: int) -> tuple[str, int]:
         """(file, frame number in that file) of a global frame."""
         i = bisect.bisect_left(self.bases, frame) - 1

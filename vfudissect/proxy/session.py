@@ -115,6 +115,7 @@ class ProxySession:
         out: BufferedSink | RotatingCaptureWriter
         if rotating is not None:
             writer = out = rotating
+            live.renderer.frame = rotating.label  # frames as the part files number them
         else:
             out = BufferedSink(cap_sink)  # type: ignore[arg-type]
             writer = CaptureWriter(out, comment=o.comment, if_name=f"vfio-user:{label}",  # type: ignore[arg-type]
@@ -145,9 +146,9 @@ class ProxySession:
         PathError when the time is up or the path turns unusable, Stopped on stop()."""
         wait = self.opts.wait_server
         assert wait is not None
-        if not self.opts.quiet:
-            limit = "for ever" if wait == 0 else f"up to {wait:g} s"
-            self._say(f"waiting for the server socket {path} ({st.short}; {limit}) ...\n")
+        # a status line, shown with -q too: -q drops the per-message lines, not what the proxy is doing
+        limit = "for ever" if wait == 0 else f"up to {wait:g} s"
+        self._say(f"waiting for the server socket {path} ({st.short}; {limit}) ...\n")
         end = None if wait == 0 else time.monotonic() + wait
         while not st.ok:
             if not st.waitable:
@@ -185,7 +186,7 @@ class ProxySession:
         return BufferedSink(self._file_sink(path))
 
     def _rotated(self, path: str, context: int) -> None:
-        if self.recorder is not None and self.recorder.live is not None and not self.opts.quiet:
+        if self.recorder is not None and self.recorder.live is not None:  # a status line: -q shows it too
             self.recorder.live.text(f"── the capture continues in {path} (its frames start at 1; "
                                     f"{context} records of connection state first)\n")
 
@@ -250,17 +251,16 @@ def run_proxy(opts: ProxyOptions) -> int:
         s.error(str(exc))
         return 2
     except Stopped:
-        if not opts.quiet:
-            s._say("stopped before the server socket was there: nothing recorded\n")
+        s._say("stopped before the server socket was there: nothing recorded\n")
         return 0
-    if not opts.quiet:
-        where = "the capture on stdout" if opts.write == "-" else opts.write
-        if s.intercepted is not None:
-            head = (f"intercepting {s.intercepted.path} (server socket linked at {s.intercepted.moved} until "
-                    "exit)")
-        else:
-            head = f"listening on {opts.listen}, each client forwarded to {opts.connect}"
-        s.recorder.live.text(f"{head}; recording to {where}; Ctrl-C to stop\n")  # type: ignore[union-attr]
+    # what the proxy listens on and writes to: a status line, shown with -q too (as tshark -q does)
+    where = "the capture on stdout" if opts.write == "-" else opts.write
+    if s.intercepted is not None:
+        head = (f"intercepting {s.intercepted.path} (server socket linked at {s.intercepted.moved} until "
+                "exit)")
+    else:
+        head = f"listening on {opts.listen}, each client forwarded to {opts.connect}"
+    s.recorder.live.text(f"{head}; recording to {where}; Ctrl-C to stop\n")  # type: ignore[union-attr]
     return s.run()
 
 
