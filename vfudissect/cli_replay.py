@@ -88,8 +88,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         q.add_argument("--timeout", type=positive_seconds, default=5.0, metavar="SECONDS",
                        help="how long a message may keep the replay waiting before it is a finding "
                             "(default %(default)s s)")
-        q.add_argument("-q", "--quiet", action="store_true", help="show only findings and the summary, not every "
-                                                                  "message")
+        q.add_argument("-q", "--quiet", action="store_true", help="show only the replay's findings (REPLAY_*) and the "
+                                                                  "summary, not every message and the engine's "
+                                                                  "findings (those are in the replay's capture)")
         q.add_argument("--json", action="store_true", help="the summary as one JSON object on stdout (the live "
                                                            "view goes to stderr)")
         q.add_argument("--color", choices=("auto", "always", "never"), default="auto", help="colour the live view "

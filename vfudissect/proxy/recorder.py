@@ -30,8 +30,10 @@ class LiveView:
     are counted instead of rendered; findings are always shown.
     """
 
-    def __init__(self, sink: Sink, color: bool = False, quiet: bool = False) -> None:
+    def __init__(self, sink: Sink, color: bool = False, quiet: bool = False,
+                 findings: Callable[[Finding], bool] | None = None) -> None:
         self.sink = sink
+        self.wanted = findings  # which findings to show (None: all)
         self.renderer = Renderer(color)
         self.quiet = quiet
         self.behind = False
@@ -55,6 +57,8 @@ class LiveView:
                     continue
                 lines.append(r.message_line(it))
             elif isinstance(it, Finding):
+                if self.wanted is not None and not self.wanted(it):
+                    continue
                 lines.append(r.finding_line(it, standalone=self.quiet or self.behind or it.frame != self._last_frame))
             elif not self.quiet:
                 self._last_frame = it.frame

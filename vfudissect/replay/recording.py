@@ -54,7 +54,11 @@ class ReplayRecording:
         self.writer = CaptureWriter(self._file, comment=comment, judged=timeout, flush=False)
         if view is not None:
             view.flush()
-        live = LiveView(FileSink(view.fileno(), close_fd=False), color=color, quiet=quiet) if view is not None else None
+        # -q: the replay's own findings only (the engine's on the live traffic are in the capture, and mostly the
+        # recording's own again)
+        wanted = (lambda f: f.code.startswith("REPLAY_")) if quiet else None
+        live = LiveView(FileSink(view.fileno(), close_fd=False), color=color, quiet=quiet,
+                        findings=wanted) if view is not None else None
         self.recorder = Recorder(self.writer, live, timeout, commit=self._file.flush)
         self.findings: list[Finding] = []
 
