@@ -59,6 +59,7 @@ class Sampler:
         self.interval = interval
         self.peak: dict[int, int] = {}  # pid -> peak RSS in bytes
         self.cpu: dict[int, float] = {}  # pid -> CPU seconds (user + system) at the last sample
+        self.others = 0.0  # CPU seconds other processes took during the run
         self.kind: dict[int, str] = {}  # pid -> "main" | "worker" | "other"
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
@@ -99,13 +100,23 @@ class Sampler:
         return sum(v for pid, v in self.cpu.items() if self.kind.get(pid) == kind)
 
 
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (every core, every process) since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def run(cmd: list[str]) -> tuple[float, bytes, Sampler]:
     t0 = time.perf_counter()
+    b0 = busy_seconds()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE)
     s = Sampler(p.pid)
     out, _ = p.communicate()
     wall = time.perf_counter() - t0
     s.stop()
+    s.others = max(busy_seconds() - b0 - sum(s.cpu.values()), 0.0)  # CPU the rest of the machine took meanwhile
     if p.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(cmd)} exited with status {p.returncode}")
     return wall, out, s
@@ -157,6 +168,9 @@ def main() -> int:
               f"({mb(workers[0])} / {mb(seq_rss)})")
     print(f"CPU seconds (sampled): one process {seq.cpu_of('main'):.1f}; -j {a.jobs}: parent (scheduler, client, "
           f"merge) {par.cpu_of('main'):.1f}, workers {par.cpu_of('worker'):.1f}")
+    print(f"other processes on the machine meanwhile: {seq.others:.1f} CPU s during the one-process run "
+          f"({seq.others / seq_wall:.2f} cores), {par.others:.1f} CPU s during -j {a.jobs} "
+          f"({par.others / par_wall:.2f} cores)")
     return 0
 
 
