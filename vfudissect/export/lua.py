@@ -1,10 +1,12 @@
 """The Wireshark Lua plugin generator: spec.py's tables + the Lua template -> plugins/vfio_user.lua.
 
-The template (``template.lua``, package data) holds the dissector logic; every
-protocol table it uses (commands, layouts with their field names, flag bits,
-enumerations, errno names, the capability schema, the finding catalogue, the
-VFUC constants) is generated here from ``vfudissect.spec`` and substituted for
-the ``--@SPEC@--`` marker.  The output is deterministic: same spec, same bytes.
+The template (``template.lua``, package data) holds the decoding and display
+(it judges nothing: the findings it shows are the FINDING records of the
+capture); every protocol table it uses (commands, layouts with their field
+names, flag bits, enumerations, errno names, the capability schema, the
+finding catalogue from ``core/findings.py``, record types and TLVs, the VFUC
+constants) is generated here and substituted for the ``--@SPEC@--`` marker.
+The output is deterministic: same spec, same bytes.
 """
 
 from __future__ import annotations
