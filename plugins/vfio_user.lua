@@ -284,6 +284,7 @@ local SPEC = {
       [5] = "FINDING",
       [6] = "VERDICTS",
       [7] = "ORIGINAL",
+      [8] = "IRQ",
     },
     VFUC_FLAGS = {
       [1] = "TRUNCATED",
@@ -1462,7 +1463,17 @@ local SPEC = {
     },
   },
   severities = {"note", "warning", "error"},
-  rec_types = {MSG = 0, CONN_OPEN = 1, CONN_CLOSE = 2, NOTE = 3, RAW = 4, FINDING = 5, VERDICTS = 6, ORIGINAL = 7},
+  rec_types = {
+    MSG = 0,
+    CONN_OPEN = 1,
+    CONN_CLOSE = 2,
+    NOTE = 3,
+    RAW = 4,
+    FINDING = 5,
+    VERDICTS = 6,
+    ORIGINAL = 7,
+    IRQ = 8,
+  },
   tlvs = {
     SOCKET_PATH = 1,
     CLIENT_CRED = 2,

@@ -17,7 +17,7 @@ class Proxy:
 
     def __init__(self, sockdir: str, connect: str | None = None, *, intercept: str | None = None,
                  stall: float = 0.3, timeout: float = 5.0, snaplen: int | None = None, quiet: bool = False,
-                 busy_poll: float = 0.0, rotate_size: int | None = None, faults: tuple = ()) -> None:
+                 busy_poll: float = 0.0, rotate_size: int | None = None, faults: tuple = (), watch_irqs: bool = False) -> None:
         self.listen = None if intercept else os.path.join(sockdir, "proxy.sock")
         self.capture = os.path.join(sockdir, "capture.pcapng")
         self.live_path = os.path.join(sockdir, "live.txt")
@@ -25,7 +25,8 @@ class Proxy:
         self.errors: list[str] = []
         opts = ProxyOptions(write=self.capture, listen=self.listen, connect=connect, intercept=intercept,
                             timeout=timeout, snaplen=snaplen, quiet=quiet, rotate_size=rotate_size,
-                            relay=RelayConfig(stall_timeout=stall, busy_poll=busy_poll, faults=faults))
+                            relay=RelayConfig(stall_timeout=stall, busy_poll=busy_poll, faults=faults,
+                                              watch_irqs=watch_irqs))
         self.session = ProxySession(opts, stdout_fd=self._live_fd, stderr_fd=self._live_fd, error=self.errors.append)
         self.session.setup()
         self.path = self.listen or intercept

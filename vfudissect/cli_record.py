@@ -171,6 +171,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                          help="change what one side sends, on purpose (repeatable): " + _FAULT_SYNTAX + "; every "
                               "changed or invented message is recorded as forwarded, flagged INJECTED, the original "
                               "beside it, withheld. ACTIONs: " + ", ".join(_fault_actions()))
+    provoke.add_argument("--watch-irqs", action="store_true",
+                         help="record the server's interrupts: the server gets eventfds of the proxy's in SET_IRQS "
+                              "(the client's are kept and recorded as it sent them), each signal is relayed to the "
+                              "client's eventfd at once and recorded (an IRQ record: index, vector, count), so "
+                              "`replay server` can raise them where they came. Changes which eventfds the server "
+                              "holds (not the bytes); off by default")
     p.set_defaults(func=cmd_record)
     return p
 
@@ -207,7 +213,7 @@ def cmd_record(args: argparse.Namespace) -> int:
         snaplen=args.snaplen, rotate_size=args.rotate_size, quiet=args.quiet, color=use_color(args.color, live_stream), timeout=args.timeout,
         relay=RelayConfig(stall_timeout=args.stall_timeout, busy_poll=default_busy_poll() if args.busy_poll is None
                           else args.busy_poll / 1e6, record_slice=max(args.max_hold, 1e-4),
-                          faults=tuple(args.fault)),
+                          faults=tuple(args.fault), watch_irqs=args.watch_irqs),
         comment="vfudissect " + " ".join(shlex.quote(a) for a in sys.argv[1:]), summary=not args.no_summary,
         group_read=args.group_read, wait_server=args.wait_server)
     return run_proxy(opts)

@@ -63,8 +63,10 @@ socket of its own when the recording negotiated one).  The recorded server's
 own commands (DMA_READ/DMA_WRITE) are sent at the point they came in the
 recording, and the client's replies compared with the recorded ones.
 
-Not on the wire, so not replayed: interrupts (the device writing an
-eventfd) and the device's direct accesses to mmapped guest memory.
+Interrupts are not on the wire: a capture made with `record --watch-irqs`
+holds them (IRQ records), and the replay server raises each on the live
+client's eventfd (from its SET_IRQS) where it came in the recording.  The
+device's direct accesses to mmapped guest memory are not replayed.
 """
 
 _EXIT = ("exit status: 0 the peer behaved as recorded, 1 it diverged (findings REPLAY_*, or it closed early), "
@@ -208,6 +210,7 @@ def cmd_replay_server(args: argparse.Namespace) -> int:
                "requests": t.requests, "exact": t.exact, "inexact": t.inexact, "unmatched": t.unmatched,
                "divergences": t.divergences, "findings": t.by_code, "seconds": round(res.seconds, 6),
                "recorded_requests": t.recorded_requests, "never_asked": t.recorded_requests - t.used,
+               "interrupts": t.interrupts, "recorded_interrupts": t.recorded_interrupts,
                "stopped": res.stopped or None}
     if args.json:
         sys.stdout.write(json.dumps(summary) + "\n")
@@ -215,7 +218,9 @@ def cmd_replay_server(args: argparse.Namespace) -> int:
         stream.write(f"served the recorded device of connection #{script.conn} of {args.capture} on {args.listen}: "
                      f"{t.requests} requests, {t.exact} matched exactly, {t.inexact} inexactly, {t.unmatched} not at "
                      f"all; {t.recorded_requests - t.used} of {t.recorded_requests} recorded requests never asked; "
-                     f"{t.divergences} divergence{'s' if t.divergences != 1 else ''}; capture: {out}\n")
+                     + (f"{t.interrupts} of {t.recorded_interrupts} recorded interrupts raised; "
+                        if t.recorded_interrupts else "no interrupts recorded (record --watch-irqs records them); ")
+                     + f"{t.divergences} divergence{'s' if t.divergences != 1 else ''}; capture: {out}\n")
     if res.stopped:
         sys.stderr.write(f"vfudissect: {res.stopped}\n")
     return EXIT_FINDINGS if res.diverged else EXIT_OK

@@ -427,6 +427,7 @@ class RecType(IntEnum):
     FINDING = 5  # one verdict of the engine: code, severity, text, the frames it concerns (TLVs 8-10, 4)
     VERDICTS = 6  # the capture carries the engine's verdicts (its first record): engine, REPLY_TIMEOUT threshold
     ORIGINAL = 7  # a message as a peer sent it, withheld by the proxy (record --fault): like MSG, not traffic
+    IRQ = 8  # an interrupt the server raised through a SET_IRQS eventfd (record --watch-irqs): IRQ_RECORD payload
 
 
 REC_TYPE_NAMES: Mapping[int, str] = {r.value: r.name for r in RecType}
@@ -452,6 +453,9 @@ VF_BEYOND_LIMIT = 0x80
 VF_WITHHELD = 0x100
 # NOTE records the analysis acts on: a record the reader could not decode (CAPTURE_CORRUPT), and the last record
 # of a rotated capture's part, naming the next file (the traffic goes on: no NO_REPLY at this file's end).
+# IRQ records (dir server->client): which interrupt (the SET_IRQS index and vector: its start + the fd's place) and
+# how many signals the eventfd counted since the last one.
+IRQ_RECORD = struct.Struct("<IIQ")  # index, vector, count
 NOTE_CORRUPT_PREFIX = "corrupt record: "
 NOTE_CONTINUED_PREFIX = "capture continues in "
 # A capture that cannot see fds (sockdump: sendmsg bytes only) says so once per connection; the fd checks are off

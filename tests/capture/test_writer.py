@@ -84,3 +84,21 @@ def test_the_fast_message_path_writes_the_same_bytes_as_the_general_one(data, co
                for i in range(2)]
         outs.append((buf.getvalue(), evs))
     assert outs[0] == outs[1]
+
+
+def test_an_interrupt_and_a_withheld_original_come_back_as_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vfudissect.core.events import IrqIn
+
+    msg = spec.HEADER.pack(3, spec.Command.DEVICE_GET_INFO, 32, spec.MSG_TYPE_REPLY, 0) + bytes(16)
+    path = tmp_path / "x.pcapng"
+    with open(path, "wb") as f:
+        w = CaptureWriter(f)
+        w.write(ConnOpened(1.0, 1, "s.sock"))
+        w.write(IrqIn(1.5, 1, 1, 3, 2))
+        w.write(MessageIn(2.0, 1, "s2c", msg, (), 0, -1, spec.VF_WITHHELD))
+        w.write(MessageIn(2.5, 1, "s2c", msg, (), 0, -1, spec.VF_INJECTED))
+        w.close()
+    with open(path, "rb") as f:
+        evs = list(read_events(f))
+    assert evs[1] == IrqIn(1.5, 1, 1, 3, 2, 2)
+    assert [(e.flags, e.data) for e in evs[2:]] == [(spec.VF_WITHHELD, msg), (spec.VF_INJECTED, msg)]

@@ -14,11 +14,11 @@ from vfudissect.peers.client import TWIN_VERSION_JSON, Client, run_session
 from vfudissect.peers.server import DeviceServer
 
 
-def record_session(d: str, twin: bool = False) -> str:
+def record_session(d: str, twin: bool = False, irqs: bool = False) -> str:
     """A QEMU-shaped session of the emulated client with the emulated server, recorded by `record`; its capture."""
     srv = DeviceServer(os.path.join(d, "rec-dev.sock")).start()
     try:
-        p = Proxy(d, srv.path)
+        p = Proxy(d, srv.path, watch_irqs=irqs)
         try:
             with Client(p.path, timeout=5.0) as c:
                 rep = run_session(c, **({"json_text": TWIN_VERSION_JSON} if twin else {}))
@@ -28,16 +28,16 @@ def record_session(d: str, twin: bool = False) -> str:
             p.stop()
     finally:
         srv.stop()
-    out = os.path.join(d, "twin.pcapng" if twin else "clean.pcapng")
+    out = os.path.join(d, "twin.pcapng" if twin else "irqs.pcapng" if irqs else "clean.pcapng")
     os.rename(p.capture, out)
     return out
 
 
 @pytest.fixture(scope="session")
 def recorded() -> Iterator[dict[str, str]]:
-    """{"clean": capture, "twin": capture}: made once per test run."""
+    """{"clean": capture, "twin": capture, "irqs": capture (record --watch-irqs)}: made once per test run."""
     d = tempfile.mkdtemp(prefix="vfurp", dir="/tmp")
     try:
-        yield {"clean": record_session(d), "twin": record_session(d, twin=True)}
+        yield {"clean": record_session(d), "twin": record_session(d, twin=True), "irqs": record_session(d, irqs=True)}
     finally:
         shutil.rmtree(d, ignore_errors=True)

@@ -84,6 +84,33 @@ def test_each_fault_of_the_server_is_named_with_its_message_and_field(recorded: 
     assert [(e.code, e.text) for e in stored] == [(f.code, f.text) for f in out.findings]
 
 
+def test_the_live_servers_interrupts_are_recorded_and_counted(recorded: dict[str, str], sockdir: str) -> None:
+    script = load(recorded["irqs"])
+    assert [(i.index, i.vector) for i in script.irqs] == [(0, 0), (1, 1)]
+    assert all(script.items[i.after].command == C.REGION_WRITE for i in script.irqs)  # after the doorbell writes
+    out = _replay(recorded["irqs"], sockdir)
+    assert out.findings == []
+    irqs = [e for e in open_capture(out.capture) if type(e).__name__ == "IrqIn"]
+    assert [(e.index, e.vector) for e in irqs] == [(0, 0), (1, 1)]
+
+
+def test_interrupts_that_did_not_come_are_missing() -> None:
+    from vfudissect.replay.script import RecordedIrq
+
+    s = _script(("c2s", _msg(1, C.DEVICE_RESET), 0.0), ("s2c", _msg(1, C.DEVICE_RESET, True), 0.1))
+    s = Script(s.path, s.conn, None, "", s.items, s.reply_of, s.request_of,
+               irqs=(RecordedIrq(9, 0.05, 1, 1, 1, 0), RecordedIrq(10, 0.06, 1, 1, 1, 0)))
+    p = ClientPlayer(s)
+    seen = rc._Irqs()
+    seen.seen[(1, 1)] = 1
+    seen.seen[(0, 0)] = 1
+    got: list = []
+    rc._compare_irqs(p, seen, got.append)
+    assert [(d.code, d.text) for d in got] == [
+        ("REPLAY_EXTRA", "the live server raised INTX vector 0 1 time(s), the recorded one 0"),
+        ("REPLAY_MISSING", "the recorded server raised MSI vector 1 2 time(s), the live one 1")]
+
+
 def test_a_server_that_is_not_there_is_one_line(recorded: dict[str, str], sockdir: str) -> None:
     with pytest.raises(rc.ReplayFailed, match=r"cannot connect to .*nope.sock: no such socket"):
         run(load(recorded["clean"]), os.path.join(sockdir, "nope.sock"), os.path.join(sockdir, "r.pcapng"))

@@ -63,6 +63,15 @@ def test_the_emulated_client_runs_its_session_against_the_recorded_device(record
     assert conns == ({1, 2} if which == "twin" else {1})
 
 
+def test_interrupts_recorded_with_watch_irqs_are_raised_where_they_came(recorded: dict[str, str], sockdir: str) -> None:
+    out, rep = _serve(recorded["irqs"], sockdir, lambda p: _session(p))
+    # every check the client makes of what the device did now holds, its interrupts included
+    assert rep.interrupts_seen == 2 and rep.config_ok and rep.dma_to_device_ok and rep.bar1_mmap_ok
+    assert (out.tally.interrupts, out.tally.recorded_interrupts) == (2, 2) and not out.diverged
+    irqs = [e for e in open_capture(out.capture) if type(e).__name__ == "IrqIn"]
+    assert [(e.index, e.vector) for e in irqs] == [(0, 0), (1, 1)]  # INTX 0, then MSI vector 1, as recorded
+
+
 def test_a_client_that_asks_differently_is_told_how(recorded: dict[str, str], sockdir: str) -> None:
     def client(path: str):  # type: ignore[no-untyped-def]
         with Client(path, timeout=3.0) as c:

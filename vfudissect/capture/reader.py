@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple
 
 from .. import spec
-from ..core.events import ConnClosed, ConnOpened, Event, MessageIn, NoteIn, RawIn, make_message_in
+from ..core.events import ConnClosed, ConnOpened, Event, IrqIn, MessageIn, NoteIn, RawIn, make_message_in
 from . import vfuc
 
 _CHUNK = 1 << 20
@@ -332,6 +332,12 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
                 yield NoteIn(ts, rec.conn, f"{CORRUPT_NOTE_PREFIX}{exc}", None, r.number)
         elif rt == spec.RecType.VERDICTS:
             yield vfuc.verdicts_event(rec, ts, r.number)
+        elif rt == spec.RecType.IRQ:
+            if len(rec.payload) < spec.IRQ_RECORD.size:
+                yield NoteIn(ts, rec.conn, f"{CORRUPT_NOTE_PREFIX}IRQ record of {len(rec.payload)} bytes", None, r.number)
+                continue
+            index, vector, count = spec.IRQ_RECORD.unpack_from(rec.payload)
+            yield IrqIn(ts, rec.conn, index, vector, count, r.number)
         # unknown record types from newer writers are skipped
     for (conn, d2, _seq), p in partial.items():
         yield NoteIn(0.0, conn, f"{CORRUPT_NOTE_PREFIX}capture ended inside a fragmented message "

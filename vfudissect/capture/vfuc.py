@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 
 from .. import spec
-from ..core.events import ConnClosed, ConnOpened, Cred, FdInfo, FindingIn, MessageIn, NoteIn, RawIn, VerdictsIn
+from ..core.events import ConnClosed, ConnOpened, Cred, FdInfo, FindingIn, IrqIn, MessageIn, NoteIn, RawIn, VerdictsIn
 from ..core.findings import SEVERITIES, SEVERITY_RANK
 from ..core.records import Finding
 
@@ -92,7 +92,7 @@ def _header(rec_type: int, conn: int, dir_: str | None, flags: int, fds_blob: by
                        msg_len, frag_off, msg_seq, spec.VFUC_FD_ENTRY_SIZE, 0) + fds_blob + tlv_blob
 
 
-def encode(ev: ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed, msg_seq: int = 0,
+def encode(ev: ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed | IrqIn, msg_seq: int = 0,
            max_record: int = spec.VFUC_MAX_RECORD) -> list[bytes]:
     """Encode one event as one or more records (fragments), each at most ``max_record`` bytes."""
     if isinstance(ev, (MessageIn, RawIn)):
@@ -138,6 +138,10 @@ def encode(ev: ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed, msg_seq: in
     if isinstance(ev, ConnClosed):
         prefix = EXP_PREFIX_DIR[ev.dir] if ev.dir else _EXP_PREFIX_NODIR
         return [prefix + _header(spec.RecType.CONN_CLOSE, ev.conn, ev.dir, 0, b"", 0, b"", 0, 0, 0)]
+    if isinstance(ev, IrqIn):
+        body = spec.IRQ_RECORD.pack(ev.index, ev.vector, ev.count)
+        return [EXP_PREFIX_DIR[spec.S2C] + _header(spec.RecType.IRQ, ev.conn, spec.S2C, 0, b"", 0, b"", len(body), 0,
+                                                   0) + body]
     if isinstance(ev, NoteIn):
         prefix = EXP_PREFIX_DIR[ev.dir] if ev.dir else _EXP_PREFIX_NODIR
         tl = _tlv(spec.Tlv.NOTE, ev.text.encode("utf-8", "replace"))

@@ -8,7 +8,7 @@ import threading
 from typing import BinaryIO
 
 from .. import __version__, spec
-from ..core.events import ConnClosed, ConnOpened, MessageIn, NoteIn, RawIn, make_message_in
+from ..core.events import ConnClosed, ConnOpened, IrqIn, MessageIn, NoteIn, RawIn, make_message_in
 from ..core.records import Finding
 from . import vfuc
 
@@ -19,7 +19,7 @@ _SHB_USERAPPL, _SHB_OS = 4, 3
 _IF_NAME, _IF_DESCRIPTION, _IF_TSRESOL = 2, 3, 9
 _EPB_FLAGS = 2
 
-Recordable = ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed
+Recordable = ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed | IrqIn
 
 
 def _opt(code: int, value: bytes) -> bytes:

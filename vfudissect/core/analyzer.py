@@ -24,7 +24,8 @@ from typing import Any, Callable
 
 from .. import spec
 from . import capabilities
-from .events import CaptureEnd, ConnClosed, ConnOpened, Event, FindingIn, MessageIn, NoteIn, RawIn, Tick, VerdictsIn
+from .events import (CaptureEnd, ConnClosed, ConnOpened, Event, FindingIn, IrqIn, MessageIn, NoteIn, RawIn, Tick,
+                     VerdictsIn)
 from .findings import SEVERITY
 from .records import ConnRecord, Finding, Item, make_message_record
 from .rules import RULES, TRANSITIONS, Msg, header, pairing
@@ -169,6 +170,8 @@ class Analyzer:
             self._raw(ev, out)  # type: ignore[arg-type]
         elif t is NoteIn:
             self._note(ev, out)  # type: ignore[arg-type]
+        elif t is IrqIn:
+            out.append(ConnRecord(ev.frame, ts, ev.conn, "irq", irq_text(ev), spec.S2C))  # type: ignore[arg-type]
         elif t is CaptureEnd:
             out.extend(self.finish(ts))
         return out
@@ -372,4 +375,10 @@ class Analyzer:
             out.append(Finding(code, SEVERITY[code], ev.conn, (ev.frame,) + extra, text, ev.ts))
 
 
-__all__ = ["Analyzer", "AnalyzerConfig", "ConnState"]
+def irq_text(ev: IrqIn) -> str:
+    """An interrupt as the views say it: ``MSI vector 1`` (``×3`` when the eventfd counted more than one)."""
+    name = spec.PCI_IRQS.get(ev.index, f"IRQ index {ev.index}")
+    return f"{name} vector {ev.vector}" + (f" ×{ev.count}" if ev.count != 1 else "")
+
+
+__all__ = ["Analyzer", "AnalyzerConfig", "ConnState", "irq_text"]

@@ -136,6 +136,18 @@ class VerdictsIn:
 
 
 @dataclass(frozen=True, slots=True)
+class IrqIn:
+    """An interrupt the server raised through an eventfd it got with SET_IRQS (seen by `record --watch-irqs`)."""
+
+    ts: float
+    conn: int
+    index: int  # VFIO_PCI_*_IRQ_INDEX
+    vector: int  # the SET_IRQS start plus the fd's place
+    count: int = 1  # signals the eventfd counted
+    frame: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passed with nothing else happening (lets timeouts fire live)."""
 
@@ -149,4 +161,4 @@ class CaptureEnd:
     ts: float
 
 
-Event = ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed | Tick | CaptureEnd | FindingIn | VerdictsIn
+Event = ConnOpened | MessageIn | RawIn | NoteIn | ConnClosed | IrqIn | Tick | CaptureEnd | FindingIn | VerdictsIn

@@ -79,7 +79,7 @@ class ConnRecord:
     frame: int
     ts: float
     conn: int
-    kind: str  # open | close | raw | note
+    kind: str  # open | close | raw | note | irq
     text: str
     dir: str | None = None
     findings: tuple[str, ...] = ()

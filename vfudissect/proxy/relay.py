@@ -44,7 +44,7 @@ from typing import Callable
 
 from .. import spec
 from ..core import framing
-from ..core.events import ConnClosed, ConnOpened, Cred, Event, FdInfo, NoteIn, RawIn, Tick, make_message_in
+from ..core.events import ConnClosed, ConnOpened, Cred, Event, FdInfo, IrqIn, NoteIn, RawIn, Tick, make_message_in
 from ..core.framing import MESSAGE, NOTE, RAW, ConnectionFraming, Deframer, Out
 from .fdinfo import describe_fd
 from .inject import SIDE_DIR, Forward, Injector, LiveFault, Plan
@@ -81,6 +81,9 @@ class RelayConfig:
     live_lag: int = 256  # events waiting to be recorded before the live view stops rendering messages
     connect_timeout: float = 2.0
     faults: tuple[LiveFault, ...] = ()  # record --fault: without any, the proxy is byte- and fd-transparent
+    # record --watch-irqs: the server gets eventfds of the proxy's in SET_IRQS (the client's stay with the proxy), so
+    # each interrupt is seen, relayed to the client's eventfd at once, and recorded
+    watch_irqs: bool = False
 
     @property
     def max_hold(self) -> float:
@@ -215,6 +218,9 @@ class Relay:
         self._spin_ok = True  # busy-poll only after small messages: bulk transfers need the CPU elsewhere
         self._held: set[Pump] = set()  # pumps with injected forwards waiting (record --fault)
         self.injected = 0  # faults that fired
+        self._irqs: dict[tuple[int, int, int], tuple[int, int]] = {}  # (conn, index, vector) -> (ours, client's)
+        self._irq_of: dict[int, tuple[int, int, int]] = {}  # our eventfd -> (conn, index, vector)
+        self.interrupts = 0  # relayed (record --watch-irqs)
 
     # ------------------------------------------------------------ public
     def stop(self) -> None:
@@ -288,6 +294,9 @@ class Relay:
                     self._teardown(reader.conn)
                 continue
             kind = self._entries.get(fd)
+            if kind == "irq":
+                self._irq_fired(fd)
+                continue
             if kind == "listener":
                 if accept and read:
                     self._accept()
@@ -454,6 +463,8 @@ class Relay:
                         _close_all(fw.fds)
                 p.held = None
                 self._held.discard(p)
+        for key in [k for k in self._irqs if k[0] == conn.id]:
+            self._unwatch(key)
         for s in (conn.client, conn.server):
             fd = s.fileno()
             if fd >= 0:
@@ -536,6 +547,11 @@ class Relay:
             if plan is not None or p.stalled:
                 self._inject(p, o, plan)
                 return
+        if self.cfg.watch_irqs and p.dir == C2S and send and conn.twin_of is None and len(data) >= 36 \
+                and data[2] == spec.Command.DEVICE_SET_IRQS and not data[3] and not data[8] & spec.FLAG_TYPE_MASK:
+            if fds:
+                infos = tuple(describe_fd(fd) for fd in fds)  # the client's eventfds, as it sent them
+            fds = self._watch_irqs(conn, data, fds)
         if caps is not None and fds:
             infos = tuple(describe_fd(fd) for fd in fds)  # as the sender sent them, before any swap
             if p.dir == S2C and send:
@@ -553,6 +569,66 @@ class Relay:
             else:  # the client is gone: nobody will use the twin channel
                 for sock in twin:
                     sock.close()
+
+    # ------------------------------------------------------------ record --watch-irqs
+    def _watch_irqs(self, conn: Conn, data: bytes | bytearray, fds: list[int]) -> list[int]:
+        """A SET_IRQS that hands the server eventfds to trigger: keep the client's, give the server ours (what the
+        server's writes to them mean is relayed and recorded by _irq_fired).  Anything else goes as it is."""
+        _argsz, flags, index, start, count = struct.unpack_from("<IIIII", data, 16)
+        if flags & spec.IRQ_SET_DATA_MASK == spec.IRQ_SET_DATA_NONE and count == 0 \
+                and flags & spec.IRQ_SET_ACTION_MASK == spec.IRQ_SET_ACTION_TRIGGER:  # the index's triggers torn down
+            for key in [k for k in self._irqs if k[0] == conn.id and k[1] == index]:
+                self._unwatch(key)
+            return fds
+        if not fds or flags & spec.IRQ_SET_DATA_MASK != spec.IRQ_SET_DATA_EVENTFD or \
+                flags & spec.IRQ_SET_ACTION_MASK != spec.IRQ_SET_ACTION_TRIGGER or len(fds) != count:
+            return fds
+        out: list[int] = []
+        for i, theirs in enumerate(fds):
+            key = (conn.id, index, start + i)
+            self._unwatch(key)
+            ours = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+            self._irqs[key] = (ours, theirs)
+            self._irq_of[ours] = key
+            self._register(ours, _IN)
+            self._entries[ours] = "irq"
+            out.append(os.dup(ours))  # the server's copy: sent, then closed like any forwarded fd
+        return out
+
+    def _unwatch(self, key: tuple[int, int, int]) -> None:
+        pair = self._irqs.pop(key, None)
+        if pair is None:
+            return
+        ours, theirs = pair
+        self._irq_of.pop(ours, None)
+        self._entries.pop(ours, None)
+        try:
+            self.ep.unregister(ours)
+        except OSError:
+            pass
+        self._masks.pop(ours, None)
+        _close_all((ours, theirs))
+
+    def _irq_fired(self, ours: int) -> None:
+        """The server signalled one of our eventfds: the same count to the client's, and an IRQ record."""
+        key = self._irq_of.get(ours)
+        if key is None:
+            return
+        try:
+            n = os.eventfd_read(ours)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._unwatch(key)
+            return
+        conn_id, index, vector = key
+        try:
+            os.eventfd_write(self._irqs[key][1], n)
+        except OSError as exc:
+            self._enqueue(NoteIn(time.time(), conn_id, f"interrupt {index}/{vector} could not be relayed to the "
+                                                       f"client: {exc.strerror or exc}", S2C, proxy_errno=exc.errno or 0))
+        self.interrupts += 1
+        self._enqueue(IrqIn(time.time(), conn_id, index, vector, n))
 
     # ------------------------------------------------------------ record --fault
     def _inject(self, p: Pump, o: Out, plan: Plan | None) -> None:

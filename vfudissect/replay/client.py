@@ -23,6 +23,7 @@ replay's own capture.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import socket
 import struct
@@ -389,6 +390,7 @@ def run(script: Script, connect: str, out_path: str, *, timeout: float = 5.0, pa
     memory = GuestMemory()
     maker = FdMaker()
     player = ClientPlayer(script, timeout, pace, memory)
+    irqs = _Irqs()
     prefill = dma_prefill(script)
     chans: dict[str, Channel] = {MAIN: Channel(sock, MAIN, spec.S2C)}
     conns = {MAIN: 1, TWIN: 2}
@@ -405,7 +407,7 @@ def run(script: Script, connect: str, out_path: str, *, timeout: float = 5.0, pa
 
     def send(s: Send) -> None:
         ch = chans.get(s.channel) or chans[MAIN]
-        fds = tuple(_stand_up(s, maker, memory, prefill))
+        fds = tuple(_stand_up(s, maker, memory, prefill, irqs))
         ch.send(s.data, fds)
         frame = rec.message(conns[ch.name], spec.C2S, s.data, describe(fds))
         player.sent(s, frame, time.time())
@@ -423,13 +425,16 @@ def run(script: Script, connect: str, out_path: str, *, timeout: float = 5.0, pa
             wlist = [c for c in rlist if c.sending]
             wait = max(0.0, min(player.wake(now) - now, 0.25))
             try:
-                r, w, _x = select.select(rlist, wlist, [], wait)
+                r, w, _x = select.select(rlist + list(irqs.of), wlist, [], wait)
             except InterruptedError:
                 continue
             for c in w:
                 c.flush()
             gone = False
             for c in r:
+                if isinstance(c, int):
+                    irqs.fired(c, rec)
+                    continue
                 for a in c.receive():
                     twin = _take(a, rec, conns, player, emit, send, chans, keep)
                     if twin is not None:
@@ -454,6 +459,9 @@ def run(script: Script, connect: str, out_path: str, *, timeout: float = 5.0, pa
             rec.flush()
         if not stopped:
             _finish(player, chans, rec, emit, script)
+            for fd in [fd for fd in irqs.of if select.select([fd], [], [], 0)[0]]:  # the last ones, if any
+                irqs.fired(fd, rec)
+            _compare_irqs(player, irqs, emit)
     finally:
         for c in chans.values():
             c.close()
@@ -532,10 +540,60 @@ def _take(a: Arrived, rec: ReplayRecording, conns: dict[str, int], player: Clien
     return twin
 
 
-def _stand_up(s: Send, maker: FdMaker, memory: GuestMemory, prefill: list[tuple[int, bytes]]) -> list[int]:
-    """The live fds for a message the replay sends, and what they mean for its memory (a DMA_MAP maps them)."""
+class _Irqs:
+    """The eventfds the replay gave the server with SET_IRQS, watched: each signal is an interrupt of the live
+    server, recorded in the replay's capture and counted against the recorded ones (record --watch-irqs)."""
+
+    def __init__(self) -> None:
+        self.of: dict[int, tuple[int, int]] = {}  # eventfd -> (index, vector)
+        self.seen: dict[tuple[int, int], int] = {}  # (index, vector) -> signals counted
+
+    def given(self, data: bytes, fds: list[int]) -> None:
+        if len(data) < 36:
+            return
+        _argsz, flags, index, start, count = struct.unpack_from("<IIIII", data, 16)
+        if flags & spec.IRQ_SET_DATA_MASK == spec.IRQ_SET_DATA_EVENTFD and len(fds) == count:
+            for i, fd in enumerate(fds):
+                self.of[fd] = (index, start + i)
+
+    def fired(self, fd: int, rec: ReplayRecording) -> None:
+        try:
+            n = os.eventfd_read(fd)
+        except OSError:
+            self.of.pop(fd, None)
+            return
+        index, vector = self.of[fd]
+        self.seen[(index, vector)] = self.seen.get((index, vector), 0) + n
+        rec.irq(1, index, vector, n)
+
+
+@declares(Code.REPLAY_MISSING, Code.REPLAY_EXTRA)
+def _compare_irqs(player: ClientPlayer, irqs: _Irqs, emit) -> None:  # type: ignore[no-untyped-def]
+    """Interrupts by (index, vector): as many as the recorded server raised (only when it recorded them)."""
+    if not player.script.irqs:
+        return
+    want: dict[tuple[int, int], int] = {}
+    for i in player.script.irqs:
+        want[(i.index, i.vector)] = want.get((i.index, i.vector), 0) + i.count
+    for key in sorted(set(want) | set(irqs.seen)):
+        w, got = want.get(key, 0), irqs.seen.get(key, 0)
+        name = f"{spec.PCI_IRQS.get(key[0], key[0])} vector {key[1]}"
+        if got < w:
+            emit(player._diverge(Code.REPLAY_MISSING, f"the recorded server raised {name} {w} time(s), the live one "
+                                                      f"{got}"))
+        elif got > w:
+            emit(player._diverge(Code.REPLAY_EXTRA, f"the live server raised {name} {got} time(s), the recorded one "
+                                                    f"{w}"))
+
+
+def _stand_up(s: Send, maker: FdMaker, memory: GuestMemory, prefill: list[tuple[int, bytes]],
+              irqs: _Irqs | None = None) -> list[int]:
+    """The live fds for a message the replay sends, and what they mean for its memory (a DMA_MAP maps them) or its
+    interrupts (a SET_IRQS's eventfds are watched)."""
     fds = [maker.make(info) for info in s.fds]
     r = s.recorded
+    if r is not None and r.command == C.DEVICE_SET_IRQS and not r.is_reply and irqs is not None:
+        irqs.given(s.data, fds)
     if r is None or r.command != C.DMA_MAP or r.is_reply:
         return fds
     p = r.data[spec.HEADER_SIZE:]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from ..core.events import FdInfo
 
+_FILES = ("memfd", "regular", "blockdev")  # kinds whose inode names one file (the same inode twice: the same file)
 _MEMFD_NAME = re.compile(r"^/memfd:(?P<name>.*?)(?: \(deleted\))?$")
 
 
@@ -42,14 +43,15 @@ class FdMaker:
     def make(self, info: FdInfo, size: int = 0) -> int:
         """A live fd standing in for ``info`` (one per recorded inode; ``size``: at least this large)."""
         key = (info.kind, info.ino)
-        if info.ino and key in self._by_key:
+        shared = info.ino and info.kind in _FILES  # eventfds and sockets share one anonymous inode: never shared
+        if shared and key in self._by_key:
             fd = self._by_key[key]
             if size and info.kind in ("memfd", "regular") and os.fstat(fd).st_size < size:
                 os.ftruncate(fd, size)
             return fd
         fd = self._new(info, size)
         self._owned.append(fd)
-        if info.ino:
+        if shared:
             self._by_key[key] = fd
         return fd
 

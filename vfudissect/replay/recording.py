@@ -17,7 +17,7 @@ from typing import TextIO
 
 from ..capture.files import open_capture_fd
 from ..capture.writer import CaptureWriter
-from ..core.events import ConnClosed, ConnOpened, Cred, FdInfo, MessageIn, NoteIn, RawIn
+from ..core.events import ConnClosed, ConnOpened, Cred, FdInfo, IrqIn, MessageIn, NoteIn, RawIn
 from ..core.records import Finding
 from ..proxy.fdinfo import describe_fd
 from ..proxy.recorder import LiveView, Recorder
@@ -77,6 +77,9 @@ class ReplayRecording:
 
     def note(self, conn: int, text: str, d: str | None = None) -> None:
         self.recorder.record(NoteIn(time.time(), conn, text, d))
+
+    def irq(self, conn: int, index: int, vector: int, count: int) -> None:
+        self.recorder.record(IrqIn(time.time(), conn, index, vector, count))
 
     def closed(self, conn: int, d: str | None) -> None:
         self.recorder.record(ConnClosed(time.time(), conn, d))

@@ -11,13 +11,14 @@ play, a message the recorder cut (snaplen) or could not frame.
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass, field
 
 from .. import spec
 from ..capture.reader import CaptureError, open_capture
 from ..core.analyzer import Analyzer, AnalyzerConfig
-from ..core.events import ConnClosed, ConnOpened, FdInfo, MessageIn, RawIn
+from ..core.events import ConnClosed, ConnOpened, FdInfo, IrqIn, MessageIn, RawIn
 from ..core.records import MessageRecord
 
 MAIN, TWIN = "main", "twin"
@@ -63,6 +64,18 @@ class Recorded:
         return f"{spec.command_name(self.command)} {kind} (frame {self.frame}, id {self.msg_id})"
 
 
+@dataclass(frozen=True, slots=True)
+class RecordedIrq:
+    """An interrupt the recorded server raised (an IRQ record of `record --watch-irqs`), and after which message."""
+
+    frame: int
+    ts: float
+    index: int
+    vector: int
+    count: int
+    after: int  # script index of the last message before it (-1: before any)
+
+
 @dataclass(frozen=True)
 class Script:
     """A recorded connection in order, with its request/reply pairs."""
@@ -76,6 +89,7 @@ class Script:
     request_of: dict[int, int] = field(default_factory=dict)  # reply index -> request index
     closed_first: str | None = None  # CLIENT | SERVER | None (the capture ended with it open)
     duration: float = 0.0  # seconds from the first message to the last
+    irqs: tuple[RecordedIrq, ...] = ()  # the server's interrupts, when the recording watched them
 
     def sent_by(self, side: str) -> list[Recorded]:
         return [r for r in self.items if r.sender == side]
@@ -93,6 +107,7 @@ def load(path: str, conn: int | None = None, side: str = CLIENT) -> Script:
     msgs: dict[int, list[MessageIn]] = {}
     raw: dict[int, RawIn] = {}
     closes: dict[int, list[ConnClosed]] = {}
+    irq_events: dict[int, list[IrqIn]] = {}
     an = Analyzer(AnalyzerConfig(timeout=0))
     pairs: dict[int, int] = {}  # reply frame -> request frame
     try:
@@ -106,6 +121,8 @@ def load(path: str, conn: int | None = None, side: str = CLIENT) -> Script:
                 raw.setdefault(ev.conn, ev)  # type: ignore[union-attr,arg-type]
             elif t is ConnClosed:
                 closes.setdefault(ev.conn, []).append(ev)  # type: ignore[union-attr,arg-type]
+            elif t is IrqIn:
+                irq_events.setdefault(ev.conn, []).append(ev)  # type: ignore[union-attr,arg-type]
             for it in an.feed(ev):
                 if type(it) is MessageRecord and it.request_frame is not None:
                     pairs[it.frame] = it.request_frame
@@ -161,5 +178,8 @@ def load(path: str, conn: int | None = None, side: str = CLIENT) -> Script:
         closed_first = CLIENT if first_close.dir == spec.C2S else SERVER
     o = opened.get(conn)
     duration = items[-1].ts - items[0].ts if items else 0.0
+    frames = [r.frame for r in items]
+    irqs = tuple(RecordedIrq(e.frame, e.ts, e.index, e.vector, e.count, bisect.bisect_left(frames, e.frame) - 1)
+                 for e in irq_events.get(conn, ()))
     return Script(path, conn, twin, o.socket_path if o else "", tuple(items), reply_of, request_of, closed_first,
-                  duration)
+                  duration, irqs)

@@ -28,7 +28,7 @@ import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from .. import spec
 from ..core.events import FdInfo
@@ -40,7 +40,7 @@ from .channel import Arrived, Channel
 from .client import Divergence, Live, ReplayFailed, Send
 from .fds import FdMaker
 from .recording import ReplayRecording, describe, own_cred, peer_cred
-from .script import MAIN, TWIN, Recorded, Script
+from .script import MAIN, TWIN, Recorded, RecordedIrq, Script
 
 C = spec.Command
 _HDR = spec.HEADER
@@ -48,6 +48,16 @@ _ACCESS = spec.LAYOUTS["region_access"]
 _ACCESS_ST = struct.Struct(_ACCESS.fmt)
 _INFO = spec.LAYOUTS["region_info"]
 _INFO_ST = struct.Struct(_INFO.fmt)
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """An interrupt for the replay server to raise: the client's eventfd for (index, vector), signalled ``count``."""
+
+    index: int
+    vector: int
+    count: int
+    recorded: RecordedIrq
 
 
 @dataclass
@@ -62,6 +72,8 @@ class ServerTally:
     used: int = 0  # distinct recorded requests answered
     divergences: int = 0
     by_code: dict[str, int] = field(default_factory=dict)
+    interrupts: int = 0  # recorded interrupts raised on the live client's eventfds
+    recorded_interrupts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,11 +97,15 @@ class ServerPlayer:
         self._used: set[int] = set()
         self._served_followers: set[int] = set()
         self._backlog: deque[Live] = deque()  # requests that came while one is being answered
-        # what to do next for the request in hand: ("command" | "reply" | "error" | "close", recorded, live request)
-        self._plan: deque[tuple[str, Recorded | None, Live]] = deque()
+        # what to do next for the request in hand: ("command" | "reply" | "error" | "close" | "irq", recorded, live)
+        self._plan: deque[tuple[str, Any, Live]] = deque()
+        self._irqs_after: dict[int, list[RecordedIrq]] = {}  # the recorded interrupts, by the message they followed
+        for irq in script.irqs:
+            self._irqs_after.setdefault(irq.after, []).append(irq)
+        self._irqs_done: set[int] = set()
         self._wait: _Wait | None = None
         self._last_frame = 0
-        self.tally = ServerTally(recorded_requests=len(self._requests))
+        self.tally = ServerTally(recorded_requests=len(self._requests), recorded_interrupts=len(script.irqs))
         self.finished = False  # the recorded server closed here: the replay closes too
 
     def _key(self, r: Recorded) -> tuple:
@@ -167,6 +183,9 @@ class ServerPlayer:
                 divs += self._start(self._backlog.popleft())
                 continue
             what, rec, live = self._plan.popleft()
+            if what == "irq":
+                sends.append(Signal(rec.index, rec.vector, rec.count, rec))  # type: ignore[arg-type]
+                continue
             if rec is None or what == "error":
                 msg_id, command = live.header[0], live.header[1]
                 sends.append(Send(live.channel, _error_reply(msg_id, command, errno.EINVAL)))
@@ -212,23 +231,34 @@ class ServerPlayer:
         items = self.script.items
         reply_idx = self.script.reply_of.get(rec.index)
         end = reply_idx if reply_idx is not None else rec.index
-        if first_use:  # the server commands it made before replying
+        if first_use:  # the server commands it made before replying (and the interrupts it raised meanwhile)
+            self._irqs(rec.index, m)
             for r in items[rec.index + 1:end]:
                 if r.dir == spec.S2C and not r.is_reply and r.index not in self._served_followers:
                     self._served_followers.add(r.index)
                     self._plan.append(("command", r, m))
+                self._irqs(r.index, m)
         if reply_idx is not None:
             self._plan.append(("reply", items[reply_idx], m))
         if first_use:  # and those it made after, before the client's next request
+            self._irqs(end, m)
             for r in items[end + 1:]:
                 if r.dir == spec.C2S and not r.is_reply:
                     break
                 if r.dir == spec.S2C and not r.is_reply and r.index not in self._served_followers:
                     self._served_followers.add(r.index)
                     self._plan.append(("command", r, m))
+                self._irqs(r.index, m)
             if self.script.closed_first == "server" and all(r.index in self._used for r in self._requests):
                 self._plan.append(("close", rec, m))
         return divs
+
+    def _irqs(self, after: int, m: Live) -> None:
+        """Plan the recorded interrupts that came right after message ``after``, once each."""
+        for irq in self._irqs_after.get(after, ()):
+            if irq.frame not in self._irqs_done:
+                self._irqs_done.add(irq.frame)
+                self._plan.append(("irq", irq, m))
 
     def sent(self, s: Send, frame: int) -> None:
         if self._wait is not None and s.recorded is self._wait.command:
@@ -379,6 +409,7 @@ def run(script: Script, path: str, out_path: str, *, timeout: float = 5.0, quiet
     player = ServerPlayer(script, timeout)
     maker = FdMaker()
     regions = _Regions()
+    irq_fds: dict[tuple[int, int], int] = {}  # (index, vector) -> the live client's eventfd (SET_IRQS)
     chans: dict[str, Channel] = {MAIN: Channel(sock, MAIN, spec.C2S)}
     conns = {MAIN: 1, TWIN: 2}
     rec.opened(1, path, peer_cred(sock), own_cred())
@@ -390,7 +421,21 @@ def run(script: Script, path: str, out_path: str, *, timeout: float = 5.0, quiet
         frames = (d.live_frame,) if d.live_frame else ()
         rec.finding(Finding(d.code, kind(d.code).severity, 1, frames, d.text, time.time()))
 
-    def send(s: Send) -> None:
+    def send(s: Send | Signal) -> None:
+        if isinstance(s, Signal):
+            fd = irq_fds.get((s.index, s.vector))
+            if fd is None:
+                rec.note(1, f"the recorded server raised {spec.PCI_IRQS.get(s.index, s.index)} vector {s.vector} "
+                            f"(frame {s.recorded.frame}); the live client gave no eventfd for it", spec.S2C)
+                return
+            try:
+                os.eventfd_write(fd, s.count)
+            except OSError as exc:
+                rec.note(1, f"raising {s.index}/{s.vector} failed: {exc.strerror or exc}", spec.S2C)
+                return
+            player.tally.interrupts += 1
+            rec.irq(1, s.index, s.vector, s.count)
+            return
         fds = [maker.make(info) for info in s.fds]
         if s.recorded is not None and s.recorded.command == C.VERSION and s.recorded.is_reply and s.fds:
             fds = _twin_for(s, fds, chans, twin_peer, rec, path, maker)
@@ -423,7 +468,7 @@ def run(script: Script, path: str, out_path: str, *, timeout: float = 5.0, quiet
             gone = False
             for c in r:
                 for a in c.receive():
-                    for s, d in _take(a, rec, conns, player, regions):
+                    for s, d in _take(a, rec, conns, player, regions, irq_fds):
                         if d is not None:
                             emit(d)
                         if s is not None:
@@ -459,6 +504,11 @@ def run(script: Script, path: str, out_path: str, *, timeout: float = 5.0, quiet
         rec.closed(1, spec.S2C)
         rec.close()
         maker.close()
+        for fd in irq_fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
     return ServerOutcome(player.tally, rec.findings, out_path, time.time() - start, stopped)
 
 
@@ -479,16 +529,41 @@ def _twin_for(s: Send, fds: list[int], chans: dict[str, Channel], twin_peer: lis
     return out
 
 
+def _irq_eventfds(data: bytes, fds: tuple[int, ...], irq_fds: dict[tuple[int, int], int]) -> tuple[int, ...]:
+    """A live SET_IRQS: the eventfds it gives for triggers, kept by (index, vector); one that tears an index's
+    triggers down closes them.  Returns the fds kept."""
+    if len(data) < 36 or spec.HEADER.unpack_from(data)[1] != C.DEVICE_SET_IRQS or match.msg_type(data) != "command":
+        return ()
+    _argsz, flags, index, start, count = struct.unpack_from("<IIIII", data, 16)
+    if flags & spec.IRQ_SET_ACTION_MASK != spec.IRQ_SET_ACTION_TRIGGER:
+        return ()
+    if flags & spec.IRQ_SET_DATA_MASK == spec.IRQ_SET_DATA_NONE and count == 0:
+        for key in [k for k in irq_fds if k[0] == index]:
+            os.close(irq_fds.pop(key))
+        return ()
+    if flags & spec.IRQ_SET_DATA_MASK != spec.IRQ_SET_DATA_EVENTFD or len(fds) != count:
+        return ()
+    for i, fd in enumerate(fds):
+        old = irq_fds.pop((index, start + i), None)
+        if old is not None:
+            os.close(old)
+        irq_fds[(index, start + i)] = fd
+    return fds
+
+
 def _take(a: Arrived, rec: ReplayRecording, conns: dict[str, int], player: ServerPlayer,
-          regions: _Regions) -> list[tuple[Send | None, Divergence | None]]:
+          regions: _Regions, irq_fds: dict[tuple[int, int], int]) -> list[tuple[Send | Signal | None,
+                                                                                   Divergence | None]]:
     conn = conns[a.channel]
     o = a.out
     infos = describe(a.fds)
-    for fd in a.fds:  # the client's memfds and eventfds: described, not used (see the module)
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+    kept = _irq_eventfds(bytes(o.data), a.fds, irq_fds) if a.is_message else ()
+    for fd in a.fds:  # the client's memfds: described, not used; its SET_IRQS eventfds kept to raise interrupts
+        if fd not in kept:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
     if not a.is_message:
         if o.kind == "note":
             if o.note:
