@@ -23,7 +23,7 @@ target for `vfudissect record` and to produce misbehaviour on purpose with
 """
 
 _EPILOG = """\
---fault ACTION[,command=NAME][,kind=command|reply][,nth=N][,delay=S][,count=N][,data=HEX]
+--fault ACTION[,command=NAME][,kind=command|reply][,nth=N][,delay=S][,count=N][,data=HEX][,header=F=V/...]
   applies ACTION to the N-th matching message the server sends (nth=0: every one).
   ACTIONs: {actions}
 
@@ -35,35 +35,17 @@ examples:
 
 
 def _fault(text: str):  # type: ignore[no-untyped-def]
-    from .peers.faults import ACTIONS, Fault
+    """One --fault: the vocabulary `record --fault` shares (peers/faults.py), for what this server sends."""
+    from .peers.faults import parse_fault
 
-    action, *opts = text.split(",")
-    kw: dict[str, object] = {}
-    for o in opts:
-        key, _, val = o.partition("=")
-        key = key.strip()
-        try:
-            if key == "command":
-                name = val.strip().upper().removeprefix("VFIO_USER_")
-                codes = {info.name: c for c, info in spec.COMMANDS.items()}
-                kw["command"] = int(name) if name.isdigit() else codes[name]
-            elif key == "kind":
-                if val not in ("command", "reply"):
-                    raise ValueError(val)
-                kw["kind"] = val
-            elif key in ("nth", "count"):
-                kw[key] = int(val)
-            elif key == "delay":
-                kw["delay"] = float(val)
-            elif key == "data":
-                kw["data"] = bytes.fromhex(val)
-            else:
-                raise KeyError(key)
-        except (KeyError, ValueError):
-            raise argparse.ArgumentTypeError(f"bad fault option {o!r} in {text!r}") from None
-    if action not in ACTIONS:
-        raise argparse.ArgumentTypeError(f"unknown fault action {action!r}; known: {', '.join(ACTIONS)}")
-    return Fault(action, **kw)  # type: ignore[arg-type]
+    try:
+        side, fault = parse_fault(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    if side != "server":
+        raise argparse.ArgumentTypeError(f"{text!r}: serve injects faults into what the server sends (side=server); "
+                                         "side=client is for `record --fault`")
+    return fault
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

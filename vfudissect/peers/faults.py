@@ -71,6 +71,79 @@ class Fault:
             raise ValueError(f"unknown fault action {self.action!r}; known: {', '.join(ACTIONS)}")
 
 
+SYNTAX = ("ACTION[,side=client|server][,command=NAME][,kind=command|reply][,nth=N][,delay=S][,count=N][,data=HEX]"
+          "[,header=FIELD=VALUE[/FIELD=VALUE...]]")
+
+
+def parse_fault(text: str) -> tuple[str, Fault]:
+    """``delay,side=server,command=REGION_READ,delay=6`` -> ("server", Fault(...)): the vocabulary of `serve --fault`
+    and `record --fault`; ValueError, one line, when it is not one.  ``side`` defaults to server."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("empty fault")
+    action, opts = parts[0], parts[1:]
+    if action not in ACTIONS:
+        raise ValueError(f"unknown fault action {action!r}; known: {', '.join(ACTIONS)}")
+    side = "server"
+    kw: dict = {}
+    for o in opts:
+        key, sep, value = o.partition("=")
+        if not sep:
+            raise ValueError(f"fault option {o!r} is not KEY=VALUE ({SYNTAX})")
+        try:
+            if key == "side":
+                if value not in ("client", "server"):
+                    raise ValueError(f"side={value!r}: client or server")
+                side = value
+            elif key == "command":
+                kw["command"] = _command(value)
+            elif key == "kind":
+                if value not in ("command", "reply"):
+                    raise ValueError(f"kind={value!r}: command or reply")
+                kw["kind"] = value
+            elif key == "nth":
+                kw["nth"] = int(value, 0)
+                if kw["nth"] < 0:
+                    raise ValueError(f"nth={value}: 0 (every one) or more")
+            elif key == "delay":
+                kw["delay"] = float(value)
+                if not 0 <= kw["delay"] < 3600:
+                    raise ValueError(f"delay={value}: seconds, 0 to 3600")
+            elif key == "count":
+                kw["count"] = int(value, 0)
+            elif key == "data":
+                kw["data"] = bytes.fromhex(value)
+            elif key == "header":
+                kw["header"] = _header(value)
+            else:
+                raise ValueError(f"unknown fault option {key!r} ({SYNTAX})")
+        except ValueError as exc:
+            msg = str(exc)
+            raise ValueError(msg if key in msg or "=" in msg else f"fault option {o!r}: {msg}") from None
+    return side, Fault(action, **kw)
+
+
+def _command(value: str) -> int:
+    v = value.upper().removeprefix("VFIO_USER_")
+    if v.isdigit():
+        return int(v)
+    for code, info in spec.COMMANDS.items():
+        if info.name == v:
+            return code
+    raise ValueError(f"command={value!r} is not a vfio-user command")
+
+
+def _header(value: str) -> dict[str, int]:
+    out = {}
+    for item in value.split("/"):
+        k, sep, v = item.partition("=")
+        if not sep or k not in ("msg_id", "command", "size", "flags", "error"):
+            raise ValueError(f"header={value!r}: FIELD=VALUE[/...] with FIELD one of msg_id, command, size, flags, "
+                             "error")
+        out[k] = int(v, 0)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Send:
     """One thing to put on the wire: bytes, fds, a wait before, fds to close after, and whether to stop."""

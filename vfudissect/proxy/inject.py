@@ -16,12 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import spec
-from ..peers.faults import ACTIONS, Fault, FaultInjector
+from ..peers.faults import SYNTAX, Fault, FaultInjector, parse_fault
 
 CLIENT, SERVER = "client", "server"
 SIDE_DIR = {CLIENT: spec.C2S, SERVER: spec.S2C}
-SYNTAX = ("ACTION[,side=client|server][,command=NAME][,kind=command|reply][,nth=N][,delay=S][,count=N][,data=HEX]"
-          "[,header=FIELD=VALUE[/FIELD=VALUE...]]")
+__all__ = ["CLIENT", "SERVER", "SIDE_DIR", "SYNTAX", "Forward", "Injector", "LiveFault", "Plan", "parse"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,70 +34,8 @@ class LiveFault:
 
 def parse(text: str) -> LiveFault:
     """``delay,side=server,command=REGION_READ,delay=6`` -> LiveFault; ValueError (one line) when it is not one."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts:
-        raise ValueError("empty fault")
-    action, opts = parts[0], parts[1:]
-    if action not in ACTIONS:
-        raise ValueError(f"unknown fault action {action!r}; known: {', '.join(ACTIONS)}")
-    side = SERVER
-    kw: dict = {}
-    for o in opts:
-        key, sep, value = o.partition("=")
-        if not sep:
-            raise ValueError(f"fault option {o!r} is not KEY=VALUE ({SYNTAX})")
-        try:
-            if key == "side":
-                if value not in (CLIENT, SERVER):
-                    raise ValueError(f"side={value!r}: client or server")
-                side = value
-            elif key == "command":
-                kw["command"] = _command(value)
-            elif key == "kind":
-                if value not in ("command", "reply"):
-                    raise ValueError(f"kind={value!r}: command or reply")
-                kw["kind"] = value
-            elif key == "nth":
-                kw["nth"] = int(value, 0)
-                if kw["nth"] < 0:
-                    raise ValueError(f"nth={value}: 0 (every one) or more")
-            elif key == "delay":
-                kw["delay"] = float(value)
-                if not 0 <= kw["delay"] < 3600:
-                    raise ValueError(f"delay={value}: seconds, 0 to 3600")
-            elif key == "count":
-                kw["count"] = int(value, 0)
-            elif key == "data":
-                kw["data"] = bytes.fromhex(value)
-            elif key == "header":
-                kw["header"] = _header(value)
-            else:
-                raise ValueError(f"unknown fault option {key!r} ({SYNTAX})")
-        except ValueError as exc:
-            msg = str(exc)
-            raise ValueError(msg if key in msg or "=" in msg else f"fault option {o!r}: {msg}") from None
-    return LiveFault(side, Fault(action, **kw), text)
-
-
-def _command(value: str) -> int:
-    v = value.upper().removeprefix("VFIO_USER_")
-    if v.isdigit():
-        return int(v)
-    for code, info in spec.COMMANDS.items():
-        if info.name == v:
-            return code
-    raise ValueError(f"command={value!r} is not a vfio-user command")
-
-
-def _header(value: str) -> dict[str, int]:
-    out = {}
-    for item in value.split("/"):
-        k, sep, v = item.partition("=")
-        if not sep or k not in ("msg_id", "command", "size", "flags", "error"):
-            raise ValueError(f"header={value!r}: FIELD=VALUE[/...] with FIELD one of msg_id, command, size, flags, "
-                             "error")
-        out[k] = int(v, 0)
-    return out
+    side, fault = parse_fault(text)
+    return LiveFault(side, fault, text)
 
 
 @dataclass(frozen=True, slots=True)
