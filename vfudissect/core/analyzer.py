@@ -304,6 +304,8 @@ class Analyzer:
         dec = plan.decoder
         if dec is not None and not (m.mtype == 1 and m.flags & spec.FLAG_ERROR) and len(m.ev.data) - 16 >= dec.size:
             m.fields = dict(zip(dec.names, dec.unpack(m.ev.data, 16)))
+            if plan.extra and m.cmd in (_REGION_READ, _REGION_WRITE):
+                self._decode_value(m)  # shown as the forwarded one would be
         if m.mtype == 1:
             self.state.withhold(m.ev, m.msg_id)
         m.found = ()
