@@ -1633,8 +1633,18 @@ local SPEC = {
         {name = "page_size", offset = 16, size = 8, bytes = false, hex = true},
       },
     },
+    irq_record = {
+      key = "irq_record",
+      title = "Interrupt",
+      size = 16,
+      fields = {
+        {name = "index", offset = 0, size = 4, bytes = false, hex = false, values = "PCI_IRQS"},
+        {name = "vector", offset = 4, size = 4, bytes = false, hex = false},
+        {name = "count", offset = 8, size = 8, bytes = false, hex = false},
+      },
+    },
   },
-  struct_order = {"region_cap", "sparse_mmap", "sparse_area", "region_type", "io_fd", "io_fd_lvu", "write_multi_entry", "unmap_bitmap", "dirty_bitmap", "qemu_dma_access", "mig_state", "dma_logging", "dma_logging_range", "dma_logging_report"},
+  struct_order = {"region_cap", "sparse_mmap", "sparse_area", "region_type", "io_fd", "io_fd_lvu", "write_multi_entry", "unmap_bitmap", "dirty_bitmap", "qemu_dma_access", "mig_state", "dma_logging", "dma_logging_range", "dma_logging_report", "irq_record"},
 }
 
 local C, E, REC, TLV = SPEC.C, SPEC.enums, SPEC.rec_types, SPEC.tlvs
@@ -2586,14 +2596,14 @@ end
 -- ======================================================================
 -- Display: the vfio_user tree and the Info text of one message
 -- ======================================================================
-local function add_struct(tree, key, s, base, off)
+local function add_struct(tree, key, s, base, off)  -- tree nil: the values only
   local st = SPEC.structs[key]
-  local sub_tree = put(tree, STRUCT_T[key], base + off, st.size) or tree
+  local sub_tree = tree and put(tree, STRUCT_T[key], base + off, st.size) or tree
   local vals = {}
   for _, e in ipairs(STRUCT_F[key]) do
     local fd = e.spec
     local at = off + fd.offset
-    put(sub_tree, e.pf, base + at, fd.size)
+    if tree then put(sub_tree, e.pf, base + at, fd.size) end
     if not fd.bytes then
       if fd.size == 2 then vals[fd.name] = rd16(s, base + at + 1)
       elseif fd.size == 4 then vals[fd.name] = rd32(s, base + at + 1)
@@ -3014,8 +3024,10 @@ local function parse_record(s, n, p2p)
   end
   r.fds, r.tlvs, r.payload_off = fds, tlvs, r.hdr_len
   if r.d == 0 or r.d == 1 then r.dir = r.d end
-  if (r.rt == REC.MSG or r.rt == REC.RAW) and r.dir == false then
+  if (r.rt == REC.MSG or r.rt == REC.RAW or r.rt == REC.ORIGINAL) and r.dir == false then
     r.err = "message record without direction"
+  elseif r.rt == REC.IRQ and n - r.hdr_len < SPEC.structs.irq_record.size then
+    r.err = fmt("IRQ record of %d bytes", n - r.hdr_len)
   elseif r.rt == REC.FINDING then
     local code = nil
     for _, t in ipairs(tlvs) do
@@ -3254,13 +3266,14 @@ local function message_record(tvb, pinfo, tree, r, s, n, frame, first, root, col
     if want_tree and ra == nil and plen > 0 and G.rec then put(root, RF.payload, poff, plen) end
     return cols and fmt("#%d %s raw %d bytes", conn, ARROW[d], mlen)
   end
-  if first and LINKS and mlen >= 16 then
+  if first and LINKS and mlen >= 16 and r.rt == REC.MSG then  -- an ORIGINAL (withheld) message is not traffic
     local h1, h2, h3, h4, _, _, _, _, h9, h10, h11, h12 = byte(data, base + 1, base + 12)
     link(frame, pinfo.rel_ts, conn, d, h1 + h2 * 256, h3 + h4 * 256, h9 + h10 * 256 + h11 * 65536 + h12 * 16777216,
       vflags)
   end
   local item, text = display_message(data, base, mlen, want_tree and tree or nil, frame, fds, vflags, PASS.visited,
     cols and conn, d)
+  if text and r.rt == REC.ORIGINAL then text = text .. " [withheld]" end
   return text, item
 end
 
@@ -3320,12 +3333,16 @@ local function dissect_record(tvb, pinfo, tree)
   if r.err then
     if want_tree then put_generated(root, RF.corrupt, safe(r.err)) end
     info = cols and fmt("[%s%s]", C.NOTE_CORRUPT_PREFIX, safe(r.err))
-  elseif rt == REC.MSG or rt == REC.RAW then
+  elseif rt == REC.MSG or rt == REC.RAW or rt == REC.ORIGINAL then
     local mitem
     info, mitem = message_record(tvb, pinfo, tree, r, s, n, frame, first, root, cols)
     item = mitem or item
   elseif rt == REC.FINDING then
     info = finding_record(r, frame, first, want_tree and tree or nil, item, cols)
+  elseif rt == REC.IRQ then  -- an interrupt the server raised (record --watch-irqs)
+    local _, v = add_struct(want_tree and root or nil, "irq_record", s, r.payload_off, 0)
+    info = cols and fmt("#%d %s irq %s vector %d%s", conn, ARROW[S2C], E.PCI_IRQS[v.index] or
+      fmt("IRQ index %d", v.index), v.vector, v.count ~= 1 and fmt(" ×%s", dec(v.count)) or "")
   else
     if first and rt == REC.CONN_CLOSE then closed(conn, r.dir or nil) end
     info = cols and record_info(r)

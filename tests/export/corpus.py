@@ -197,6 +197,19 @@ def sc_no_reply_flood(b: Builder) -> None:
     b.s2c(region_read_reply(79, 7))                                       # both closed: nothing waits
 
 
+def sc_faults_irqs(b: Builder) -> None:
+    """Records of record --fault and --watch-irqs: a withheld reply (ORIGINAL) and the injected one, interrupts."""
+    _ready(b)
+    b.c2s(region_read(90, 7))
+    orig = region_read_reply(90, 7)
+    b.note("fault: reply changed")
+    b.record(spec.RecType.ORIGINAL, orig, d=S2C, msg_len=len(orig))          # withheld: shown, not paired
+    b.s2c(region_read_reply(90, 7, data=b"\xde\xad\xbe\xef"), flags=spec.VF_INJECTED)  # pairs with frame of 90
+    b.record(spec.RecType.IRQ, spec.IRQ_RECORD.pack(2, 1, 1), d=S2C)
+    b.record(spec.RecType.IRQ, spec.IRQ_RECORD.pack(9, 0, 3), d=S2C)
+    b.record(spec.RecType.IRQ, b"\1\0", d=S2C)                              # too short: corrupt
+
+
 def sc_dma_collision(b: Builder) -> None:
     _ready(b)
     b.c2s(dma_map(1, 0x200000, 0x10000), [MEMFD])
@@ -553,8 +566,8 @@ def sc_records(b: Builder) -> None:
 
 
 CATALOGUE: list[Callable[[Builder], None]] = [
-    sc_clean, sc_pairing, sc_timeout, sc_no_reply_close, sc_no_reply_flood, sc_directions, sc_dma_collision,
-    sc_negotiation,
+    sc_clean, sc_pairing, sc_timeout, sc_no_reply_close, sc_no_reply_flood, sc_faults_irqs, sc_directions,
+    sc_dma_collision, sc_negotiation,
     sc_bad_caps, sc_twin, sc_header, sc_big, sc_errors, sc_fds, sc_data, sc_dma, sc_dma_table, sc_irqs_queries,
     sc_features, sc_records,
 ]

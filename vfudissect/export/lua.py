@@ -27,6 +27,7 @@ DEFAULT_OUTPUT = Path("plugins") / "vfio_user.lua"
 PLUGIN_NAME = "vfio_user.lua"
 
 STRUCTS = spec.SUB_STRUCTS  # variable-tail sub-structures, named in spec.py
+IRQ_RECORD_NAMES = (("index", False, "PCI_IRQS"), ("vector", False, None), ("count", False, None))  # its fields
 FINDING_FIELDS = frozenset({"severity", "text", "frame", "conn", "record", "other"})  # vfio_user.finding.<field>
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -183,6 +184,8 @@ def spec_tables(template: str | None = None) -> dict[str, Any]:
              for f in findings.CATALOGUE.values()]
     structs = {key: {"key": key, "title": key.replace("_", " "), "size": st.size, "fields": _struct_fields(st, names)}
                for key, (st, names) in STRUCTS.items()}
+    structs["irq_record"] = {"key": "irq_record", "title": "Interrupt", "size": spec.IRQ_RECORD.size,  # IRQ records
+                             "fields": _struct_fields(spec.IRQ_RECORD, IRQ_RECORD_NAMES)}
     clash = set(structs) & set(layouts)
     if clash:
         raise LuaError(f"struct and layout keys collide: {sorted(clash)}")
