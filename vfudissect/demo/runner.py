@@ -254,6 +254,25 @@ def run_faulty(work: str, opts: DemoOptions, out: _Out) -> RunResult:
     return res
 
 
+def command_hint() -> tuple[str, str]:
+    """How to run vfudissect from here: ``vfudissect`` when that is on PATH and this one, else the path of this
+    interpreter's script (and how to put it on PATH), else ``python -m vfudissect``."""
+    import shutil
+    import sys
+
+    here = os.path.join(os.path.dirname(sys.executable), "vfudissect")
+    found = shutil.which("vfudissect")
+    if found and os.path.exists(here) and os.path.samefile(found, here):
+        return "vfudissect", ""
+    if os.path.exists(here):
+        rel = os.path.relpath(here)
+        shown = rel if not rel.startswith("..") else here
+        venv = os.path.dirname(os.path.dirname(here))
+        activate = os.path.join(os.path.relpath(venv) if not rel.startswith("..") else venv, "bin", "activate")
+        return shown, f"or `. {activate}` first to have `vfudissect` on PATH"
+    return f"{os.path.basename(sys.executable)} -m vfudissect", ""
+
+
 def run(opts: DemoOptions, stream: TextIO | None = None) -> int:
     """Both runs; the captures go to ``opts.out_dir``. Exit status 0 when everything showed what it should."""
     out = _Out(stream or sys.stdout, opts.color)
@@ -278,13 +297,18 @@ def run(opts: DemoOptions, stream: TextIO | None = None) -> int:
         out(f"  {out.mark(agree)} live view and offline analysis of {os.path.basename(res.capture)} agree "
             f"({len(res.live)} findings, same codes, same frames)")
     out("")
-    out("  Decode them here:")
-    out(f"    vfudissect read {clean.capture}")
-    out(f"    vfudissect read {faulty.capture}")
-    out("  Open them in Wireshark with the vfio-user plugin:")
-    out(f"    wireshark -X lua_script:{opts.plugin} {clean.capture}")
-    out(f"    wireshark -X lua_script:{opts.plugin} {faulty.capture}")
-    out("  or install the plugin once (vfudissect lua --install) and open them with plain `wireshark FILE`.")
+    cmd, how = command_hint()
+    out("  Decode them here:" + (f" ({how})" if how else ""))
+    out(f"    {cmd} read {clean.capture}")
+    out(f"    {cmd} read {faulty.capture}")
+    if os.path.exists(opts.plugin):
+        out("  Open them in Wireshark with the vfio-user plugin:")
+        out(f"    wireshark -X lua_script:{opts.plugin} {clean.capture}")
+        out(f"    wireshark -X lua_script:{opts.plugin} {faulty.capture}")
+        out(f"  or install the plugin once ({cmd} lua --install) and open them with plain `wireshark FILE` (not "
+            "both: the installed one then wins).")
+    else:  # outside a checkout: no plugins/ here to point at
+        out(f"  Open them in Wireshark: install the plugin once ({cmd} lua --install), then `wireshark FILE`.")
     problems = [p for res in results for p in res.problems]
     out("")
     if problems:
