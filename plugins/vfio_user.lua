@@ -34,6 +34,7 @@ local SPEC = {
     FLAG_NO_REPLY = 16,
     FLAG_ERROR = 32,
     FLAG_RESERVED_MASK = 4294967232,
+    NO_REPLY_KEPT = 64,
     REGION_FLAG_CAPS = 8,
     REGION_CAP_SPARSE_MMAP = 1,
     REGION_CAP_TYPE = 2,
@@ -1660,7 +1661,7 @@ local ARROW = {[C2S] = "C→S", [S2C] = "S→C"}
 local TWO32 = 4294967296
 local TWO53 = 9007199254740992
 local COMMANDS, LAYOUTS = SPEC.commands, SPEC.layouts
-local NO_REPLY_KEPT = 64  -- no_reply commands kept per id to pair stray replies with (core/state.py)
+local NO_REPLY_KEPT = C.NO_REPLY_KEPT  -- no_reply commands kept per id to pair stray replies with (spec.py)
 
 -- bit tests by arithmetic on the hot path (a bit32 call per test costs more than the rest of the test)
 local function has(x, bit) return x % (bit + bit) >= bit end

@@ -48,6 +48,7 @@ DEFAULT_MAX_DMA_MAPS = 65535
 DEFAULT_PGSIZES = 4096
 QEMU_MAX_BITMAP_SIZE = 256 * 1024 * 1024
 DEFAULT_REPLY_TIMEOUT = 5.0  # seconds; QEMU's x-msg-timeout default (5000 ms)
+NO_REPLY_KEPT = 64  # commands sent with No_reply kept per msg_id, to pair a stray reply to one with it
 FRAMING_SLACK = 64  # bytes allowed above max_data_xfer_size + fixed parts when framing
 
 # --------------------------------------------------------------------------

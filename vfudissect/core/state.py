@@ -21,7 +21,7 @@ from . import capabilities
 from .events import MessageIn
 
 OTHER = {C2S: S2C, S2C: C2S}
-_NO_REPLY_KEPT = 64  # no_reply commands are kept only to spot replies to them
+_NO_REPLY_KEPT = spec.NO_REPLY_KEPT  # no_reply commands are kept only to spot replies to them
 
 
 @dataclass(slots=True)
