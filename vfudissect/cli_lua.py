@@ -18,7 +18,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                     "Load it with `tshark -X lua_script:FILE` (add -2 for links to later frames) or install it "
                     "into Wireshark's personal plugin folder with --install.")
     p.add_argument("-o", "--output", metavar="FILE",
-                   help=f"where to write the plugin (default {lua.DEFAULT_OUTPUT}; - for standard output)")
+                   help=f"where to write the plugin (default {lua.DEFAULT_OUTPUT} in a checkout, else "
+                        f"./{lua.PLUGIN_NAME}; - for standard output); its folder must exist")
     p.add_argument("--install", action="store_true",
                    help=f"write it into Wireshark's personal plugin folder ({lua.personal_plugin_dir()}) "
                         "so Wireshark and tshark load it at start-up")
@@ -26,10 +27,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+def _fail(text: str) -> int:
+    sys.stderr.write(f"vfudissect: error: {text}\n")
+    return 2
+
+
 def cmd_lua(args: argparse.Namespace) -> int:
     text = lua.generate()
     if args.install:
-        path = lua.write(lua.personal_plugin_dir() / lua.PLUGIN_NAME, text)
+        try:
+            path = lua.write(lua.personal_plugin_dir() / lua.PLUGIN_NAME, text, make_dirs=True)
+        except OSError as exc:
+            return _fail(f"cannot install the plugin into {lua.personal_plugin_dir()}: {exc.strerror or exc}")
         sys.stderr.write(f"installed {path}: Wireshark and tshark load it at start-up "
                          f"(check with: tshark -G protocols | grep vfio_user)\n")
         if args.output is None:
@@ -38,6 +47,12 @@ def cmd_lua(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
         return 0
-    path = lua.write(Path(args.output) if args.output else lua.DEFAULT_OUTPUT, text)
+    path = Path(args.output) if args.output else lua.default_output()
+    if not path.parent.is_dir():
+        return _fail(f"cannot write {path}: the folder {path.parent} does not exist")
+    try:
+        lua.write(path, text)
+    except OSError as exc:
+        return _fail(f"cannot write {path}: {exc.strerror or exc}")
     sys.stderr.write(f"wrote {path} ({len(text.splitlines())} lines); use: tshark -r CAPTURE -X lua_script:{path}\n")
     return 0

@@ -154,7 +154,7 @@ def test_every_spec_field_and_finding_is_a_wireshark_field():
 
 
 def test_cli_writes_the_plugin_where_asked(tmp_path):
-    out = tmp_path / "sub" / "p.lua"
+    out = tmp_path / "p.lua"
     p = run_cli("-o", str(out))
     assert p.returncode == 0, p.stderr
     assert out.read_text(encoding="utf-8") == lua.generate() and str(out) in p.stderr
@@ -162,10 +162,22 @@ def test_cli_writes_the_plugin_where_asked(tmp_path):
     assert p.stdout == lua.generate()
 
 
-def test_cli_default_output_is_plugins_vfio_user_lua(tmp_path):
-    p = run_cli(cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+def test_cli_makes_no_folder_it_was_not_asked_for(tmp_path):
+    p = run_cli("-o", str(tmp_path / "missing" / "p.lua"))
+    assert p.returncode == 2 and p.stderr == (f"vfudissect: error: cannot write {tmp_path}/missing/p.lua: the folder "
+                                              f"{tmp_path}/missing does not exist\n")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_cli_default_output_is_plugins_vfio_user_lua_in_a_checkout_else_here(tmp_path):
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    p = run_cli(cwd=tmp_path, env=env)  # not a checkout: no plugins/ made
     assert p.returncode == 0, p.stderr
-    assert (tmp_path / "plugins" / "vfio_user.lua").read_text(encoding="utf-8") == lua.generate()
+    assert (tmp_path / "vfio_user.lua").read_text(encoding="utf-8") == lua.generate()
+    assert not (tmp_path / "plugins").exists()
+    (tmp_path / "plugins").mkdir()
+    p = run_cli(cwd=tmp_path, env=env)
+    assert p.returncode == 0 and (tmp_path / "plugins" / "vfio_user.lua").read_text(encoding="utf-8") == lua.generate()
 
 
 def test_install_puts_it_where_wireshark_loads_it(tmp_path):

@@ -265,9 +265,17 @@ def personal_plugin_dir() -> Path:
     return Path(os.path.expanduser("~")) / ".local" / "lib" / "wireshark" / "plugins"
 
 
-def write(path: Path, text: str | None = None) -> Path:
+def default_output() -> Path:
+    """Where `vfudissect lua` writes without -o: plugins/vfio_user.lua in a checkout (a plugins/ folder here),
+    else vfio_user.lua here (no folder is made for it)."""
+    return DEFAULT_OUTPUT if DEFAULT_OUTPUT.parent.is_dir() else Path(PLUGIN_NAME)
+
+
+def write(path: Path, text: str | None = None, make_dirs: bool = False) -> Path:
+    """Write the plugin (atomically); the folder must exist unless ``make_dirs`` (the personal plugin folder)."""
     text = generate() if text is None else text
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if make_dirs:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -276,4 +284,4 @@ def write(path: Path, text: str | None = None) -> Path:
 
 def install(directory: Path | None = None) -> Path:
     """Write the plugin into the personal plugin folder; returns the file written."""
-    return write((directory or personal_plugin_dir()) / PLUGIN_NAME)
+    return write((directory or personal_plugin_dir()) / PLUGIN_NAME, make_dirs=True)
