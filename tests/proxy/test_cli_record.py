@@ -24,9 +24,25 @@ from vfudissect.proxy.listener import MOVED_SUFFIX
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+_SPAWNED: list[subprocess.Popen] = []
+
+
 def record(*args: str, **kw: object) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "vfudissect", "record", "--color", "never", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "vfudissect", "record", "--color", "never", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)  # type: ignore[call-overload]
+    _SPAWNED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy_left_behind():  # type: ignore[no-untyped-def]
+    """A test that fails half way must not leave its `record` running (it would hold sockets and a CPU)."""
+    yield
+    while _SPAWNED:
+        proc = _SPAWNED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 def wait_for(cond, timeout: float = 10.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
