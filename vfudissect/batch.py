@@ -144,11 +144,16 @@ class Pool:
             if self.scheduler:
                 self.client = distributed.Client(self.scheduler, timeout=_connect_timeout(), set_as_default=False)
             else:
-                self._cluster = distributed.LocalCluster(
-                    n_workers=self.jobs, threads_per_worker=1, processes=True, dashboard_address=None,
-                    host="127.0.0.1", scheduler_port=0, silence_logs=logging.CRITICAL,
-                    # no dashboard; the scheduler's small HTTP server (health, metrics) on a free loopback port
-                    scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
+                import dask
+
+                # Dask's statistical profiler samples the running task's stack every 10 ms for a dashboard that
+                # nobody sees here: off (the workers take the config as the cluster starts them)
+                with dask.config.set({"distributed.worker.profile.enabled": False}):
+                    self._cluster = distributed.LocalCluster(
+                        n_workers=self.jobs, threads_per_worker=1, processes=True, dashboard_address=None,
+                        host="127.0.0.1", scheduler_port=0, silence_logs=logging.CRITICAL,
+                        # no dashboard; the scheduler's small HTTP server (health, metrics) on a free loopback port
+                        scheduler_kwargs={"dashboard": False, "dashboard_address": "127.0.0.1:0"})
                 self.client = distributed.Client(self._cluster, set_as_default=False)
         except (OSError, TimeoutError, ValueError, RuntimeError) as exc:
             self.__exit__(None, None, None)
