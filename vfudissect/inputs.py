@@ -4,7 +4,8 @@
 rotated capture (``cap.pcapng``, ``cap-2.pcapng``, ``cap-3.pcapng`` ...) is one
 set whose parts come in part order, whether the parts were named, globbed,
 found in a directory, or only the first one was given (the others are
-found beside it).  Other files are sets of one.  A name that exists nowhere is
+found beside it); a later part named without the first is read alone, as
+it was asked for (each part reads on its own).  Other files are sets of one.  A name that exists nowhere is
 kept as it is (reading it says why it cannot be read); a glob or a directory
 that names no capture is an error.
 """
@@ -80,8 +81,10 @@ def captures(args: list[str]) -> list[CaptureSet]:
     out = []
     for first in order:
         have = parts[first]
-        have.setdefault(1, first)
-        if first != "-" and os.path.exists(first):  # the parts beside it that were not named
+        if 1 not in have:  # only later parts were named (read long-3.pcapng): those parts, nothing else
+            out.append(CaptureSet(have[min(have)], tuple(have[k] for k in sorted(have))))
+            continue
+        if first != "-" and os.path.exists(first):  # the first part named: the parts beside it too
             n = 2
             while os.path.exists(part_path(first, n)):
                 have.setdefault(n, part_path(first, n))
