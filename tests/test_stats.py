@@ -95,8 +95,13 @@ def test_one_slow_read_in_thirteen_is_the_p99():
 
 
 def test_demo_faults_version_p99_is_its_slower_sample():
+    # two VERSION replies (one per connection): p50 is the faster one, p99 the slower, whatever `make demo` measured
+    j = stats_of_capture(DEMO_FAULTS).to_json()["overall"]["response_times"]["VERSION"]
+    assert j["count"] == 2 and j["p50"] == j["min"] < j["p99"] == j["max"]
+    assert j["mean"] == (j["min"] + j["max"]) / 2
     text = overall(stats_of_capture(DEMO_FAULTS).render())
-    assert row(text, "VERSION") == ["VERSION", "2", "2", "406µs", "469µs", "406µs", "533µs", "533µs"]
+    assert row(text, "VERSION")[:3] == ["VERSION", "2", "2"]
+    assert row(text, "VERSION")[3] == row(text, "VERSION")[5] and row(text, "VERSION")[6] == row(text, "VERSION")[7]
 
 
 @given(st.lists(st.floats(min_value=1e-6, max_value=30.0), min_size=1, max_size=300),
@@ -154,7 +159,9 @@ def test_demo_faults_get_info_has_one_reply_and_region_read_two():
     text = s.render()
     conn1 = text[:text.index("connection #2")]
     assert row(conn1, "DEVICE_GET_INFO")[:3] == ["DEVICE_GET_INFO", "1", "1"]
-    assert row(conn1, "REGION_READ") == ["REGION_READ", "2", "2", "82µs", "2.750s", "82µs", "5.501s", "5.501s"]
+    read = row(conn1, "REGION_READ")  # the late reply (5.5 s) and a quick one, whatever `make demo` measured
+    assert read[:3] == ["REGION_READ", "2", "2"] and read[3] == read[5] and read[6] == read[7]
+    assert read[3].endswith("µs") and read[7].startswith("5.5") and read[7].endswith("s")
     assert "replies whose command differs from their request's: 1" in conn1
     j = s.to_json()
     assert j["overall"]["response_times"]["DEVICE_GET_INFO"]["count"] == 1
