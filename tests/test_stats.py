@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 from vfudissect import spec
 from vfudissect.capture.reader import open_capture
 from vfudissect.core.analyzer import Analyzer, AnalyzerConfig
-from vfudissect.core.records import ConnRecord, Finding, Item, MessageRecord
+from vfudissect.core.records import Finding, Item, MessageRecord
 from vfudissect.stats import Stats, nearest_rank
 from tests.conftest import CAPTURES
 

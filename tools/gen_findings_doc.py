@@ -18,7 +18,7 @@ from vfudissect.core import findings
 from vfudissect.core.exchange import READY, negotiate
 from vfudissect.core.records import ConnRecord, Finding
 from vfudissect.core.sequencer import Sequencer
-from vfudissect.cli import analyze_batches
+from vfudissect.analysis import analyze_batches
 from vfudissect.core.analyzer import AnalyzerConfig
 from vfudissect.demo.scripted import model
 from vfudissect.render import Renderer

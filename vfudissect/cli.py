@@ -6,18 +6,15 @@ Exit status: 0 clean, 1 findings at or above --fail-on, 2 unusable input or usag
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import os
 import sys
 import time
-from typing import Callable, Iterator, TextIO
+from typing import Iterator, TextIO
 
 from . import __version__, batch, spec
-from .analysis import (PartResult, ViewOptions, analyze, analyze_batches, decode_tree, read_part,  # noqa: F401
-                       stats_part)
-from .core.records import Finding, MessageRecord
+from .analysis import PartResult, ViewOptions, read_part
 from .inputs import CaptureSet, InputError, captures
 from .stats import BY_CHOICES, Breakdown, Stats
 from .core import findings
@@ -92,29 +89,6 @@ class Filter:
     def active(self) -> bool:
         return any(x is not None for x in (self.commands, self.conns, self.dir, self.codes, self.min_sev))
 
-    def finding_ok(self, f: Finding) -> bool:
-        if self.conns is not None and f.conn not in self.conns:
-            return False
-        if self.codes is not None and f.code not in self.codes:
-            return False
-        if self.min_sev is not None and findings.SEVERITY_RANK[f.severity] < self.min_sev:
-            return False
-        return True
-
-    def record_ok(self, r: MessageRecord) -> bool:
-        if self.commands is not None and r.command not in self.commands:
-            return False
-        if self.conns is not None and r.conn not in self.conns:
-            return False
-        if self.dir is not None and r.dir != self.dir:
-            return False
-        if self.codes is not None and not self.codes.intersection(r.findings):
-            return False
-        if self.min_sev is not None and not any(
-                findings.SEVERITY_RANK[findings.CATALOGUE[c].severity] >= self.min_sev for c in r.findings):
-            return False
-        return True
-
 
 def _parse_commands(values: list[str]) -> set[int]:
     out: set[int] = set()
@@ -166,7 +140,6 @@ def cmd_read(args: argparse.Namespace) -> int:
     write = out.write
     color = opts.color
     merged = Stats()
-    several = len(parts) > 1
     usable = False
     worst, shown = -1, 0
     conns: set[int] = set()

@@ -135,76 +135,75 @@ def _fail(text: str, status: int = EXIT_BAD_INPUT) -> int:
     return status
 
 
-def _check_out(args: argparse.Namespace, out: str) -> str | None:
+def _replay(args: argparse.Namespace, side: str, play):  # type: ignore[no-untyped-def]
+    """What both sides share: the output path, the script, the stream the live view goes to, and the run, with
+    every way it can fail as one line.  Returns (exit status or None, the result, the script, out, stream)."""
+    from .replay.client import ReplayFailed
+    from .replay.recording import RecordingError
+    from .replay.script import ScriptError, load
+
+    out = _out_path(args, side)
     if os.path.abspath(out) == os.path.abspath(args.capture):
-        return f"the replay's capture {out} would overwrite the capture it replays; give -w another file"
-    return None
+        return _fail(f"the replay's capture {out} would overwrite the capture it replays; give -w another file"), \
+            None, None, out, None
+    try:
+        script = load(args.capture, args.conn, side)
+    except ScriptError as exc:
+        return _fail(str(exc)), None, None, out, None
+    stream = sys.stderr if args.json else sys.stdout
+    try:
+        res = play(script, out, stream, use_color(args.color, stream))
+    except ReplayFailed as exc:
+        return _fail(str(exc), exc.status), None, script, out, stream
+    except RecordingError as exc:
+        return _fail(str(exc)), None, script, out, stream
+    except KeyboardInterrupt:
+        return _fail("interrupted; the replay's capture is complete up to here", EXIT_FINDINGS), None, script, out, \
+            stream
+    return None, res, script, out, stream
+
+
+def _end(args: argparse.Namespace, res, summary: dict, line: str, stream) -> int:  # type: ignore[no-untyped-def]
+    if args.json:
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        stream.write(line + "\n")
+    if res.stopped:
+        sys.stderr.write(f"vfudissect: {res.stopped}\n")
+    return EXIT_FINDINGS if res.diverged else EXIT_OK
 
 
 def cmd_replay_client(args: argparse.Namespace) -> int:
-    from .replay.client import ReplayFailed, run
-    from .replay.recording import RecordingError
-    from .replay.script import CLIENT, ScriptError, load
+    from .replay.client import run
 
-    out = _out_path(args, "client")
-    bad = _check_out(args, out)
-    if bad:
-        return _fail(bad)
-    try:
-        script = load(args.capture, args.conn, CLIENT)
-    except ScriptError as exc:
-        return _fail(str(exc))
-    stream = sys.stderr if args.json else sys.stdout
-    try:
-        res = run(script, args.connect, out, timeout=args.timeout, pace=args.pace == "recorded", quiet=args.quiet,
-                  color=use_color(args.color, stream), view=stream)
-    except ReplayFailed as exc:
-        return _fail(str(exc), exc.status)
-    except RecordingError as exc:
-        return _fail(str(exc))
-    except KeyboardInterrupt:
-        return _fail("interrupted; the replay's capture is complete up to here", EXIT_FINDINGS)
+    status, res, script, out, stream = _replay(args, "client", lambda script, out, stream, color: run(
+        script, args.connect, out, timeout=args.timeout, pace=args.pace == "recorded", quiet=args.quiet,
+        color=color, view=stream))
+    if status is not None:
+        return status
     t = res.tally
     played = sum(1 for r in script.items if r.dir == "c2s")
     summary = {"capture": args.capture, "connection": script.conn, "server": args.connect, "replay": out,
                "client_messages": played, "sent": t.sent, "received": t.received, "compared": t.compared,
                "divergences": t.divergences, "findings": t.by_code, "seconds": round(res.seconds, 6),
                "recorded_seconds": round(script.duration, 6), "stopped": res.stopped or None}
-    if args.json:
-        sys.stdout.write(json.dumps(summary) + "\n")
-    else:
-        verdict = "as recorded" if not res.diverged else \
-            f"{t.divergences} divergence{'s' if t.divergences != 1 else ''} (" + ", ".join(
-                f"{c} {n}" for c, n in sorted(t.by_code.items())) + ")"
-        stream.write(f"replayed connection #{script.conn} of {args.capture} against {args.connect}: {t.sent} "
-                     f"messages sent, {t.received} received in {res.seconds:.3f} s (recorded: "
-                     f"{script.duration:.3f} s); {verdict}; capture: {out}\n")
-    if res.stopped:
-        sys.stderr.write(f"vfudissect: {res.stopped}\n")
-    return EXIT_FINDINGS if res.diverged else EXIT_OK
+    verdict = "as recorded" if not res.diverged else \
+        f"{t.divergences} divergence{'s' if t.divergences != 1 else ''} (" + ", ".join(
+            f"{c} {n}" for c, n in sorted(t.by_code.items())) + ")"
+    line = (f"replayed connection #{script.conn} of {args.capture} against {args.connect}: {t.sent} messages sent, "
+            f"{t.received} received in {res.seconds:.3f} s (recorded: {script.duration:.3f} s); {verdict}; "
+            f"capture: {out}")
+    return _end(args, res, summary, line, stream)
 
 
 def cmd_replay_server(args: argparse.Namespace) -> int:
-    from .replay.recording import RecordingError
-    from .replay.script import SERVER, ScriptError, load
-    from .replay.server import ReplayFailed, run
+    from .replay.server import run
 
-    out = _out_path(args, "server")
-    bad = _check_out(args, out)
-    if bad:
-        return _fail(bad)
-    try:
-        script = load(args.capture, args.conn, SERVER)
-    except ScriptError as exc:
-        return _fail(str(exc))
-    stream = sys.stderr if args.json else sys.stdout
-    try:
-        res = run(script, args.listen, out, timeout=args.timeout, quiet=args.quiet,
-                  color=use_color(args.color, stream), view=stream, accept_timeout=args.accept_timeout)
-    except ReplayFailed as exc:
-        return _fail(str(exc), exc.status)
-    except RecordingError as exc:
-        return _fail(str(exc))
+    status, res, script, out, stream = _replay(args, "server", lambda script, out, stream, color: run(
+        script, args.listen, out, timeout=args.timeout, quiet=args.quiet, color=color, view=stream,
+        accept_timeout=args.accept_timeout))
+    if status is not None:
+        return status
     t = res.tally
     summary = {"capture": args.capture, "connection": script.conn, "listen": args.listen, "replay": out,
                "requests": t.requests, "exact": t.exact, "inexact": t.inexact, "unmatched": t.unmatched,
@@ -212,18 +211,13 @@ def cmd_replay_server(args: argparse.Namespace) -> int:
                "recorded_requests": t.recorded_requests, "never_asked": t.recorded_requests - t.used,
                "interrupts": t.interrupts, "recorded_interrupts": t.recorded_interrupts,
                "stopped": res.stopped or None}
-    if args.json:
-        sys.stdout.write(json.dumps(summary) + "\n")
-    else:
-        stream.write(f"served the recorded device of connection #{script.conn} of {args.capture} on {args.listen}: "
-                     f"{t.requests} requests, {t.exact} matched exactly, {t.inexact} inexactly, {t.unmatched} not at "
-                     f"all; {t.recorded_requests - t.used} of {t.recorded_requests} recorded requests never asked; "
-                     + (f"{t.interrupts} of {t.recorded_interrupts} recorded interrupts raised; "
-                        if t.recorded_interrupts else "no interrupts recorded (record --watch-irqs records them); ")
-                     + f"{t.divergences} divergence{'s' if t.divergences != 1 else ''}; capture: {out}\n")
-    if res.stopped:
-        sys.stderr.write(f"vfudissect: {res.stopped}\n")
-    return EXIT_FINDINGS if res.diverged else EXIT_OK
+    line = (f"served the recorded device of connection #{script.conn} of {args.capture} on {args.listen}: "
+            f"{t.requests} requests, {t.exact} matched exactly, {t.inexact} inexactly, {t.unmatched} not at all; "
+            f"{t.recorded_requests - t.used} of {t.recorded_requests} recorded requests never asked; "
+            + (f"{t.interrupts} of {t.recorded_interrupts} recorded interrupts raised; "
+               if t.recorded_interrupts else "no interrupts recorded (record --watch-irqs records them); ")
+            + f"{t.divergences} divergence{'s' if t.divergences != 1 else ''}; capture: {out}")
+    return _end(args, res, summary, line, stream)
 
 
 def cmd_replay_rules(args: argparse.Namespace) -> int:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from . import __version__, spec
-from .core import findings
 
 __all__ = ["WiresharkError", "WiresharkMessage", "messages", "messages_async", "layers", "plugin_file"]
 

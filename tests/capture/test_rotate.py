@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from vfudissect import spec
 from vfudissect.capture.reader import read_events
 from vfudissect.capture.rotate import ContextTracker, RotatingCaptureWriter, part_path
-from vfudissect.cli import analyze
+from vfudissect.analysis import analyze
 from vfudissect.core.analyzer import AnalyzerConfig
 from vfudissect.core.events import ConnClosed, ConnOpened, Cred, MessageIn, NoteIn
 from vfudissect.core.records import Finding, MessageRecord

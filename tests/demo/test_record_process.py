@@ -98,6 +98,7 @@ def test_start_starve_feed_and_stop(tmp_path) -> None:  # type: ignore[no-untype
                 c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 c.connect(rp.listen)
                 c.close()
+                _wait_for_open(str(tmp_path / "c.pcapng"))  # accepted and recorded before the SIGTERM
             assert rp.proc is not None and rp.proc.returncode == 0
     finally:
         server.close()

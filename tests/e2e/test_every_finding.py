@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import pytest
 
-from vfudissect import spec
 from vfudissect.demo.catalogue import ELSEWHERE, EXCLUDED, SCENARIOS
 from vfudissect.demo.scripted import expected, findings_key, step_frames
 

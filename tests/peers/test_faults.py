@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from vfudissect import spec
 from vfudissect.capture.reader import read_events
-from vfudissect.cli import analyze
+from vfudissect.analysis import analyze
 from vfudissect.core.analyzer import AnalyzerConfig
 from vfudissect.core.records import Finding
 from vfudissect.peers.client import Client, run_session

@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 import resource
 import socket
-import struct
 import threading
 import time
 
 from vfudissect import spec
-from vfudissect.capture.reader import read_events
 from vfudissect.core.events import MessageIn
 from vfudissect.core.records import Finding
-from vfudissect.cli import analyze
+from vfudissect.analysis import analyze
 from vfudissect.core.analyzer import AnalyzerConfig
 from vfudissect.core.build import region_read, version, version_reply
 from tests.proxy_harness import Proxy

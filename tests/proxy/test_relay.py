@@ -20,7 +20,7 @@ from vfudissect import spec
 from vfudissect.capture.reader import read_events
 from vfudissect.core.events import ConnClosed, ConnOpened, MessageIn, NoteIn, RawIn
 from vfudissect.core.records import Finding
-from vfudissect.cli import analyze
+from vfudissect.analysis import analyze
 from vfudissect.core.analyzer import AnalyzerConfig
 from vfudissect.peers.client import Client, run_session
 from vfudissect.peers.server import DeviceServer

@@ -10,7 +10,7 @@ from vfudissect import spec
 from vfudissect.capture.reader import read_events
 from vfudissect.capture.rotate import part_path
 from vfudissect.render import Renderer
-from vfudissect.cli import analyze
+from vfudissect.analysis import analyze
 from vfudissect.core.analyzer import AnalyzerConfig
 from vfudissect.core.events import ConnOpened, MessageIn, NoteIn, VerdictsIn
 from vfudissect.core.records import Finding, MessageRecord

@@ -344,18 +344,26 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
                      f"({p.have} of {p.first.msg_len} bytes)", d2, 0)
 
 
-def open_capture(path: str, progress: Callable[[int], None] | None = None) -> Iterator[Event]:
-    """Open a capture by path ("-" = stdin) and yield its events."""
+def open_input(path: str) -> tuple[BinaryIO, str]:
+    """The stream a path names ("-" = stdin) and the name to say it by; CaptureError, one line, when it cannot be
+    opened.  The caller closes it (not stdin)."""
     import sys
 
     if path == "-":
-        yield from read_events(sys.stdin.buffer, "<stdin>", progress)
-        return
+        return sys.stdin.buffer, "<stdin>"
     try:
-        fh = open(path, "rb")
+        return open(path, "rb"), path
     except IsADirectoryError:
         raise CaptureError(path, -1, "it is a directory, not a capture") from None
     except OSError as exc:
         raise CaptureError(path, -1, exc.strerror or str(exc)) from None
-    with fh:
-        yield from read_events(fh, path, progress)
+
+
+def open_capture(path: str, progress: Callable[[int], None] | None = None) -> Iterator[Event]:
+    """Open a capture by path ("-" = stdin) and yield its events."""
+    fh, label = open_input(path)
+    try:
+        yield from read_events(fh, label, progress)
+    finally:
+        if path != "-":
+            fh.close()

@@ -96,7 +96,6 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-import sys
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterator
 
@@ -104,7 +103,7 @@ from .. import spec
 from ..core import framing
 from ..core.analyzer import Analyzer, AnalyzerConfig
 from ..core.events import ConnClosed, ConnOpened, Cred, Event, MessageIn, NoteIn, make_message_in
-from .reader import CaptureError, iter_records
+from .reader import CaptureError, iter_records, open_input
 
 LINKTYPE_USER0 = 147  # sockdump.py PCAP_LINK_TYPE
 UNIX_PATH_MAX = 108
@@ -564,34 +563,19 @@ def sockdump_events(f: BinaryIO, path: str = "<sockdump>",
 
 def open_sockdump(path: str, progress: Callable[[int], None] | None = None) -> Iterator[Event]:
     """Open a sockdump pcap by path ("-" = stdin) and yield its events."""
-    if path == "-":
-        yield from sockdump_events(sys.stdin.buffer, "<stdin>", progress)
-        return
+    f, label = open_input(path)
     try:
-        fh = open(path, "rb")
-    except IsADirectoryError:
-        raise CaptureError(path, -1, "it is a directory, not a capture") from None
-    except OSError as exc:
-        raise CaptureError(path, -1, exc.strerror or str(exc)) from None
-    with fh:
-        yield from sockdump_events(fh, path, progress)
+        yield from sockdump_events(f, label, progress)
+    finally:
+        if path != "-":
+            f.close()
 
 
 def open_events(path: str, progress: Callable[[int], None] | None = None) -> Iterator[Event]:
     """A vfudissect capture's events, or a sockdump pcap's (link type 147, told by its header; stdin too)."""
     from .reader import read_events
 
-    if path == "-":
-        f: BinaryIO = sys.stdin.buffer
-        label = "<stdin>"
-    else:
-        try:
-            f = open(path, "rb")
-        except IsADirectoryError:
-            raise CaptureError(path, -1, "it is a directory, not a capture") from None
-        except OSError as exc:
-            raise CaptureError(path, -1, exc.strerror or str(exc)) from None
-        label = path
+    f, label = open_input(path)
     try:
         hdr, head = _header(_read_head(f, 24), f)
         replay = _Replay(head, f)
@@ -600,7 +584,7 @@ def open_events(path: str, progress: Callable[[int], None] | None = None) -> Ite
         else:
             yield from read_events(replay, label, progress)  # type: ignore[arg-type]
     finally:
-        if f is not sys.stdin.buffer:
+        if path != "-":
             f.close()
 
 

@@ -314,7 +314,7 @@ class ConnectionFraming:
 def to_event(o: Out, conn: int, d: str, fds: tuple[Any, ...] = ()) -> Any:
     """The engine event for what framing put out on connection ``conn``, direction ``d`` (``fds``: the fds'
     descriptions, FdInfo, in place of the caller's tokens); None for a note that says nothing."""
-    from .events import MessageIn, NoteIn, RawIn, make_message_in
+    from .events import NoteIn, RawIn, make_message_in
 
     if o.kind == MESSAGE:
         return make_message_in(o.ts, conn, d, o.data, fds, 0, o.msg_len, o.flags)

@@ -33,7 +33,7 @@ from .. import spec
 from ..capture.judge import JudgingWriter
 from ..capture.writer import CaptureWriter
 from .. import __version__
-from ..core.events import ConnClosed, ConnOpened, Event, FdInfo, MessageIn, NoteIn, RawIn, Tick, VerdictsIn
+from ..core.events import ConnClosed, ConnOpened, Event, FdInfo, Tick, VerdictsIn
 from ..core.records import Finding
 from ..core import framing
 from ..core.framing import ConnectionFraming

@@ -45,7 +45,7 @@ from typing import Callable
 from .. import spec
 from ..core import framing
 from ..core.events import ConnClosed, ConnOpened, Cred, Event, FdInfo, IrqIn, NoteIn, RawIn, Tick, make_message_in
-from ..core.framing import MESSAGE, NOTE, RAW, ConnectionFraming, Deframer, Out
+from ..core.framing import MESSAGE, RAW, ConnectionFraming, Deframer, Out
 from .fdinfo import describe_fd
 from .inject import SIDE_DIR, Forward, Injector, LiveFault, Plan
 from .recorder import Recorder

@@ -13,7 +13,7 @@ from typing import Callable
 from ..capture.files import open_capture_fd
 from ..capture.rotate import RotatingCaptureWriter
 from ..capture.writer import CaptureWriter
-from .listener import (Intercept, PathError, ServerStatus, check_listen_path, intercept, listen_at, same_file,
+from .listener import (Intercept, PathError, ServerStatus, intercept, listen_at, same_file,
                        server_status)
 from .recorder import LiveView, Recorder
 from .relay import Relay, RelayConfig

@@ -38,18 +38,17 @@ from ..core.findings import Code, kind
 from ..core.framing import twin_socket_index, version_capabilities
 from ..core.records import Finding
 from ..core.rules.base import declares
+from ..peers.wire import STRUCTS, ProtocolError, error_reply, reply, unpack
 from . import match
+from .match import name_of
 from .channel import Arrived, Channel
 from .fds import FdMaker, GuestMemory
 from .recording import ReplayRecording, describe, own_cred, peer_cred
-from .script import CLIENT, MAIN, SERVER, TWIN, Recorded, Script
+from .script import MAIN, SERVER, TWIN, Recorded, Script
 
 C = spec.Command
 _HDR = spec.HEADER
 _DMA = spec.LAYOUTS["dma_access"]
-_DMA_ST = struct.Struct(_DMA.fmt)
-_MAP = spec.LAYOUTS["dma_map"]
-_MAP_ST = struct.Struct(_MAP.fmt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,12 +200,12 @@ class ClientPlayer:
         if not q and m.channel == TWIN:
             q = self._inflight.get((MAIN, msg_id))
         if not q:
-            return [self._diverge(Code.REPLAY_EXTRA, f"{_name(m.data)} (id {msg_id}) answers no request the replay "
+            return [self._diverge(Code.REPLAY_EXTRA, f"{name_of(m.data)} (id {msg_id}) answers no request the replay "
                                                     "sent (nothing with that id is outstanding)", m.frame)]
         req, _req_frame = q.popleft()
         exp = self.script.reply_of.get(req.index)
         if exp is None:
-            return [self._diverge(Code.REPLAY_EXTRA, f"{_name(m.data)} to {req.name}: the recorded server never "
+            return [self._diverge(Code.REPLAY_EXTRA, f"{name_of(m.data)} to {req.name}: the recorded server never "
                                                     "answered that request", m.frame, req.frame)]
         rec = self.script.items[exp]
         late = exp in self._accounted
@@ -232,7 +231,7 @@ class ClientPlayer:
             rec = items[first]  # in the place of the server command due now, whatever it names
         divs: list[Divergence] = []
         if rec is None:
-            divs.append(self._diverge(Code.REPLAY_EXTRA, f"{_name(m.data)} (id {msg_id}): the recorded server sent no "
+            divs.append(self._diverge(Code.REPLAY_EXTRA, f"{name_of(m.data)} (id {msg_id}): the recorded server sent no "
                                                         "more commands here", m.frame))
         else:
             self._account(rec.index)
@@ -250,7 +249,7 @@ class ClientPlayer:
             diffs.insert(0, match.Difference("socket", rec.channel, m.channel))
         if not diffs:
             return []
-        return [self._diverge(Code.REPLAY_DIFFERS, f"{_name(m.data)} differs from recorded frame {rec.frame}: "
+        return [self._diverge(Code.REPLAY_DIFFERS, f"{name_of(m.data)} differs from recorded frame {rec.frame}: "
                                                    f"{match.summary(diffs)}", m.frame, rec.frame)]
 
     def _answer(self, m: Live, msg_id: int, command: int, flags: int, rec: Recorded | None) -> Send | None:
@@ -262,24 +261,24 @@ class ClientPlayer:
         payload = m.data[spec.HEADER_SIZE:]
         if command not in (C.DMA_READ, C.DMA_WRITE) or len(payload) < _DMA.size:
             err = errno.ENOSYS if command not in (C.DMA_READ, C.DMA_WRITE) else errno.EINVAL
-            return Send(m.channel, _error_reply(msg_id, command, err), (), rec_reply)
-        address, count = _DMA_ST.unpack_from(payload)
+            return Send(m.channel, error_reply(msg_id, command, err), (), rec_reply)
+        address, count = STRUCTS["dma_access"].unpack_from(payload)
         if command == C.DMA_READ:
             data = self.memory.read(address, count)
             if data is None and rec_reply is not None and not rec_reply.flags & spec.FLAG_ERROR:
                 data = rec_reply.data[spec.HEADER_SIZE + _DMA.size:][:count]  # not mapped here: as recorded
             if data is None:
-                return Send(m.channel, _error_reply(msg_id, command, errno.EFAULT), (), rec_reply)
+                return Send(m.channel, error_reply(msg_id, command, errno.EFAULT), (), rec_reply)
             body = payload[:_DMA.size] + data
         else:
             if not self.memory.write(address, payload[_DMA.size:_DMA.size + count]) and rec_reply is None:
-                return Send(m.channel, _error_reply(msg_id, command, errno.EFAULT), (), rec_reply)
+                return Send(m.channel, error_reply(msg_id, command, errno.EFAULT), (), rec_reply)
             if rec_reply is not None and rec_reply.flags & spec.FLAG_ERROR:
-                return Send(m.channel, _error_reply(msg_id, command, rec_reply.error), (), rec_reply)
+                return Send(m.channel, error_reply(msg_id, command, rec_reply.error), (), rec_reply)
             # the recorded reply's length: libvfio-user's 16-byte DMA_WRITE reply, or QEMU's header alone
             keep = len(rec_reply.data) - spec.HEADER_SIZE if rec_reply is not None else _DMA.size
             body = payload[:min(keep, _DMA.size)]
-        return Send(m.channel, _reply(msg_id, command, body), (), rec_reply)
+        return Send(m.channel, reply(msg_id, command, body), (), rec_reply)
 
     # ------------------------------------------------------------ time
     @declares(Code.REPLAY_NO_REPLY, Code.REPLAY_MISSING)
@@ -320,18 +319,6 @@ class ClientPlayer:
                                                  f"(the recorded one went on)")
 
 
-def _name(data: bytes) -> str:
-    return f"{spec.command_name(_HDR.unpack_from(data)[1])} {match.msg_type(data)}"
-
-
-def _reply(msg_id: int, command: int, payload: bytes) -> bytes:
-    return _HDR.pack(msg_id, command, spec.HEADER_SIZE + len(payload), spec.MSG_TYPE_REPLY, 0) + payload
-
-
-def _error_reply(msg_id: int, command: int, err: int) -> bytes:
-    return _HDR.pack(msg_id, command, spec.HEADER_SIZE, spec.MSG_TYPE_REPLY | spec.FLAG_ERROR, err)
-
-
 def dma_prefill(script: Script) -> list[tuple[int, bytes]]:
     """Guest memory as the capture shows it: (address, bytes) of every DMA_READ the recorded client answered, in
     recorded order (a later read of the same bytes wins)."""
@@ -341,7 +328,7 @@ def dma_prefill(script: Script) -> list[tuple[int, bytes]]:
         if rq.command == C.DMA_READ and rq.dir == spec.S2C and not rp.flags & spec.FLAG_ERROR:
             body = rp.data[spec.HEADER_SIZE:]
             if len(body) > _DMA.size:
-                out.append((_DMA_ST.unpack_from(body)[0], body[_DMA.size:]))
+                out.append((STRUCTS["dma_access"].unpack_from(body)[0], body[_DMA.size:]))
     return out
 
 
@@ -495,7 +482,7 @@ def _finish(player: ClientPlayer, chans: dict[str, Channel], rec: ReplayRecordin
                     if a.is_message:
                         data = bytes(a.out.data)
                         frame = rec.message(1, spec.S2C, data, describe(a.fds))
-                        emit(player._diverge(Code.REPLAY_EXTRA, f"{_name(data)} after everything recorded",
+                        emit(player._diverge(Code.REPLAY_EXTRA, f"{name_of(data)} after everything recorded",
                                              frame))
                     for fd in a.fds:
                         _close(fd)
@@ -597,9 +584,10 @@ def _stand_up(s: Send, maker: FdMaker, memory: GuestMemory, prefill: list[tuple[
     if r is None or r.command != C.DMA_MAP or r.is_reply:
         return fds
     p = r.data[spec.HEADER_SIZE:]
-    if len(p) < _MAP.size:
+    try:
+        v = unpack("dma_map", p)
+    except ProtocolError:
         return fds
-    v = dict(zip((f.name for f in _MAP.fields), _MAP_ST.unpack_from(p)))
     address, size, offset = v.get("address", 0), v.get("size", 0), v.get("offset", 0)
     if size > 1 << 36:
         return fds  # a range no replay can back with memory (said by the engine as it is)

@@ -62,6 +62,11 @@ def msg_type(data: bytes) -> str:
     return REPLY if flags & spec.FLAG_TYPE_MASK == spec.MSG_TYPE_REPLY else COMMAND
 
 
+def name_of(data: bytes) -> str:
+    """A message as the replay's findings name it: ``REGION_READ reply``."""
+    return f"{spec.command_name(spec.HEADER.unpack_from(data)[1])} {msg_type(data)}"
+
+
 def normalised(command: int, mtype: str, name: str, has_fds: bool) -> Rule | None:
     """The rule that exempts field ``name`` of such a message from the comparison, None when it is compared."""
     for r in RULES:

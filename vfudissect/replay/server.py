@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from .. import spec
-from ..core.events import FdInfo
 from ..core.findings import Code, kind
 from ..core.records import Finding
 from ..core.rules.base import declares
+from ..peers.wire import STRUCTS, error_reply, unpack
 from . import match
+from .match import name_of
 from .channel import Arrived, Channel
 from .client import Divergence, Live, ReplayFailed, Send
 from .fds import FdMaker
@@ -44,10 +45,7 @@ from .script import MAIN, TWIN, Recorded, RecordedIrq, Script
 
 C = spec.Command
 _HDR = spec.HEADER
-_ACCESS = spec.LAYOUTS["region_access"]
-_ACCESS_ST = struct.Struct(_ACCESS.fmt)
-_INFO = spec.LAYOUTS["region_info"]
-_INFO_ST = struct.Struct(_INFO.fmt)
+_ACCESS_SIZE = spec.LAYOUTS["region_access"].size
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,18 +156,18 @@ class ServerPlayer:
         w = self._wait
         msg_id = m.header[0]
         if w is None or w.command.msg_id != msg_id:
-            return [self._diverge(Code.REPLAY_EXTRA, f"{_name(m.data)} (id {msg_id}) answers no command the replay "
+            return [self._diverge(Code.REPLAY_EXTRA, f"{name_of(m.data)} (id {msg_id}) answers no command the replay "
                                                      "server sent", m.frame)]
         self._wait = None
         rec_idx = self.script.reply_of.get(w.command.index)
         if rec_idx is None:
-            return [self._diverge(Code.REPLAY_EXTRA, f"{_name(m.data)} to {w.command.name}: the recorded client never"
+            return [self._diverge(Code.REPLAY_EXTRA, f"{name_of(m.data)} to {w.command.name}: the recorded client never"
                                                      " answered it", m.frame)]
         rec = self.script.items[rec_idx]
         diffs = match.differences(rec.data, rec.fds, m.data, m.fds)
         if not diffs:
             return []
-        return [self._diverge(Code.REPLAY_DIFFERS, f"{_name(m.data)} differs from recorded frame {rec.frame}: "
+        return [self._diverge(Code.REPLAY_DIFFERS, f"{name_of(m.data)} differs from recorded frame {rec.frame}: "
                                                    f"{match.summary(diffs)}", m.frame)]
 
     def _advance(self, now: float) -> tuple[list[Send], list[Divergence]]:
@@ -188,7 +186,7 @@ class ServerPlayer:
                 continue
             if rec is None or what == "error":
                 msg_id, command = live.header[0], live.header[1]
-                sends.append(Send(live.channel, _error_reply(msg_id, command, errno.EINVAL)))
+                sends.append(Send(live.channel, error_reply(msg_id, command, errno.EINVAL)))
             elif what == "command":
                 sends.append(Send(rec.channel, rec.data, rec.fds, rec))
                 self._wait = _Wait(rec, 0, now)
@@ -208,7 +206,7 @@ class ServerPlayer:
         divs: list[Divergence] = []
         if rec is None:
             self.tally.unmatched += 1
-            divs.append(self._diverge(Code.REPLAY_UNMATCHED, f"{_name(m.data)} (id {m.header[0]}): the recorded "
+            divs.append(self._diverge(Code.REPLAY_UNMATCHED, f"{name_of(m.data)} (id {m.header[0]}): the recorded "
                                                              "client never sent that command; answered EINVAL",
                                       m.frame))
             if not m.header[3] & spec.FLAG_NO_REPLY:
@@ -225,7 +223,7 @@ class ServerPlayer:
             diffs = _request_diffs(rec, m)
             why = "all recorded ones were used; answered like the last" if how == "reused" else \
                 "no unused recorded request equals it"
-            divs.append(self._note(Code.REPLAY_INEXACT, f"{_name(m.data)} (id {m.header[0]}) matched recorded frame "
+            divs.append(self._note(Code.REPLAY_INEXACT, f"{name_of(m.data)} (id {m.header[0]}) matched recorded frame "
                                                         f"{rec.frame} by command alone ({why})"
                                    + (f": {match.summary(diffs)}" if diffs else ""), m.frame))
         items = self.script.items
@@ -294,16 +292,8 @@ def _request_diffs(rec: Recorded, m: Live) -> list[match.Difference]:
     return match.header_diffs(rec.data, m.data) + match.field_diffs(rec.data, m.data, False)
 
 
-def _name(data: bytes) -> str:
-    return f"{spec.command_name(_HDR.unpack_from(data)[1])} {match.msg_type(data)}"
-
-
 def _with_id(data: bytes, msg_id: int) -> bytes:
     return struct.pack("<H", msg_id & 0xFFFF) + data[2:]
-
-
-def _error_reply(msg_id: int, command: int, err: int) -> bytes:
-    return _HDR.pack(msg_id, command, spec.HEADER_SIZE, spec.MSG_TYPE_REPLY | spec.FLAG_ERROR, err)
 
 
 # ------------------------------------------------------------------ the I/O edge
@@ -331,21 +321,21 @@ class _Regions:
         if r is None or not r.is_reply or not fds:
             return
         body = s.data[spec.HEADER_SIZE:]
-        if r.command == C.DEVICE_GET_REGION_INFO and len(body) >= _INFO.size:
-            v = dict(zip((f.name for f in _INFO.fields), _INFO_ST.unpack_from(body)))
+        if r.command == C.DEVICE_GET_REGION_INFO and len(body) >= STRUCTS["region_info"].size:
+            v = unpack("region_info", body)
             self.fds[v["index"]] = (fds[0], v["offset"])
 
     def shows(self, data: bytes) -> None:
         """A REGION_READ reply sent or a REGION_WRITE received: its bytes into the region's fd."""
         body = data[spec.HEADER_SIZE:]
-        if len(body) <= _ACCESS.size:
+        if len(body) <= _ACCESS_SIZE:
             return
-        v = dict(zip((f.name for f in _ACCESS.fields), _ACCESS_ST.unpack_from(body)))
+        v = unpack("region_access", body)
         at = self.fds.get(v["region"])
         if at is None:
             return
         fd, base = at
-        payload = body[_ACCESS.size:_ACCESS.size + v["count"]]
+        payload = body[_ACCESS_SIZE:_ACCESS_SIZE + v["count"]]
         try:
             if os.fstat(fd).st_size >= base + v["offset"] + len(payload):
                 os.pwrite(fd, payload, base + v["offset"])
