@@ -114,6 +114,10 @@ class _Blackhole:
 
     def close(self) -> None:
         for s in [self.sock, *self.held]:
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # a thread still in accept() wakes, before its fd is freed
+            except OSError:
+                pass
             s.close()
 
 

@@ -139,11 +139,28 @@ class RawServer:
         return self.received[i]
 
     def close(self) -> None:
+        # Shut down, join, then close: a socket closed while a thread may be about to use it frees its fd
+        # number, and that thread's accept() or recvmsg() would land on whichever socket takes the number next
+        # (a later test's proxy or server; seen under load as connections that never arrived).
+        _shutdown(self.listener)
+        self._acceptor.join(timeout=5)
         self.listener.close()
+        for c in self.conns:
+            _shutdown(c)
+        for t in self._threads:
+            t.join(timeout=5)
         for c in self.conns:
             c.close()
         for r in self.received:
             r.close_fds()
+
+
+def _shutdown(s: socket.socket) -> None:
+    """Wake whatever thread is blocked on ``s`` (accept: EINVAL; recv: end of stream)."""
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 @pytest.fixture

@@ -49,6 +49,10 @@ class EchoServer:
         c.close()
 
     def close(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # a thread still in accept() wakes, before its fd is freed
+        except OSError:
+            pass
         self.listener.close()
 
 

@@ -530,10 +530,11 @@ class DeviceServer:
     def serve_forever(self) -> None:
         if self._listener is None:
             self.bind()
-        assert self._listener is not None
+        listener = self._listener
+        assert listener is not None
         while not self._stopping:
             try:
-                conn, _ = self._listener.accept()
+                conn, _ = listener.accept()
             except OSError:
                 break
             sc = ServerConnection(conn, self.config, self.faults.injector(), self._log)
@@ -547,9 +548,13 @@ class DeviceServer:
         self._stopping = True
         if self._listener is not None:
             try:
-                self._listener.shutdown(socket.SHUT_RDWR)
+                self._listener.shutdown(socket.SHUT_RDWR)  # the accept thread wakes (EINVAL) and ends
             except OSError:
                 pass
+            if self._thread is not None and self._thread is not threading.current_thread():
+                # closed only once that thread is gone: an fd number freed under a thread about to accept() on it
+                # would have it accept on whichever socket of this process takes the number next
+                self._thread.join(timeout=2)
             self._listener.close()
             self._listener = None
             try:
