@@ -361,9 +361,15 @@ def open_input(path: str) -> tuple[BinaryIO, str]:
 
 def open_capture(path: str, progress: Callable[[int], None] | None = None) -> Iterator[Event]:
     """Open a capture by path ("-" = stdin) and yield its events."""
+    return events_at(path, read_events, progress)
+
+
+def events_at(path: str, decode: Callable[[BinaryIO, str, Callable[[int], None] | None], Iterator[Event]],
+              progress: Callable[[int], None] | None = None) -> Iterator[Event]:
+    """The events ``decode`` makes of the stream a path names ("-" = stdin), the file closed after them."""
     fh, label = open_input(path)
     try:
-        yield from read_events(fh, label, progress)
+        yield from decode(fh, label, progress)
     finally:
         if path != "-":
             fh.close()

@@ -103,7 +103,7 @@ from .. import spec
 from ..core import framing
 from ..core.analyzer import Analyzer, AnalyzerConfig
 from ..core.events import ConnClosed, ConnOpened, Cred, Event, MessageIn, NoteIn, make_message_in
-from .reader import CaptureError, iter_records, open_input
+from .reader import CaptureError, events_at, iter_records
 
 LINKTYPE_USER0 = 147  # sockdump.py PCAP_LINK_TYPE
 UNIX_PATH_MAX = 108
@@ -563,29 +563,24 @@ def sockdump_events(f: BinaryIO, path: str = "<sockdump>",
 
 def open_sockdump(path: str, progress: Callable[[int], None] | None = None) -> Iterator[Event]:
     """Open a sockdump pcap by path ("-" = stdin) and yield its events."""
-    f, label = open_input(path)
-    try:
-        yield from sockdump_events(f, label, progress)
-    finally:
-        if path != "-":
-            f.close()
+    return events_at(path, sockdump_events, progress)
 
 
 def open_events(path: str, progress: Callable[[int], None] | None = None) -> Iterator[Event]:
     """A vfudissect capture's events, or a sockdump pcap's (link type 147, told by its header; stdin too)."""
+    return events_at(path, _sniffed_events, progress)
+
+
+def _sniffed_events(f: BinaryIO, label: str, progress: Callable[[int], None] | None) -> Iterator[Event]:
+    """The events of a stream, read as a sockdump pcap or a vfudissect capture as its header says."""
     from .reader import read_events
 
-    f, label = open_input(path)
-    try:
-        hdr, head = _header(_read_head(f, 24), f)
-        replay = _Replay(head, f)
-        if hdr is not None and hdr.linktype == LINKTYPE_USER0:
-            yield from sockdump_events(replay, label, progress)  # type: ignore[arg-type]
-        else:
-            yield from read_events(replay, label, progress)  # type: ignore[arg-type]
-    finally:
-        if path != "-":
-            f.close()
+    hdr, head = _header(_read_head(f, 24), f)
+    replay = _Replay(head, f)
+    if hdr is not None and hdr.linktype == LINKTYPE_USER0:
+        yield from sockdump_events(replay, label, progress)  # type: ignore[arg-type]
+    else:
+        yield from read_events(replay, label, progress)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ the engine, fd-blind connections
