@@ -142,11 +142,11 @@ class RawServer:
         # Shut down, join, then close: a socket closed while a thread may be about to use it frees its fd
         # number, and that thread's accept() or recvmsg() would land on whichever socket takes the number next
         # (a later test's proxy or server; seen under load as connections that never arrived).
-        _shutdown(self.listener)
+        shutdown_quietly(self.listener)
         self._acceptor.join(timeout=5)
         self.listener.close()
         for c in self.conns:
-            _shutdown(c)
+            shutdown_quietly(c)
         for t in self._threads:
             t.join(timeout=5)
         for c in self.conns:
@@ -155,7 +155,7 @@ class RawServer:
             r.close_fds()
 
 
-def _shutdown(s: socket.socket) -> None:
+def shutdown_quietly(s: socket.socket) -> None:
     """Wake whatever thread is blocked on ``s`` (accept: EINVAL; recv: end of stream)."""
     try:
         s.shutdown(socket.SHUT_RDWR)

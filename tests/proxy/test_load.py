@@ -18,6 +18,7 @@ from vfudissect.core.records import Finding
 from vfudissect.analysis import analyze
 from vfudissect.core.analyzer import AnalyzerConfig
 from vfudissect.core.build import region_read, version, version_reply
+from tests.proxy.conftest import shutdown_quietly
 from tests.proxy_harness import Proxy
 
 HDR = spec.HEADER
@@ -49,10 +50,7 @@ class EchoServer:
         c.close()
 
     def close(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)  # a thread still in accept() wakes, before its fd is freed
-        except OSError:
-            pass
+        shutdown_quietly(self.listener)  # a thread still in accept() wakes, before its fd is freed
         self.listener.close()
 
 
