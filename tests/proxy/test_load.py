@@ -8,77 +8,14 @@ from __future__ import annotations
 
 import os
 import resource
-import socket
-import threading
 import time
 
-from vfudissect import spec
 from vfudissect.core.events import MessageIn
 from vfudissect.core.records import Finding
 from vfudissect.analysis import analyze
 from vfudissect.core.analyzer import AnalyzerConfig
-from vfudissect.core.build import region_read, version, version_reply
-from tests.proxy.conftest import shutdown_quietly
+from tests.proxy.flood_peers import EchoServer, flood_from_child
 from tests.proxy_harness import Proxy
-
-HDR = spec.HEADER
-
-
-class EchoServer:
-    """Answers every REGION_READ at once (4 bytes of data), in its own thread: a server that is never late."""
-
-    def __init__(self, path: str) -> None:
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(path)
-        self.listener.listen(1)
-        self.path = path
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        c, _ = self.listener.accept()
-        f = c.makefile("rb")
-        while True:
-            head = f.read(16)
-            if len(head) < 16:
-                break
-            msg_id, cmd, size, _flags, _err = HDR.unpack(head)
-            body = f.read(size - 16)
-            if cmd == spec.Command.VERSION:
-                c.sendall(version_reply(msg_id))
-            else:
-                c.sendall(HDR.pack(msg_id, cmd, 16 + 16 + 4, 1, 0) + body[:16] + b"\1\2\3\4")
-        c.close()
-
-    def close(self) -> None:
-        shutdown_quietly(self.listener)  # a thread still in accept() wakes, before its fd is freed
-        self.listener.close()
-
-
-def flood(path: str, n: int, outstanding: int = 32) -> list[float]:
-    """Pipelined 4-byte REGION_READs; the round trip of each, in seconds."""
-    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    c.connect(path)
-    f = c.makefile("rb")
-    c.sendall(version(0))
-    head = f.read(16)
-    f.read(HDR.unpack(head)[2] - 16)
-    sent: dict[int, float] = {}
-    rtts: list[float] = []
-    issued = 0
-    while len(rtts) < n:
-        batch = b""
-        while issued < n and issued - len(rtts) < outstanding:
-            issued += 1
-            sent[issued & 0xFFFF] = time.monotonic()
-            batch += region_read(issued & 0xFFFF, 0, 0, 4)
-        if batch:
-            c.sendall(batch)
-        head = f.read(16)
-        msg_id, _cmd, size, _fl, _err = HDR.unpack(head)
-        f.read(size - 16)
-        rtts.append(time.monotonic() - sent.pop(msg_id))
-    c.close()
-    return rtts
 
 
 def test_a_slow_recorder_slows_the_flood_but_holds_no_message_long(sockdir: str) -> None:
@@ -93,7 +30,7 @@ def test_a_slow_recorder_slows_the_flood_but_holds_no_message_long(sockdir: str)
     px.session.relay.recorder.record = slow  # type: ignore[union-attr]
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     n = 3000
-    rtts = flood(px.path, n)
+    rtts = flood_from_child(px.path, n)
     grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     relay = px.relay
     bound = relay.cfg.max_hold
@@ -137,7 +74,7 @@ def test_a_full_queue_holds_reads_back_and_queues_no_tick(sockdir: str) -> None:
         record(ev)
 
     relay.recorder.record = slow  # type: ignore[method-assign]
-    rtts = flood(px.path, 600)
+    rtts = flood_from_child(px.path, 600)
     events = px.events()
     srv.close()
     assert ticks_while_full == []

@@ -363,13 +363,11 @@ class Relay:
         live = self.recorder.live
         if live is not None and len(queue) > self.cfg.live_lag:
             live.behind = True
-        n = 0
         while queue:
             ev, cost = queue.popleft()
             self.queued_bytes -= cost
             record(ev)
-            n += 1
-            if not n & 15 and mono() >= until:
+            if mono() >= until:  # every event: one slow one (a big write, a stalled sink) ends the slice at once
                 break
         if not queue:
             self._idle_due = True  # recorder.idle() once the relay has nothing else to do (not after every burst)
