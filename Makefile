@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test venv tshark lua fixtures bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml vfudissect/_fastpath.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

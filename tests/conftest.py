@@ -16,8 +16,10 @@ CAPTURES = ROOT / "captures"
 QEMU = CAPTURES / "qemu-10.2-gpio-pci-idio-16.pcapng"
 LVU = CAPTURES / "libvfio-user-sample-client-server.pcapng"
 
-settings.register_profile("fast", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("deep", max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# function_scoped_fixture: tests/capture's codec_path fixture picks the codec for the whole test, every example alike
+_QUIET = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+settings.register_profile("fast", max_examples=150, deadline=None, suppress_health_check=_QUIET)
+settings.register_profile("deep", max_examples=5000, deadline=None, suppress_health_check=_QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 

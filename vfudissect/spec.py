@@ -409,6 +409,7 @@ EXP_PDU_TAG_DISSECTOR_NAME = 12
 EXP_PDU_TAG_P2P_DIRECTION = 35
 
 VFUC_MAGIC = b"VFUC"
+PCAPNG_MAX_BLOCK = 16 << 20  # the largest pcapng block (or pcap record) a reader takes: larger is damage
 VFUC_VERSION = 1
 VFUC_FIXED = struct.Struct("<4sBBHIBBHIIIHH")  # 32 bytes, little-endian
 VFUC_FIXED_SIZE = VFUC_FIXED.size

@@ -16,10 +16,11 @@ from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple
 
 from .. import spec
 from ..core.events import ConnClosed, ConnOpened, Event, IrqIn, MessageIn, NoteIn, RawIn, make_message_in
+from ..fastpath import fast
 from . import vfuc
 
 _CHUNK = 1 << 20
-_MAX_BLOCK = 16 << 20
+_MAX_BLOCK = spec.PCAPNG_MAX_BLOCK
 CORRUPT_NOTE_PREFIX = spec.NOTE_CORRUPT_PREFIX
 
 
@@ -80,12 +81,31 @@ class _Buf:
         return len(self.buf) - self.pos
 
 
+class _Batch(list):  # type: ignore[type-arg]
+    """Events the compiled scanner made of a run of plain message records (``_iter_pcapng(scan=True)``)."""
+
+
+# the compiled scanner (None: the pure path); tests set it to None to run the pure path in this process
+_scan: Callable[..., tuple[list[Event], int, int]] | None = fast.scan_messages if fast is not None else None
+_FAST_PREFIXES = (vfuc.EXP_PREFIX_DIR[spec.C2S], vfuc.EXP_PREFIX_DIR[spec.S2C])
+
+
 def iter_records(f: BinaryIO, path: str = "<capture>",
                  progress: Callable[[int], None] | None = None) -> Iterator[RawRecord]:
     """Yield the packet records of a pcapng or classic pcap stream."""
     b = _Buf(f, progress)
     if _is_pcapng(b, path):
         yield from _iter_pcapng(b, path)
+    else:
+        yield from _iter_pcap(b, path)
+
+
+def _records_or_batches(f: BinaryIO, path: str, progress: Callable[[int], None] | None) -> Iterator[RawRecord]:
+    """``iter_records``, with runs of plain message records already made events by the compiled scanner (each
+    run a ``_Batch``) where it is built: what ``read_events`` feeds ``events_of``."""
+    b = _Buf(f, progress)
+    if _is_pcapng(b, path):
+        yield from _iter_pcapng(b, path, scan=_scan is not None)
     else:
         yield from _iter_pcap(b, path)
 
@@ -140,11 +160,20 @@ def _iter_pcap(b: _Buf, path: str) -> Iterator[RawRecord]:
         yield RawRecord(n, sec * 1_000_000_000 + (frac if nano else frac * 1000), linktype, data, origlen, None)
 
 
-def _iter_pcapng(b: _Buf, path: str, blocks: bool = False) -> Iterator[RawRecord]:
+def _iter_pcapng(b: _Buf, path: str, blocks: bool = False, scan: bool = False) -> Iterator[RawRecord]:
     e = "<"
     ifaces: list[tuple[int, int]] = []  # (linktype, ticks per second)
+    fast_ifs = b""  # per interface: 1 where the compiled scanner may take its packets (link type 252, ns)
+    scanner = _scan if scan else None
+    c2s, s2c = spec.C2S, spec.S2C
+    p0, p1 = _FAST_PREFIXES
     n = 0
     while True:
+        if scanner is not None and fast_ifs and e == "<":
+            evs, pos, n = scanner(b.buf, b.pos, fast_ifs, n, p0, p1, c2s, s2c, MessageIn)
+            if evs:
+                b.pos = pos
+                yield _Batch(evs)  # type: ignore[misc]
         if not b.need(8):
             if b.remaining():
                 raise CaptureError(path, n + 1, "truncated block header")
@@ -160,6 +189,7 @@ def _iter_pcapng(b: _Buf, path: str, blocks: bool = False) -> Iterator[RawRecord
             else:
                 raise CaptureError(path, n + 1, "bad section header byte-order magic")
             ifaces = []
+            fast_ifs = b""
         btype, blen = struct.unpack_from(e + "II", b.buf, b.pos)
         if blen < 12 or blen % 4 or blen > _MAX_BLOCK:
             raise CaptureError(path, n + 1, f"block length {blen} is invalid")
@@ -180,6 +210,7 @@ def _iter_pcapng(b: _Buf, path: str, blocks: bool = False) -> Iterator[RawRecord
                     tps = 2 ** (r & 0x7F) if r & 0x80 else 10 ** r
                 opt += 4 + olen + (-olen % 4)
             ifaces.append((linktype, tps))
+            fast_ifs += b"\1" if (linktype, tps) == (spec.LINKTYPE_WIRESHARK_UPPER_PDU, 1_000_000_000) else b"\0"
             if blocks:
                 yield b.buf[b.pos:b.pos + blen], None  # type: ignore[misc]
         elif btype == 6:  # EPB
@@ -225,7 +256,7 @@ class _Partial:
 def read_events(f: BinaryIO, path: str = "<capture>",
                 progress: Callable[[int], None] | None = None) -> Iterator[Event]:
     """Yield engine events for every record of a VFUC capture, reassembling fragments."""
-    return events_of(iter_records(f, path, progress), path)
+    return events_of(_records_or_batches(f, path, progress), path)
 
 
 def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator[Event]:
@@ -249,6 +280,10 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
     upper_pdu = spec.LINKTYPE_WIRESHARK_UPPER_PDU
     ours = False  # a record of ours has been read: a foreign one after it is damage, before it a foreign file
     for r in records:
+        if type(r) is _Batch:  # events already (the compiled scanner's, of records the fast path below would take)
+            ours = True
+            yield from r
+            continue
         data = r.data
         ts = r.ts_ns / 1e9
         if r.linktype != upper_pdu:

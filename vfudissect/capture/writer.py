@@ -10,6 +10,7 @@ from typing import BinaryIO
 from .. import __version__, spec
 from ..core.events import ConnClosed, ConnOpened, IrqIn, MessageIn, NoteIn, RawIn, make_message_in
 from ..core.records import Finding
+from ..fastpath import fast
 from . import vfuc
 
 _SHB_MAGIC = 0x1A2B3C4D
@@ -204,15 +205,17 @@ class CaptureWriter:
             key = (ev.conn, d)
             seq = self._seq.get(key, 0)
             self._seq[key] = seq + 1
-            pad = -reclen % 4
-            total = _FAST_EPB_OVER + reclen + pad
             msg_len = ev.msg_len if ev.msg_len >= 0 else n
-            head = _FAST_HEAD.pack(_BT_EPB, total, 0, ts_ns >> 32 & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, reclen, reclen)
-            vh = _FIXED.pack(spec.VFUC_MAGIC, spec.VFUC_VERSION, spec.RecType.MSG, spec.VFUC_FIXED_SIZE, ev.conn,
-                             spec.DIR_CODES[d], ev.flags, 0, msg_len, 0, seq, spec.VFUC_FD_ENTRY_SIZE, 0)
             w = self._w
-            w._write(b"".join((head, vfuc.EXP_PREFIX_DIR[d], vh, data, _PADS[pad], _FAST_TAIL[d],
-                               _U32.pack(total))))
+            if _pack is not None:
+                w._write(_pack(ts_ns, ev.conn, _DIR_CODES[d], ev.flags, msg_len, seq, data, _PREFIX[d], _FAST_TAIL[d]))
+            else:
+                pad = -reclen % 4
+                total = _FAST_EPB_OVER + reclen + pad
+                head = _FAST_HEAD.pack(_BT_EPB, total, 0, ts_ns >> 32 & 0xFFFFFFFF, ts_ns & 0xFFFFFFFF, reclen, reclen)
+                vh = _FIXED.pack(spec.VFUC_MAGIC, spec.VFUC_VERSION, spec.RecType.MSG, spec.VFUC_FIXED_SIZE, ev.conn,
+                                 _DIR_CODES[d], ev.flags, 0, msg_len, 0, seq, spec.VFUC_FD_ENTRY_SIZE, 0)
+                w._write(b"".join((head, _PREFIX[d], vh, data, _PADS[pad], _FAST_TAIL[d], _U32.pack(total))))
             w.records += 1
             return make_message_in(ev.ts, ev.conn, d, data, (), w.records, ev.msg_len, ev.flags)
 
@@ -223,6 +226,10 @@ class CaptureWriter:
 
 _FIXED = spec.VFUC_FIXED
 _U32 = struct.Struct("<I")
+_DIR_CODES = spec.DIR_CODES
+_PREFIX = vfuc.EXP_PREFIX_DIR
+# the compiled packer of the fast path (None: the pure path); tests set it to None to run the pure path here
+_pack = fast.pack_message if fast is not None else None
 _FAST_HEAD = struct.Struct("<IIIIIII")
 _FAST_OVER = len(vfuc.EXP_PREFIX_DIR[spec.C2S]) + spec.VFUC_FIXED_SIZE  # record bytes before the message
 _PADS = (b"", b"\0", b"\0\0", b"\0\0\0")

@@ -35,6 +35,9 @@ from .state import ConnState, EngineState
 
 _HDR = spec.HEADER.unpack_from
 _FLAG_TYPE = spec.FLAG_TYPE_MASK
+_FLAG_ERROR, _FLAG_NO_REPLY = spec.FLAG_ERROR, spec.FLAG_NO_REPLY
+_VF_WITHHELD, _VF_FRAMING_ERROR, _VF_CONTEXT = spec.VF_WITHHELD, spec.VF_FRAMING_ERROR, spec.VF_CONTEXT
+_VF_INJECTED, _VF_TRUNCATED = spec.VF_INJECTED, spec.VF_TRUNCATED
 _NAMES = spec.COMMAND_NAMES
 _MSG_TYPES = ("command", "reply")
 _VERSION, _FEATURE = int(spec.Command.VERSION), int(spec.Command.DEVICE_FEATURE)
@@ -44,15 +47,23 @@ _U32 = struct.Struct("<I").unpack_from
 
 
 class _Decoder:
-    """Fixed fields of one layout: a precompiled struct and the field names."""
+    """Fixed fields of one layout: a precompiled struct, the field names, and ``fields(data)``, the dict of them.
 
-    __slots__ = ("size", "unpack", "names")
+    ``fields`` is generated from the layout (one unpack into a dict display, as dataclasses generate __init__):
+    a third of the cost of dict(zip(names, unpack(data, 16))), with the same keys in the same order."""
+
+    __slots__ = ("size", "unpack", "names", "fields")
 
     def __init__(self, layout: spec.Layout) -> None:
         st = struct.Struct(layout.fmt)
         self.size = st.size
         self.unpack = st.unpack_from
         self.names = tuple(f.name for f in layout.fields)
+        values = "".join(f"_{i}, " for i in range(len(self.names)))
+        display = ", ".join(f"{name!r}: _{i}" for i, name in enumerate(self.names))
+        ns: dict[str, Any] = {"unpack": st.unpack_from}
+        exec(f"def fields(data):\n    ({values}) = unpack(data, 16)\n    return {{{display}}}\n", ns)
+        self.fields: Callable[[bytes], dict[str, Any]] = ns["fields"]
 
 
 _DECODERS = {key: _Decoder(lay) for key, lay in spec.LAYOUTS.items()}
@@ -155,7 +166,8 @@ class Analyzer:
         out: list[Item] = []
         ts = ev.ts
         if ts > st.last_ts:
-            if st.deadlines:
+            dl = st.deadlines
+            if dl and (dl[0].answered or ts - dl[0].ts > st.timeout):  # what expire() would act on, else no call
                 self._expire(ts, out)
             st.last_ts = ts
         if t is MessageIn:
@@ -250,18 +262,18 @@ class Analyzer:
         plan = _PLANS.get((cmd << 2) | (mtype if mtype < 2 else 2)) or _UNDEFINED[mtype if mtype < 2 else 2]
         fl = ev.flags
         if fl:
-            if fl & spec.VF_WITHHELD:
+            if fl & _VF_WITHHELD:
                 self._withheld(m, plan, out)
                 return
-            if fl & spec.VF_FRAMING_ERROR:
+            if fl & _VF_FRAMING_ERROR:
                 _run(HEADER, m)
                 self._unframeable(m, out)
                 return
         for step in plan.front:
             step(m)
         dec = plan.decoder
-        if dec is not None and not (mtype == 1 and flags & spec.FLAG_ERROR) and n - 16 >= dec.size:
-            m.fields = dict(zip(dec.names, dec.unpack(data, 16)))
+        if dec is not None and not (mtype == 1 and flags & _FLAG_ERROR) and n - 16 >= dec.size:
+            m.fields = dec.fields(data)
             if plan.extra and mtype == 1:
                 self._decode_value(m)
         if c.version_state != "negotiated" and c.twin_of is None:
@@ -288,7 +300,7 @@ class Analyzer:
                 request_frame = req.frame
                 rtt = ev.ts - req.ts
                 answers = req.command
-            if flags & spec.FLAG_ERROR:
+            if flags & _FLAG_ERROR:
                 _stage(plan.error, plan.error_steps, m)
             elif plan.known and req is not None and req.command == cmd:
                 if plan.version_reply_min >= 0 and c.twin_of is None and m.plen >= plan.version_reply_min:
@@ -303,7 +315,7 @@ class Analyzer:
         state, except that the command a withheld reply answers is told its reply was withheld."""
         dec = plan.decoder
         if dec is not None and not (m.mtype == 1 and m.flags & spec.FLAG_ERROR) and len(m.ev.data) - 16 >= dec.size:
-            m.fields = dict(zip(dec.names, dec.unpack(m.ev.data, 16)))
+            m.fields = dec.fields(m.ev.data)
             if plan.extra and m.cmd in (_REGION_READ, _REGION_WRITE):
                 self._decode_value(m)  # shown as the forwarded one would be
         if m.mtype == 1:
@@ -360,9 +372,10 @@ class Analyzer:
     def _emit(out: list[Item], m: Msg, request_frame: int | None, rtt: float | None,
               answers: int | None = None, fault: str = "") -> None:
         ev = m.ev
-        context = bool(ev.flags & spec.VF_CONTEXT)
+        evfl = ev.flags
+        context = evfl & _VF_CONTEXT != 0
         found = () if context else m.found  # a copy is judged in the file where it was traffic
-        if ev.flags & spec.VF_INJECTED:
+        if evfl & _VF_INJECTED:
             fault = "injected"
             found = [(code, text if code == "FAULT_INJECTED" else f"{text} (on a message the proxy injected)", extra)
                      for code, text, extra in found]
@@ -372,7 +385,7 @@ class Analyzer:
             ev.frame, ev.ts, ev.conn, ev.dir, m.msg_id, cmd, _NAMES.get(cmd) or f"CMD_{cmd}",
             _MSG_TYPES[mtype] if mtype < 2 else f"type{mtype}",
             m.size, m.flags, m.err, m.wire, ev.fds, m.fields or {}, request_frame, rtt, codes,
-            bool(ev.flags & spec.VF_TRUNCATED), bool(m.flags & spec.FLAG_NO_REPLY), context, answers, fault))
+            evfl & _VF_TRUNCATED != 0, m.flags & _FLAG_NO_REPLY != 0, context, answers, fault))
         for code, text, extra in found:
             out.append(Finding(code, SEVERITY[code], ev.conn, (ev.frame,) + extra, text, ev.ts))
 

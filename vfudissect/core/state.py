@@ -21,6 +21,7 @@ from . import capabilities
 from .events import MessageIn
 
 OTHER = {C2S: S2C, S2C: C2S}
+_FLAG_NO_REPLY, _VF_CONTEXT = spec.FLAG_NO_REPLY, spec.VF_CONTEXT
 _NO_REPLY_KEPT = spec.NO_REPLY_KEPT  # no_reply commands are kept only to spot replies to them
 
 
@@ -184,19 +185,21 @@ class EngineState:
     def track(self, c: ConnState, ev: MessageIn, msg_id: int, cmd: int, flags: int, fields: dict[str, Any],
               expect_reply: bool = True) -> Pending:
         """A command goes out: it waits for its reply (with a deadline), unless sent with No_reply."""
-        key = (ev.conn, ev.dir, msg_id)
-        q = self.pending.get(key)
+        conn, d = ev.conn, ev.dir
+        key = (conn, d, msg_id)
+        pending = self.pending
+        q = pending.get(key)
         if q is None:
-            q = self.pending[key] = deque()
-        self.seq += 1
-        no_reply = bool(flags & spec.FLAG_NO_REPLY)
-        p = Pending(ev.frame, ev.ts, ev.conn, ev.dir, msg_id, cmd, no_reply, fields, self.seq)
+            q = pending[key] = deque()
+        self.seq = seq = self.seq + 1
+        no_reply = flags & _FLAG_NO_REPLY != 0
+        p = Pending(ev.frame, ev.ts, conn, d, msg_id, cmd, no_reply, fields, seq)
         q.append(p)
         if not no_reply:
-            c.outstanding[ev.dir][self.seq] = p
+            c.outstanding[d][seq] = p
             if not expect_reply:
                 p.timed_out = True  # pairs with a reply if one comes; no REPLY_TIMEOUT or NO_REPLY if none
-            elif self.timeout > 0 and not ev.flags & spec.VF_CONTEXT:  # a copy's time ran in its own file
+            elif self.timeout > 0 and not ev.flags & _VF_CONTEXT:  # a copy's time ran in its own file
                 self.deadlines.append(p)
         elif len(q) > _NO_REPLY_KEPT:
             q.popleft()
@@ -205,26 +208,29 @@ class EngineState:
     def match(self, c: ConnState, ev: MessageIn, msg_id: int) -> Match:
         """A reply comes in: the oldest outstanding command with its id in the other direction answers it."""
         key = (ev.conn, OTHER[ev.dir], msg_id)
-        q = self.pending.get(key)
+        pending = self.pending
+        q = pending.get(key)
         if not q:
             return _UNMATCHED
-        req = q[0] if not q[0].no_reply else next((p for p in q if not p.no_reply), None)
-        if req is None:
-            nr = q.popleft()
-            if not q:
-                del self.pending[key]
-            return Match(nr, to_no_reply=True)
-        if q[0] is req:
-            q.popleft()
-        else:
+        req = q[0]
+        if req.no_reply:
+            req = next((p for p in q if not p.no_reply), None)
+            if req is None:
+                nr = q.popleft()
+                if not q:
+                    del pending[key]
+                return Match(nr, to_no_reply=True)
             q.remove(req)
+        else:
+            q.popleft()
         if not q:
-            del self.pending[key]
+            del pending[key]
         req.answered = True
         outst = c.outstanding[req.dir]
+        seq = req.seq
         first_seq = next(iter(outst))
-        outst.pop(req.seq, None)
-        if first_seq != req.seq and c.twin_of is None:
+        outst.pop(seq, None)
+        if first_seq != seq and c.twin_of is None:
             older = next(iter(outst.values()), None)
             if older is not None and older.seq < req.seq:
                 return Match(req, False, older)

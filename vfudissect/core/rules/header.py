@@ -9,6 +9,13 @@ C = spec.Command
 _RESERVED_OR_TYPE = 0xFFFFFFCE  # type values above 1 and the reserved bits
 _REGION_ACCESS = (C.REGION_READ, C.REGION_WRITE)
 _OTHERS = tuple(c for c in C if c not in _REGION_ACCESS)
+# the flags every message is tested against, as plain ints (no module lookups on the hot path)
+_VF_FRAMING_ERROR, _VF_BEYOND_LIMIT, _VF_FDS_CTRUNC = spec.VF_FRAMING_ERROR, spec.VF_BEYOND_LIMIT, spec.VF_FDS_CTRUNC
+_VF_FDS_NOT_AT_MSG_START, _VF_TRUNCATED, _VF_INJECTED = spec.VF_FDS_NOT_AT_MSG_START, spec.VF_TRUNCATED, spec.VF_INJECTED
+_LVU_MAX, _FLAG_RESERVED = spec.LVU_SERVER_MAX_MSG_SIZE, spec.FLAG_RESERVED_MASK
+_FLAG_ERROR, _FLAG_NO_REPLY = spec.FLAG_ERROR, spec.FLAG_NO_REPLY
+_DIRTY_PAGES, _DEVICE_RESET = int(C.DIRTY_PAGES), int(C.DEVICE_RESET)
+_COMMANDS = spec.COMMANDS
 
 
 @on(HEADER, emits=(Code.BAD_SIZE, Code.MESSAGE_INCOMPLETE, Code.MESSAGE_TOO_LARGE, Code.BAD_TYPE,
@@ -20,39 +27,39 @@ def header(m: Msg) -> None:
     if size != wire:
         if size < 16:
             m.add(Code.BAD_SIZE, f"size {size} is below the 16-byte header")
-        elif m.ev.flags & spec.VF_FRAMING_ERROR:
+        elif m.ev.flags & _VF_FRAMING_ERROR:
             pass  # the recorder did not wait for a body it could not frame: not an incomplete message
         elif size > wire:
             m.add(Code.MESSAGE_INCOMPLETE, f"size says {size} bytes, only {wire} arrived")
         else:
             m.add(Code.BAD_SIZE, f"size says {size} bytes but the message is {wire}")
-    if m.ev.flags & spec.VF_BEYOND_LIMIT:
+    fl = m.ev.flags
+    if fl & _VF_BEYOND_LIMIT:
         m.add(Code.MESSAGE_TOO_LARGE, f"size {size} is beyond what its receiver accepts: the recorder kept its header "
                                       "and recorded its body as raw bytes as it came")
-    elif size > spec.LVU_SERVER_MAX_MSG_SIZE:
-        m.add(Code.MESSAGE_TOO_LARGE, f"size {size} exceeds libvfio-user's {spec.LVU_SERVER_MAX_MSG_SIZE}")
+    elif size > _LVU_MAX:
+        m.add(Code.MESSAGE_TOO_LARGE, f"size {size} exceeds libvfio-user's {_LVU_MAX}")
     flags = m.flags
     if flags & _RESERVED_OR_TYPE:
         if m.mtype > 1:
             m.add(Code.BAD_TYPE, f"flags type {m.mtype} is neither command (0) nor reply (1)")
-        if flags & spec.FLAG_RESERVED_MASK:
-            m.add(Code.RESERVED_FLAGS, f"reserved flag bits 0x{flags & spec.FLAG_RESERVED_MASK:x} set")
-    fl = m.ev.flags
+        if flags & _FLAG_RESERVED:
+            m.add(Code.RESERVED_FLAGS, f"reserved flag bits 0x{flags & _FLAG_RESERVED:x} set")
     if fl:
-        if fl & spec.VF_FRAMING_ERROR:
+        if fl & _VF_FRAMING_ERROR:
             return  # not framed: the rest of its checks are FRAMING_LOST's (unframeable_header)
-        if fl & spec.VF_FDS_CTRUNC:
+        if fl & _VF_FDS_CTRUNC:
             m.add(Code.FDS_TRUNCATED, "the kernel truncated the passed fds (MSG_CTRUNC)")
-        if fl & spec.VF_FDS_NOT_AT_MSG_START:
+        if fl & _VF_FDS_NOT_AT_MSG_START:
             m.add(Code.FDS_NOT_AT_MSG_START, "fds arrived after the first byte of the message")
-        if fl & spec.VF_TRUNCATED:
+        if fl & _VF_TRUNCATED:
             m.add(Code.CAPTURE_TRUNCATED, f"payload truncated to {m.n} of {m.wire} bytes by the recorder")
-        if fl & spec.VF_INJECTED:
+        if fl & _VF_INJECTED:
             m.add(Code.FAULT_INJECTED, "the proxy forwarded this message for a fault asked for (record --fault); "
                                        "the peers answer what they were given")
     if m.name is None:
         m.add(Code.UNKNOWN_COMMAND, f"command {m.cmd} is not defined by the spec")
-    elif m.cmd == C.DIRTY_PAGES:
+    elif m.cmd == _DIRTY_PAGES:
         m.add(Code.REMOVED_COMMAND, "DIRTY_PAGES (14) was removed from the spec in 2023")
 
 
@@ -89,11 +96,11 @@ def corrupt_record(text: str) -> tuple[str, str] | None:
 
 @on(COMMAND, emits=(Code.MISPLACED_FLAG, Code.ERROR_IN_COMMAND, Code.WRONG_DIRECTION, Code.PAYLOAD_TOO_SHORT))
 def command_header(m: Msg) -> None:
-    if m.flags & spec.FLAG_ERROR:
+    if m.flags & _FLAG_ERROR:
         m.add(Code.MISPLACED_FLAG, "Error flag set on a command")
     if m.err:
         m.add(Code.ERROR_IN_COMMAND, f"error field {m.err} in a command (reserved, should be 0)")
-    info = spec.COMMANDS.get(m.cmd)
+    info = _COMMANDS.get(m.cmd)
     if info is None:
         return
     if info.requester != m.dir:
@@ -101,13 +108,13 @@ def command_header(m: Msg) -> None:
                                     f"not the {'client' if m.dir == spec.C2S else 'server'}")
     if m.plen < info.request_min:
         m.add(Code.PAYLOAD_TOO_SHORT, f"{m.name} request payload is {m.plen} bytes, needs at least {info.request_min}")
-    elif m.cmd != C.DEVICE_RESET and m.plen == 0:
+    elif m.plen == 0 and m.cmd != _DEVICE_RESET:
         m.add(Code.PAYLOAD_TOO_SHORT, f"{m.name} request has no payload")
 
 
 @on(REPLY, emits=(Code.MISPLACED_FLAG,))
 def reply_header(m: Msg) -> None:
-    if m.flags & spec.FLAG_NO_REPLY:
+    if m.flags & _FLAG_NO_REPLY:
         m.add(Code.MISPLACED_FLAG, "No_reply flag set on a reply")
 
 

@@ -10,6 +10,8 @@ from .base import PAIRED, REQUEST, Code, Msg, on, updates
 C = spec.Command
 _FLAG_PCI = next(bit for bit, name in spec.DEVICE_INFO_FLAGS.items() if name == "PCI")
 _QUERIES = (C.DEVICE_GET_INFO, C.DEVICE_GET_REGION_INFO, C.DEVICE_GET_REGION_IO_FDS, C.DEVICE_GET_IRQ_INFO)
+_REGION_READ, _REGION_WRITE = int(C.REGION_READ), int(C.REGION_WRITE)
+_FLAG_READ, _FLAG_WRITE = spec.REGION_FLAG_READ, spec.REGION_FLAG_WRITE
 
 
 def region_name(index: int) -> str | int:
@@ -31,7 +33,7 @@ def _region_access(m: Msg) -> None:
     region, count, offset = f["region"], f["count"], f["offset"]
     if count > c.server_max_xfer:
         m.add(Code.DATA_BEYOND_MAX_XFER, f"count {count} exceeds the server's max_data_xfer_size {c.server_max_xfer}")
-    if m.cmd == C.REGION_WRITE and m.plen != 16 + count:
+    if m.cmd == _REGION_WRITE and m.plen != 16 + count:
         m.add(Code.DATA_LENGTH_MISMATCH, f"REGION_WRITE payload {m.plen} bytes, 16 + count = {16 + count}")
     if count == 0:
         m.add(Code.ZERO_COUNT, "access of zero bytes (libvfio-user answers with an empty payload)")
@@ -45,8 +47,8 @@ def _region_access(m: Msg) -> None:
     if offset + count > rsize:
         m.add(Code.REGION_ACCESS_OUT_OF_RANGE, f"{region_name(region)} offset 0x{offset:x} + count {count} is beyond "
                                                f"its size 0x{rsize:x}")
-    read = m.cmd == C.REGION_READ
-    if not rflags & (spec.REGION_FLAG_READ if read else spec.REGION_FLAG_WRITE):
+    read = m.cmd == _REGION_READ
+    if not rflags & (_FLAG_READ if read else _FLAG_WRITE):
         m.add(Code.REGION_ACCESS_NOT_PERMITTED, f"{'read' if read else 'write'} of {region_name(region)}, whose flags "
                                                 f"lack {'READ' if read else 'WRITE'}")
 
@@ -66,7 +68,7 @@ def region_access_reply(m: Msg) -> None:
     if rq and (f["offset"] != rq["offset"] or f["region"] != rq["region"]):
         m.add(Code.REPLY_ECHO_MISMATCH, f"reply region {f['region']} offset 0x{f['offset']:x}, request region "
                                         f"{rq['region']} offset 0x{rq['offset']:x}", req.frame)
-    if m.cmd == C.REGION_READ:
+    if m.cmd == _REGION_READ:
         if rq and f["count"] > rq["count"]:
             m.add(Code.REPLY_COUNT_TOO_BIG, f"reply count {f['count']} above the requested {rq['count']}", req.frame)
         if m.plen != 16 + f["count"]:
