@@ -231,6 +231,34 @@ def test_a_foreign_exported_pdu_capture_is_refused_like_a_foreign_link_type(tmp_
         assert b"exported PDU for dissector 'http'" in p.stderr and b"not a vfudissect capture" in p.stderr
 
 
+def test_annotate_refuses_a_foreign_capture_before_writing_and_leaves_an_existing_output_alone(tmp_path):
+    foreign = tmp_path / "other.pcapng"
+    _foreign_capture(foreign, b"http")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a capture\n")
+    keep = tmp_path / "keep.pcapng"
+    keep.write_bytes(b"an earlier capture, precious")
+    for src, says in ((foreign, b"exported PDU for dissector 'http'"), (text, b"not a pcap or pcapng capture")):
+        p = run("annotate", str(src), "-w", str(keep))
+        err = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(err) == 1 and says in err[0] and b"written" not in err[0], err
+        assert keep.read_bytes() == b"an earlier capture, precious"
+        p = run("annotate", str(src), "-w", str(tmp_path / "new.pcapng"))
+        assert p.returncode == 2 and not (tmp_path / "new.pcapng").exists()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["keep.pcapng", "notes.txt", "other.pcapng"]  # no .part
+
+
+def test_annotate_of_a_damaged_capture_keeps_what_came_before_the_damage(tmp_path):
+    cut = tmp_path / "cut.pcapng"
+    data = QEMU.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    out = tmp_path / "out.pcapng"
+    out.write_bytes(b"old")
+    p = run("annotate", str(cut), "-w", str(out))
+    assert p.returncode == 2 and b"records before it written to" in p.stderr
+    assert out.read_bytes()[:4] == bytes.fromhex("0a0d0d0a")  # the records before the damage, in its place
+
+
 def test_read_from_a_pipe_shows_each_record_as_it_arrives():
     import select
 

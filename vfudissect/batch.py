@@ -338,30 +338,37 @@ class Annotation:
 
 def annotate_task(src: str, dst: str, timeout: float = spec.DEFAULT_REPLY_TIMEOUT,
                   group_read: bool = False) -> Annotation:
-    """`annotate` of one part into ``dst`` (what a worker runs): the file written, or everything before the
-    damage and the line saying where reading stopped (no file at all when nothing of it was a capture)."""
+    """`annotate` of one part into ``dst`` (what `annotate -w` and each worker run; ``-`` is stdin / stdout): the
+    file written, or everything before the damage and the line saying where reading stopped.  The output appears
+    in its place only at the end, and not at all when nothing of the input was a capture (an existing file of
+    that name is then left as it was)."""
     from .capture.annotate import annotate
-    from .capture.files import open_capture_output
+    from .capture.files import StagedOutput
 
     try:
-        fin = open(src, "rb")
+        fin = sys.stdin.buffer if src == "-" else open(src, "rb")
+    except IsADirectoryError:
+        return Annotation(src, dst, error=f"{src}: it is a directory, not a capture")
     except OSError as exc:
         return Annotation(src, dst, error=f"{src}: {exc.strerror or exc}")
-    with fin:
-        try:
-            out = open_capture_output(dst, group_read)
-        except OSError as exc:
-            return Annotation(src, dst, error=f"cannot write {dst}: {exc.strerror or exc}")
-        try:
-            res = annotate(fin, out, src, timeout=timeout)
-        finally:
-            out.close()
-    if res.error is not None:
-        if res.copied == 0:
+    try:
+        with StagedOutput(dst, group_read) as staged:
             try:
-                os.unlink(dst)  # nothing of it was a capture: leave no empty file behind
-            except OSError:
-                pass
+                out = staged.open()
+            except OSError as exc:
+                return Annotation(src, dst, error=f"cannot write {dst}: {exc.strerror or exc}")
+            res = annotate(fin, out, "<stdin>" if src == "-" else src, timeout=timeout, flush=dst == "-")
+            if res.error is not None and res.copied == 0:
+                staged.discard()  # nothing of it was a capture: no file, and whatever was there stays
+            else:
+                try:
+                    staged.commit()
+                except OSError as exc:
+                    return Annotation(src, dst, error=f"cannot write {dst}: {exc.strerror or exc}")
+    finally:
+        if src != "-":
+            fin.close()
+    if res.error is not None:
         where = f"; {res.copied} records before it written to {dst}" if res.copied else ""
         return Annotation(src, dst, res.copied, res.dropped, res.findings, f"{res.error}{where}")
     return Annotation(src, dst, res.copied, res.dropped, res.findings)

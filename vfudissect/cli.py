@@ -6,12 +6,13 @@ Exit status: 0 clean, 1 findings at or above --fail-on, 2 unusable input or usag
 from __future__ import annotations
 
 import argparse
+import io
 import importlib
 import json
 import os
 import sys
 import time
-from typing import Iterator, TextIO
+from typing import BinaryIO, Iterator, TextIO
 
 from . import __version__, batch, spec
 from .analysis import PartResult, ViewOptions, read_part
@@ -132,10 +133,19 @@ def _label(path: str) -> str:
     return "<stdin>" if path == "-" else path
 
 
+def _buffered_stdout() -> None:
+    """Text to stdout in 8 KiB writes, not one write(2) per line as with PYTHONUNBUFFERED=1 (set in many container
+    images): a line view of a million messages made a million system calls.  Where a line must go out at once
+    (``read -`` on a live pipe, a terminal), the view flushes it."""
+    if isinstance(sys.stdout, io.TextIOWrapper) and sys.stdout.write_through and not sys.stdout.isatty():
+        sys.stdout.reconfigure(write_through=False)
+
+
 def cmd_read(args: argparse.Namespace) -> int:
     sets = _sets(args)
     parts = [(cs, p) for cs in sets for p in cs.parts]
     opts = view_options(args, stream=any(p == "-" for _cs, p in parts))
+    _buffered_stdout()
     out = sys.stdout
     write = out.write
     color = opts.color
@@ -378,50 +388,28 @@ def _import_sockdump(args: argparse.Namespace) -> int:
 
 
 class _all_or_nothing:
-    """A capture written under a temporary name beside its place and renamed there once complete (stdout as is)."""
+    """A capture that appears in its place only once complete (capture/files.py's StagedOutput), errors as usage
+    errors."""
 
     def __init__(self, path: str, group_read: bool = False) -> None:
-        self.path, self.group_read, self.tmp = path, group_read, ""
+        from .capture.files import StagedOutput
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        import tempfile
+        self.staged = StagedOutput(path, group_read)
 
-        from .capture.files import open_capture_output, target_mode
-
-        if self.path == "-":
-            return sys.stdout.buffer
-        if os.path.lexists(self.path) and (os.path.islink(self.path) or not os.path.isfile(self.path)):
-            try:  # a FIFO, a device, a symlink (/dev/stdout): written through, never renamed over
-                self.f = open_capture_output(self.path, self.group_read)
-            except OSError as exc:
-                raise UsageError(f"cannot write {self.path}: {exc.strerror}") from None
-            return self.f  # self.tmp stays "": nothing to rename
-        where = os.path.dirname(self.path) or "."
+    def __enter__(self) -> BinaryIO:
         try:
-            fd, self.tmp = tempfile.mkstemp(prefix=".vfudissect-", suffix=".part", dir=where)
+            return self.staged.open()
         except OSError as exc:
-            raise UsageError(f"cannot write {self.path}: {exc.strerror}") from None
-        # captures hold guest memory and credentials: 0600 (0640 with -g) less the umask; an existing file's mode
-        # narrowed to that, never widened (vfudissect/capture/files.py)
-        os.fchmod(fd, target_mode(self.path, self.group_read))
-        self.f = os.fdopen(fd, "wb")
-        return self.f
+            raise UsageError(f"cannot write {self.staged.path}: {exc.strerror or exc}") from None
 
     def __exit__(self, kind, exc, tb) -> None:  # type: ignore[no-untyped-def]
-        if self.path == "-":
-            sys.stdout.buffer.flush()
+        if kind is not None:
+            self.staged.discard()
             return
-        self.f.close()
-        if not self.tmp:
-            return
-        if kind is None:
-            try:
-                os.replace(self.tmp, self.path)
-                return
-            except OSError as e:
-                os.unlink(self.tmp)
-                raise UsageError(f"cannot write {self.path}: {e.strerror}") from None
-        os.unlink(self.tmp)
+        try:
+            self.staged.commit()
+        except OSError as e:
+            raise UsageError(f"cannot write {self.staged.path}: {e.strerror or e}") from None
 
 
 def cmd_codes(args: argparse.Namespace) -> int:

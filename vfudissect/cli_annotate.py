@@ -7,8 +7,7 @@ import os
 import sys
 
 from . import batch, spec
-from .capture.annotate import annotate
-from .capture.files import GROUP_READ_HELP, open_capture_output
+from .capture.files import GROUP_READ_HELP
 from .capture.reader import CaptureError
 from .inputs import InputError, captures
 
@@ -132,35 +131,13 @@ def _annotate_one(args: argparse.Namespace, src: str, dst: str) -> int:
         if os.path.exists(dst) and os.path.exists(src) and os.path.samefile(src, dst):
             return _err(f"{dst} is the capture being read: annotate never overwrites its input; write elsewhere")
     try:
-        fin = sys.stdin.buffer if src == "-" else open(src, "rb")
-    except OSError as exc:
-        return _err(f"{src}: {exc.strerror or exc}")
-    try:
-        try:
-            out = sys.stdout.buffer if dst == "-" else open_capture_output(dst, args.group_read)
-        except OSError as exc:
-            return _err(f"cannot write {dst}: {exc.strerror or exc}")
-        try:
-            res = annotate(fin, out, "<stdin>" if src == "-" else src, timeout=args.timeout, flush=dst == "-")
-        except BrokenPipeError:
-            return EXIT_OK
-        finally:
-            if dst != "-":
-                out.close()
-    finally:
-        if src != "-":
-            fin.close()
-    if res.error is not None:
-        if res.copied == 0 and dst != "-":
-            try:
-                os.unlink(dst)  # nothing of it was a capture: leave no empty file behind
-            except OSError:
-                pass
-        where = f"; {res.copied} records before it written to {dst}" if res.copied else ""
-        return _err(f"{res.error}{where}")
+        res = batch.annotate_task(src, dst, args.timeout, args.group_read)
+    except BrokenPipeError:
+        return EXIT_OK
+    if res.error:
+        return _err(res.line)
     if dst != "-":
-        sys.stderr.write(f"{dst}: {res.copied} records copied, {res.findings} findings recorded"
-                         + (f" (replacing {res.dropped} stored)" if res.dropped else "") + "\n")
+        sys.stderr.write(res.line + "\n")
     return EXIT_OK
 
 

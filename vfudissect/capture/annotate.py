@@ -17,7 +17,7 @@ from typing import BinaryIO, Callable, Iterator
 from .. import spec
 from ..core.analyzer import Analyzer, AnalyzerConfig
 from .judge import JudgingWriter
-from .reader import CaptureError, RawRecord, events_of, iter_blocks
+from .reader import CaptureError, RawRecord, events_of, iter_blocks, not_ours
 from .vfuc import is_verdict
 from .writer import CaptureWriter
 
@@ -40,6 +40,7 @@ def annotate(fin: BinaryIO, out: BinaryIO, path: str = "<capture>", *,
     res = Annotated()
     header: list[bytes] = []
     state: dict[str, CaptureWriter] = {}
+    ours: list[bool] = []  # a record of ours has been read
 
     def writer() -> CaptureWriter:
         w = state.get("w")
@@ -56,9 +57,13 @@ def annotate(fin: BinaryIO, out: BinaryIO, path: str = "<capture>", *,
                 else:
                     header.append(block)  # type: ignore[arg-type]
                 continue
-            if rec.linktype != spec.LINKTYPE_WIRESHARK_UPPER_PDU:
-                raise CaptureError(path, rec.number, f"link type {rec.linktype} is not "
-                                   f"{spec.LINKTYPE_WIRESHARK_UPPER_PDU} (exported PDU): not a vfudissect capture")
+            if not ours:  # refused before anything of it is written: another link type, another dissector's PDUs
+                refusal = not_ours(rec, path)
+                if refusal is not None:
+                    raise refusal
+                ours.append(True)
+            elif rec.linktype != spec.LINKTYPE_WIRESHARK_UPPER_PDU:
+                raise not_ours(rec, path)  # type: ignore[misc]
             if is_verdict(rec.data):
                 res.dropped += 1
                 continue

@@ -29,6 +29,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
+import tempfile
 from typing import BinaryIO
 
 CAPTURE_MODE = 0o600
@@ -115,5 +117,75 @@ def open_capture_output(path: str, group_read: bool = False) -> BinaryIO:
     return os.fdopen(open_capture_fd(path, group_read), "wb")
 
 
-__all__ = ["CAPTURE_MODE", "GROUP_READ_HELP", "GROUP_READ_MODE", "capture_mode", "current_umask", "narrowed",
+class StagedOutput:
+    """A capture written under a temporary name beside ``path`` and renamed over it by ``commit()``; ``discard()``
+    (or a close without commit) removes it, so a failed write leaves no partial file and an existing file of that
+    name as it was.  ``-`` is stdout, and a FIFO, a device or a symlink (/dev/stdout) at ``path`` is written
+    through: those cannot be staged, and what was written stays written.  The mode is the rule above's."""
+
+    def __init__(self, path: str, group_read: bool = False) -> None:
+        self.path, self.group_read, self.tmp = path, group_read, ""
+        self.out: BinaryIO | None = None
+
+    @property
+    def staged(self) -> bool:
+        """Whether discard() can take back what was written."""
+        return bool(self.tmp)
+
+    def open(self) -> BinaryIO:
+        """The stream to write (OSError when it cannot be made)."""
+        if self.path == "-":
+            self.out = sys.stdout.buffer
+        elif os.path.lexists(self.path) and (os.path.islink(self.path) or not os.path.isfile(self.path)):
+            self.out = open_capture_output(self.path, self.group_read)
+        else:
+            fd, self.tmp = tempfile.mkstemp(prefix=".vfudissect-", suffix=".part",
+                                            dir=os.path.dirname(self.path) or ".")
+            try:
+                os.fchmod(fd, target_mode(self.path, self.group_read))
+            except BaseException:
+                os.close(fd)
+                os.unlink(self.tmp)
+                raise
+            self.out = os.fdopen(fd, "wb")
+        return self.out
+
+    def commit(self) -> None:
+        """The capture is what it should be: in its place (OSError when the rename fails; nothing is left)."""
+        self._close()
+        if self.tmp:
+            tmp, self.tmp = self.tmp, ""
+            try:
+                os.replace(tmp, self.path)
+            except OSError:
+                os.unlink(tmp)
+                raise
+
+    def discard(self) -> None:
+        """Nothing of it should stay (a staged file is removed; one written through stays as written)."""
+        self._close()
+        if self.tmp:
+            tmp, self.tmp = self.tmp, ""
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def _close(self) -> None:
+        out, self.out = self.out, None
+        if out is None:
+            return
+        if self.path == "-":
+            out.flush()
+        else:
+            out.close()
+
+    def __enter__(self) -> "StagedOutput":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:  # type: ignore[no-untyped-def]
+        self.discard()  # not committed by then: an error left it unfinished
+
+
+__all__ = ["CAPTURE_MODE", "StagedOutput", "GROUP_READ_HELP", "GROUP_READ_MODE", "capture_mode", "current_umask", "narrowed",
            "open_capture_fd", "open_capture_output", "restrict_fd", "target_mode"]

@@ -253,6 +253,25 @@ class _Partial:
     have: int
 
 
+def not_ours(r: RawRecord, path: str) -> CaptureError | None:
+    """What a record read before any record of ours says of the file: None when it is ours (a vfucap exported PDU),
+    else the error refusing the file as not a vfudissect capture (another link type, another dissector's exported
+    PDUs).  A record that is merely damaged is not a refusal: the reader notes it and goes on."""
+    if r.linktype != spec.LINKTYPE_WIRESHARK_UPPER_PDU:
+        hint = " (a sockdump capture: `vfudissect import --sockdump` makes one of it)" if r.linktype == 147 else ""
+        return CaptureError(path, r.number, f"link type {r.linktype} is not {spec.LINKTYPE_WIRESHARK_UPPER_PDU} "
+                            f"(exported PDU): not a vfudissect capture{hint}")
+    try:
+        name, _p2p, _off = vfuc.strip_exported_pdu(r.data)
+    except (vfuc.VfucError, struct.error):
+        return None
+    if name == spec.EXPORTED_PDU_DISSECTOR_NAME:
+        return None
+    what = f"for dissector {name!r}" if name is not None else "without a dissector name"
+    return CaptureError(path, r.number, f"exported PDU {what}, not {spec.EXPORTED_PDU_DISSECTOR_NAME!r}: not a "
+                        "vfudissect capture")
+
+
 def read_events(f: BinaryIO, path: str = "<capture>",
                 progress: Callable[[int], None] | None = None) -> Iterator[Event]:
     """Yield engine events for every record of a VFUC capture, reassembling fragments."""
@@ -287,8 +306,7 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
         data = r.data
         ts = r.ts_ns / 1e9
         if r.linktype != upper_pdu:
-            raise CaptureError(path, r.number, f"link type {r.linktype} is not {upper_pdu} "
-                               "(exported PDU): not a vfudissect capture")
+            raise not_ours(r, path)  # type: ignore[misc]  # another link type: never a record of ours
         d = fast_prefix.get(data[:plen])
         if d is not None and len(data) >= plen + fsize:
             (magic, _v, rt, hdr_len, conn, _d, flags, n_fds, msg_len, frag_off, _seq, _fl, _r) = fixed(data, plen)
@@ -302,8 +320,7 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
             name, _p2p, off = strip(data)
             if name != spec.EXPORTED_PDU_DISSECTOR_NAME:
                 if not ours:  # another dissector's capture altogether, not a damaged record of ours
-                    raise CaptureError(path, r.number, f"exported PDU for dissector {name!r}, not "
-                                       f"{spec.EXPORTED_PDU_DISSECTOR_NAME!r}: not a vfudissect capture")
+                    raise not_ours(r, path)  # type: ignore[misc]
                 raise vfuc.VfucError(f"exported PDU for dissector {name!r}, not {spec.EXPORTED_PDU_DISSECTOR_NAME!r}")
             rec = decode(data, off)
             ours = True
