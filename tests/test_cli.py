@@ -356,7 +356,19 @@ def test_a_register_access_shows_its_value_and_flags_are_spelled_one_way():
     reply = next(r for r in rows if r.get("msg_type") == "reply" and r["fields"].get("count") == 4)
     assert isinstance(reply["fields"]["value"], int)
     tree = run("read", "-V", "--color", "never", "-c", "DMA_MAP", str(QEMU)).stdout.decode()
-    assert "flags     = READ|WRITE" in tree and "READ+WRITE" not in tree and "b'" not in tree
+    assert " flags   = READ|WRITE" in tree and "READ+WRITE" not in tree and "b'" not in tree
+
+
+def test_the_decode_tree_speaks_the_spec_not_python():
+    for capture in (QEMU, LVU):
+        tree = run("read", "-V", "--color", "never", str(capture)).stdout.decode()
+        values = [line.split(" = ", 1)[1] for line in tree.splitlines() if " = " in line]
+        assert values and not [v for v in values if v.startswith(("b'", 'b"')) or v in ("None", "True", "False")]
+    tree = run("read", "-V", "--color", "never", "-c", "VERSION", str(LVU)).stdout.decode()
+    assert 'version_data   = "{"capabilities":{"max_msg_fds":32,"max_data_xfer_size":1024}}" (NUL-terminated)' in tree
+    assert "nul_terminated = yes" in tree and "json_error" not in tree  # a field that does not apply is left out
+    mig = run("read", "-V", "--color", "never", "-c", "MIG_DATA_READ", str(LVU)).stdout.decode()
+    assert "data = 1016 bytes: 00 00 00 00" in mig  # the rest of a payload, in hex (all of it in the dump)
 
 
 def test_import_errors_are_the_users_one_line_exit_2_and_leave_no_partial_capture(tmp_path):

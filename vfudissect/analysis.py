@@ -25,6 +25,7 @@ from .core.sequencer import Sequencer
 from .core.verdicts import VerdictDiff, stored_finding
 from .render import Renderer, conn_json, finding_json, message_json
 from .stats import Stats
+from .tree import decode_tree, hexdump  # noqa: F401  (hexdump: the API's name for it)
 
 Write = Callable[[str], None]
 
@@ -252,28 +253,3 @@ def _stash_messages(events: Iterator[Event], raw: dict[tuple[int, int], bytes]) 
         yield ev
 
 
-def decode_tree(data: bytes, rec: MessageRecord) -> str:
-    """The full decode tree of one message (scapy's show() of the VfioUser layer), its fds, and a hex dump of its
-    bytes as `tshark -x` shows them."""
-    lines = []
-    try:
-        from .layers import VfioUser
-
-        lines.append(VfioUser(data).show(dump=True).rstrip())
-    except Exception as exc:  # noqa: BLE001 - a decode tree must never stop the listing
-        lines.append(f"    [decode tree unavailable: {type(exc).__name__}: {exc}]")
-    for i, fd in enumerate(rec.fds):
-        lines.append(f"    fd[{i}]: {fd.kind} size={fd.size} ino={fd.ino}" + (f" {fd.path}" if fd.path else ""))
-    tree = "\n".join("    " + line for line in "\n".join(lines).splitlines())
-    return tree + "\n" + hexdump(data)
-
-
-def hexdump(data: bytes, indent: str = "    ") -> str:
-    """Offset, 16 bytes in hex, and their printable characters, per line (tshark -x's layout)."""
-    out = []
-    for off in range(0, len(data), 16):
-        chunk = data[off:off + 16]
-        hexes = " ".join(f"{b:02x}" for b in chunk)
-        text = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
-        out.append(f"{indent}{off:04x}  {hexes:<47}   {text}")
-    return "\n".join(out)
