@@ -66,12 +66,13 @@ recording, and the client's replies compared with the recorded ones.
 Interrupts are not on the wire: a capture made with `record --watch-irqs`
 holds them (IRQ records), and the replay server raises each on the live
 client's eventfd (from its SET_IRQS) where it came in the recording.  The
-device's direct accesses to mmapped guest memory are not replayed.
+device's direct accesses to mmapped guest memory are not replayed: they never
+cross the socket, so no capture holds them.
 """
 
 _EXIT = ("exit status: 0 the peer behaved as recorded, 1 it diverged (findings REPLAY_*, or it closed early), "
          "2 unusable input (a damaged capture, no such connection, nothing to play, a peer that cannot be "
-         "reached), 3 bad usage")
+         "reached) or a usage error")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -383,9 +383,22 @@ class SessionReport:
     messages: int = 0
 
     @property
+    def checks(self) -> list[tuple[str, bool]]:
+        """What the session verified, each said in words: every one passes, or the session is not ok."""
+        out = [("config space (vendor/device id, capability list)", self.config_ok),
+               ("interrupts received through their eventfds", self.interrupts_seen >= 2),
+               ("DMA guest memory -> device by DMA_READ", self.dma_to_device_ok),
+               ("DMA device -> guest memory by DMA_WRITE", self.dma_from_device_ok),
+               ("DMA device -> guest memory through the device's mmap of the memfd", self.dma_direct_ok),
+               ("DMA from a mapping passed without an fd (by messages)", self.dma_rom_ok),
+               ("BAR1 through its mmap-able region fd", self.bar1_mmap_ok)]
+        if self.migration_ok is not None:
+            out.append(("migration: feature GET/SET and MIG_DATA_READ", self.migration_ok))
+        return out
+
+    @property
     def ok(self) -> bool:
-        return all((self.interrupts_seen >= 2, self.dma_to_device_ok, self.dma_from_device_ok, self.dma_direct_ok,
-                    self.dma_rom_ok, self.bar1_mmap_ok, self.config_ok, self.migration_ok is not False))
+        return all(ok for _what, ok in self.checks)
 
 
 def pattern(seed: int, n: int) -> bytes:
