@@ -295,6 +295,11 @@ def test_options_that_make_no_sense_are_refused_with_a_reason():
     assert p.returncode == 2 and b"must be 0 (off) or a positive number" in p.stderr
     p = run("read", "--conn", "99", str(QEMU))
     assert p.returncode == 2 and b"no connection #99" in p.stderr and b"its connections: #1" in p.stderr
+    assert p.stdout == b""  # the error alone, not a summary of nothing
+    p = run("stats", "--conn", "1", str(QEMU))  # an option of read's: the subcommand says it does not know it
+    assert p.returncode == 2 and b"vfudissect stats: error: unrecognized arguments: --conn" in p.stderr
+    p = run("serve", "--socket", "x.sock", "--bar1-size", "12k")
+    assert p.returncode == 2 and b"'12k' is not a number of bytes" in p.stderr
     assert b"%%" not in run("stats", "--help").stdout
     assert b"3 an internal error" in run("--help").stdout
     assert b"JSON Lines" in run("codes", "--help").stdout

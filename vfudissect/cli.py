@@ -167,8 +167,9 @@ def cmd_read(args: argparse.Namespace) -> int:
                 worst, shown = max(worst, res.worst), shown + res.shown
                 conns |= res.conns
                 notes += res.notes
-        if usable and not opts.json and not args.quiet_summary:
-            write("\n" + merged.render(color) + "\n")
+        missing = sorted(set(opts.conns) - conns) if opts.conns is not None and usable else []
+        if usable and not opts.json and not args.quiet_summary and not missing:  # a --conn that is not there: the
+            write("\n" + merged.render(color) + "\n")  # error alone, no summary of what was not asked for
             if opts.filtering:
                 write(f"  ({shown} of {merged.messages} messages shown)\n")
         out.flush()
@@ -176,7 +177,6 @@ def cmd_read(args: argparse.Namespace) -> int:
         return _broken_pipe()
     for n in notes:
         _note_line(n)
-    missing = sorted(set(opts.conns) - conns) if opts.conns is not None and usable else []
     if missing:
         have = ", ".join(f"#{c}" for c in sorted(conns)) or "none"
         errors.append(f"no connection {', '.join(f'#{c}' for c in missing)} in "
@@ -558,9 +558,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # said by the subcommand that was given them: "vfudissect stats: error: unrecognized arguments: ..."
+        chosen = _subparsers(parser).get(getattr(args, "cmd", None) or "", parser)
+        chosen.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_BAD_INPUT

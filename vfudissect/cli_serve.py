@@ -48,6 +48,14 @@ def _fault(text: str):  # type: ignore[no-untyped-def]
     return fault
 
 
+def _bytes(text: str) -> int:
+    """A size in bytes as C writes it: 65536, 0x10000 (no unit suffixes)."""
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of bytes (e.g. 65536 or 0x10000)") from None
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from .peers.faults import ACTIONS
 
@@ -58,9 +66,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     where.add_argument("--socket", "--socket-path", dest="socket", metavar="PATH",
                        help="listen here (one device instance per client)")
     where.add_argument("--fd", type=int, metavar="FDNUM", help="serve one client on this connected socket fd")
-    p.add_argument("--bar1-size", type=lambda s: int(s, 0), default=0x10000, metavar="BYTES",
+    p.add_argument("--bar1-size", type=_bytes, default=0x10000, metavar="BYTES",
                    help="size of BAR1 memory (default 64 KiB; a power of two >= 4 KiB)")
-    p.add_argument("--max-data-xfer-size", type=lambda s: int(s, 0), default=spec.DEFAULT_MAX_DATA_XFER_SIZE,
+    p.add_argument("--max-data-xfer-size", type=_bytes, default=spec.DEFAULT_MAX_DATA_XFER_SIZE,
                    metavar="BYTES", help="advertised max_data_xfer_size (default %(default)s)")
     p.add_argument("--no-twin-socket", action="store_true", help="never offer a twin socket")
     p.add_argument("--fault", type=_fault, action="append", default=[], metavar="SPEC",

@@ -184,7 +184,9 @@ def check_listen_path(path: str) -> None:
         raise PathError(f"a server is listening at {path}; use --intercept {path} to take it over")
 
 
-def bind_listener(path: str, mode: int, backlog: int = 128) -> socket.socket:
+def bind_listener(path: str, mode: int, backlog: int = 128, says: str | None = None) -> socket.socket:
+    """A socket listening at ``path``; an error names ``says`` (the path the user gave, when this is a temporary
+    name beside it)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o777 & ~mode)
     try:
@@ -193,7 +195,7 @@ def bind_listener(path: str, mode: int, backlog: int = 128) -> socket.socket:
         s.listen(backlog)
     except OSError as exc:
         s.close()
-        raise PathError(f"cannot listen on {path}: {_strerror(exc)}") from None
+        raise PathError(f"cannot listen on {says or path}: {_strerror(exc)}") from None
     finally:
         os.umask(old)
     return s
@@ -228,7 +230,7 @@ def _publish(path: str, mode: int) -> socket.socket:
         if not is_socket(tmp) or is_live(tmp):
             raise PathError(f"refusing to replace {tmp}: it exists and is not a stale socket")
         os.unlink(tmp)
-    s = bind_listener(tmp, mode)
+    s = bind_listener(tmp, mode, says=path)
     try:
         try:
             os.link(tmp, path)
