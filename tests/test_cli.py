@@ -400,7 +400,9 @@ def test_the_client_command_runs_the_emulated_session_and_says_one_line_when_it_
     srv = subprocess.Popen([sys.executable, "-m", "vfudissect", "serve", "--socket", str(tmp_path / "d.sock")],
                            stderr=subprocess.DEVNULL)
     try:
+        end = time.monotonic() + 20
         while not os.path.exists(tmp_path / "d.sock"):
+            assert time.monotonic() < end and srv.poll() is None, "serve never listened"
             time.sleep(0.01)
         p = run("client", str(tmp_path / "d.sock"))
         assert p.returncode == 0 and b"ok   interrupts received" in p.stdout

@@ -123,7 +123,7 @@ def test_each_fault_produces_its_finding_through_the_proxy(sockdir: str, fault: 
     px = Proxy(sockdir, srv.path, timeout=0.3, stall=0.2)
     try:
         try:
-            with Client(px.path, timeout=0.8) as c:
+            with Client(px.path, timeout=2.0) as c:
                 run_session(c)
         except Exception:  # a misbehaving server: the client gives up, the capture tells why
             pass

@@ -24,7 +24,7 @@ def _exchange(path: str) -> list[str]:
     """VERSION, DEVICE_GET_INFO, REGION_READ of config space, REGION_WRITE of BAR0's scratch register, DEVICE_RESET:
     what the client saw go wrong, in order."""
     seen = []
-    with Client(path, timeout=1.0) as c:
+    with Client(path, timeout=2.0) as c:
         for step in (c.version, c.get_info, lambda: c.region_read(7, 0, 4), lambda: c.write32(0, 4, 7), c.reset):
             try:
                 step()

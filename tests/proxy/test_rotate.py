@@ -73,15 +73,16 @@ def test_a_rotated_session_reads_part_by_part_as_it_did_live(sockdir: str, devic
     assert len(live_lines) > 10 and live_lines <= read_lines, sorted(live_lines - read_lines)[:3]
 
 
-def test_rotate_size_needs_a_file() -> None:
+def test_rotate_size_needs_a_file(sockdir: str) -> None:
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "vfudissect", "record", "--listen", "/tmp/x.sock", "--connect",
-                        "/tmp/y.sock", "-w", "-", "--rotate-size", "1M"], capture_output=True, text=True, timeout=30)
+    x, y = os.path.join(sockdir, "x.sock"), os.path.join(sockdir, "y.sock")
+    r = subprocess.run([sys.executable, "-m", "vfudissect", "record", "--listen", x, "--connect",
+                        y, "-w", "-", "--rotate-size", "1M"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "rotate-size" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "vfudissect", "record", "--listen", "/tmp/x.sock", "--connect",
-                        "/tmp/y.sock", "-w", "x.pcapng", "--rotate-size", "12"], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run([sys.executable, "-m", "vfudissect", "record", "--listen", x, "--connect",
+                        y, "-w", os.path.join(sockdir, "x.pcapng"), "--rotate-size", "12"], capture_output=True,
+                       text=True, timeout=30)
     assert r.returncode == 2 and "too small" in r.stderr

@@ -58,7 +58,7 @@ def test_a_clean_replay_says_so_and_exits_0(recorded: dict[str, str], serve, soc
 
 def test_a_divergence_exits_1_and_the_json_summary_counts_it(recorded: dict[str, str], serve, sockdir: str) -> None:
     path = serve("drop,command=DEVICE_GET_INFO")
-    p = vfu("replay", "client", recorded["clean"], "--connect", path, "--timeout", "0.5", "--json",
+    p = vfu("replay", "client", recorded["clean"], "--connect", path, "--timeout", "2", "--json",
             "-w", os.path.join(sockdir, "r.pcapng"))
     assert p.returncode == 1, p.stderr
     summary = json.loads(p.stdout)
