@@ -451,3 +451,11 @@ def test_import_takes_one_source_and_a_damaged_sockdump_is_one_line(tmp_path) ->
     p = run("import", "--sockdump", str(cut), "-w", str(tmp_path / "y.pcapng"))
     assert p.returncode == 2 and p.stderr.count(b"\n") == 1 and b"record" in p.stderr
     assert not (tmp_path / "y.pcapng").exists()  # all or nothing
+
+
+def test_read_and_stats_start_without_scapy():
+    """scapy (25 MB, a tenth of a second) serves -V and the layer API; the line view, JSON and stats never need it."""
+    code = ("import sys, vfudissect.cli, vfudissect.analysis, vfudissect.batch; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scapy'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout[:300]

@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define FASTPATH_VERSION 1 /* vfudissect/fastpath.py refuses a build of another version (a stale .so) */
+#define FASTPATH_VERSION 2 /* vfudissect/fastpath.py refuses a build of another version (a stale .so) */
 
 #define EPB_TYPE 6u
 #define EPB_OVER 28     /* block type, length, interface, ts high, ts low, caplen, origlen */
@@ -58,27 +58,28 @@ fail:
     return NULL;
 }
 
-/* scan_messages(buf, pos, fast_ifaces, number, prefix_c2s, prefix_s2c, c2s, s2c, cls) -> (events, pos, number)
+/* scan_messages(buf, pos, fast_ifaces, number, prefix_c2s, prefix_s2c, c2s, s2c, cls, limit) -> (events, pos, number)
  *
  * From ``pos`` in ``buf`` (a little-endian pcapng section), take whole EPBs on an interface marked 1 in
  * ``fast_ifaces`` (link type 252, nanosecond timestamps) whose record is a plain message of ours, as
  * reader.events_of's fast path takes them; stop before the first block that is anything else, or that is not
- * wholly in ``buf``.  ``number`` counts packet records (the frame number of the last one taken). */
+ * wholly in ``buf``, or after ``limit`` records.  ``number`` counts packet records (the frame number of the last one
+ * taken). */
 static PyObject *scan_messages(PyObject *self, PyObject *args) {
     (void)self;
     Py_buffer buf, ifs, p0, p1;
-    Py_ssize_t pos, number;
+    Py_ssize_t pos, number, limit;
     PyObject *c2s, *s2c;
     PyTypeObject *cls;
-    if (!PyArg_ParseTuple(args, "y*ny*ny*y*UUO!", &buf, &pos, &ifs, &number, &p0, &p1, &c2s, &s2c, &PyType_Type,
-                          &cls))
+    if (!PyArg_ParseTuple(args, "y*ny*ny*y*UUO!n", &buf, &pos, &ifs, &number, &p0, &p1, &c2s, &s2c, &PyType_Type,
+                          &cls, &limit))
         return NULL;
     PyObject *out = PyList_New(0), *res = NULL;
     const unsigned char *b = buf.buf;
     const Py_ssize_t len = buf.len, plen = p0.len;
     if (out == NULL || p1.len != plen || pos < 0)
         goto done;
-    for (;;) {
+    for (Py_ssize_t taken = 0; taken < limit; taken++) {
         if (len - pos < 8)
             break;
         const unsigned char *blk = b + pos;

@@ -12,7 +12,7 @@ from types import ModuleType
 
 from . import spec
 
-VERSION = 1  # _fastpath.c's FASTPATH_VERSION this code expects
+VERSION = 2  # _fastpath.c's FASTPATH_VERSION this code expects
 # what the C code hard-codes, as spec.py says it: a build that disagrees is not used
 EXPECTED = {"VERSION": VERSION, "VFUC_FIXED_SIZE": spec.VFUC_FIXED_SIZE, "VF_MORE_FRAGMENTS": spec.VF_MORE_FRAGMENTS,
             "REC_MSG": int(spec.RecType.MSG), "MAX_BLOCK": spec.PCAPNG_MAX_BLOCK, "FD_ENTRY_SIZE": spec.VFUC_FD_ENTRY_SIZE,

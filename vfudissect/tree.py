@@ -8,11 +8,12 @@ derived field with nothing to say) left out.  Names are aligned per layer, howev
 
 from __future__ import annotations
 
-from typing import Any
-
-from scapy.packet import NoPayload, Packet, Raw
+from typing import TYPE_CHECKING, Any
 
 from .core.records import MessageRecord
+
+if TYPE_CHECKING:
+    from scapy.packet import Packet  # scapy itself is imported by the first tree made: `read` without -V never needs it
 
 _INDENT = "   "
 _HEX_SHOWN = 16  # bytes of a binary value shown in the tree (all of them are in the dump)
@@ -36,6 +37,9 @@ def value_text(value: bytes) -> str:
 
 def _shown(layer: Packet, fld: Any) -> str | list[Packet] | None:
     """What one field shows: a line's text, the packets of a list of entries, or None (left out)."""
+    from scapy.fields import StrField
+    from scapy.packet import Packet
+
     raw = layer.getfieldval(fld.name)
     if getattr(fld, "holds_packets", False) or isinstance(raw, Packet):
         entries = raw if isinstance(raw, list) else [raw] if raw is not None else []
@@ -45,7 +49,7 @@ def _shown(layer: Packet, fld: Any) -> str | list[Packet] | None:
         return None
     if isinstance(human, bool):
         return "yes" if human else "no"
-    if isinstance(human, (bytes, bytearray)) and type(fld).i2repr is _STR_I2REPR:
+    if isinstance(human, (bytes, bytearray)) and type(fld).i2repr is StrField.i2repr:
         return value_text(bytes(human))
     text = fld.i2repr(layer, raw)
     return value_text(bytes(human)) if isinstance(text, str) and text.startswith(("b'", 'b"')) else str(text)
@@ -53,6 +57,8 @@ def _shown(layer: Packet, fld: Any) -> str | list[Packet] | None:
 
 def packet_tree(pkt: Packet, depth: int = 0) -> list[str]:
     """Every layer of ``pkt`` (and the entries its list fields hold), one line per field."""
+    from scapy.packet import NoPayload, Raw
+
     lines: list[str] = []
     layer: Packet = pkt
     while not isinstance(layer, NoPayload):
@@ -101,11 +107,3 @@ def hexdump(data: bytes, indent: str = "    ") -> str:
         out.append(f"{indent}{off:04x}  {hexes:<47}   {text}")
     return "\n".join(out)
 
-
-def _str_i2repr() -> Any:
-    from scapy.fields import StrField
-
-    return StrField.i2repr
-
-
-_STR_I2REPR = _str_i2repr()

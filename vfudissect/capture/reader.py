@@ -88,6 +88,7 @@ class _Batch(list):  # type: ignore[type-arg]
 # the compiled scanner (None: the pure path); tests set it to None to run the pure path in this process
 _scan: Callable[..., tuple[list[Event], int, int]] | None = fast.scan_messages if fast is not None else None
 _FAST_PREFIXES = (vfuc.EXP_PREFIX_DIR[spec.C2S], vfuc.EXP_PREFIX_DIR[spec.S2C])
+_SCAN_BATCH = 256  # events made per call: few enough that the ones waiting to be judged cost little memory
 
 
 def iter_records(f: BinaryIO, path: str = "<capture>",
@@ -170,7 +171,7 @@ def _iter_pcapng(b: _Buf, path: str, blocks: bool = False, scan: bool = False) -
     n = 0
     while True:
         if scanner is not None and fast_ifs and e == "<":
-            evs, pos, n = scanner(b.buf, b.pos, fast_ifs, n, p0, p1, c2s, s2c, MessageIn)
+            evs, pos, n = scanner(b.buf, b.pos, fast_ifs, n, p0, p1, c2s, s2c, MessageIn, _SCAN_BATCH)
             if evs:
                 b.pos = pos
                 yield _Batch(evs)  # type: ignore[misc]
