@@ -234,13 +234,27 @@ def stats_part(path: str, timeout: float, progress: Callable[[int], None] | None
                tap: Callable[[list[Item]], None] | None = None) -> PartResult:
     """`stats` of one part: every record and finding counted (and each batch of them handed to ``tap``)."""
     res = PartResult(path)
-    events = _guarded(iter(_Counting(open_capture(path, progress), res)), res, path)
-    add = res.stats.add
-    for batch in analyze_batches(events, AnalyzerConfig(timeout=timeout)):
-        for it in batch:
-            add(it)
-        if tap is not None:
-            tap(batch)
+    # analyze_batches and _guarded in one loop: the per-event layers cost a tenth of this path
+    an = Analyzer(AnalyzerConfig(timeout=timeout))
+    feed, add = an.feed, res.stats.add_items
+    last = 0.0
+    try:
+        for ev in open_capture(path, progress):
+            res.events += 1
+            if ev.ts:
+                last = ev.ts
+            batch = feed(ev)
+            if batch:
+                add(batch)
+                if tap is not None:
+                    tap(batch)
+    except CaptureError as e:
+        res.error = str(e)
+        res.unusable = res.events == 0
+    batch = an.finish(last)
+    add(batch)
+    if tap is not None:
+        tap(batch)
     if not res.unusable:
         res.worst = max((findings.SEVERITY_RANK[s] for s, n in res.stats.severities.items() if n), default=-1)
     return res

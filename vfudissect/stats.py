@@ -44,6 +44,9 @@ def nearest_rank(q: float, n: int) -> int:
     return min(n, max(1, math.ceil(Fraction(repr(q)) * n)))
 
 
+_floor, _log = math.floor, math.log
+
+
 def _bucket(v: float) -> int:
     return math.floor(math.log(v) / _LOG_BASE) if v > _TINY else _TINY_BUCKET
 
@@ -103,7 +106,9 @@ class _Rtt:
             self.lo = v
         if v > self.hi:
             self.hi = v
-        self.hist[_bucket(v)] += 1
+        b = _floor(_log(v) / _LOG_BASE) if v > _TINY else _TINY_BUCKET  # _bucket(v), inline: once per reply
+        hist = self.hist
+        hist[b] = hist.get(b, 0) + 1
 
     def merge(self, o: "_Rtt") -> None:
         self.count += o.count
@@ -197,17 +202,23 @@ class Stats:
         return cs
 
     def add(self, it: Item) -> None:
-        if isinstance(it, MessageRecord):
-            self._message(it)
-        elif isinstance(it, Finding):
-            self._finding(it)
-        elif isinstance(it, ConnRecord):
-            self._conn_record(it)
+        self.add_items((it,))
+
+    def add_items(self, items: Iterable[Item]) -> None:
+        """Count what the engine said of one event (its records and findings)."""
+        for it in items:
+            t = type(it)
+            if t is MessageRecord:
+                self._message(it)  # type: ignore[arg-type]
+            elif t is Finding:
+                self._finding(it)  # type: ignore[arg-type]
+            elif t is ConnRecord:
+                self._conn_record(it)  # type: ignore[arg-type]
 
     def _message(self, it: MessageRecord) -> None:
-        is_command = it.msg_type == "command"
-        if it.context or it.fault == "withheld":  # a copy counted in its own part; a message the peer never got
-            return
+        if it.context or it.fault:  # a copy counted in its own part; a message the peer never got (withheld)
+            if it.context or it.fault == "withheld":
+                return
         cs = self._conns.get(it.conn) or self._conn(it.conn)
         cs.messages += 1
         cs.bytes += it.wire_len
@@ -215,14 +226,20 @@ class Stats:
         if ts:
             if ts > self.last_ts:
                 self.last_ts = ts
-            if self.first_ts is None or ts < self.first_ts:
+            first = self.first_ts
+            if first is None or ts < first:
                 self.first_ts = ts
-        if is_command:
-            cs.commands[it.command_name] += 1
-        elif it.rtt is not None:
-            self._reply(cs, it, it.rtt)
-        if it.flags & 0x20 and it.msg_type == "reply":
-            cs.errors[spec.errno_name(it.error)] += 1
+        msg_type = it.msg_type
+        if msg_type == "command":
+            commands = cs.commands
+            name = it.command_name
+            commands[name] = commands.get(name, 0) + 1
+        else:
+            rtt = it.rtt
+            if rtt is not None:
+                self._reply(cs, it, rtt)
+            if it.flags & 0x20 and msg_type == "reply":
+                cs.errors[spec.errno_name(it.error)] += 1
         if it.fds:
             for fd in it.fds:
                 cs.fds[fd.kind] += 1

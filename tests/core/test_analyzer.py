@@ -6,6 +6,8 @@ import json
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vfudissect import spec
 from vfudissect.core.events import ConnOpened, FdInfo
@@ -601,3 +603,21 @@ def test_every_catalogue_code_is_described():
     for code, kind in findings.CATALOGUE.items():
         assert code == code.upper() and kind.severity in findings.SEVERITIES and kind.title
     assert json.dumps(sorted(findings.CATALOGUE))  # stable, serialisable
+
+
+@given(st.binary(min_size=16, max_size=80))
+def test_the_generated_field_decoders_say_what_the_layouts_say(data: bytes) -> None:
+    """Each layout's generated decoder: its fields by name and order, as struct gives them; a region access's
+    register value, the little-endian number of 1, 2, 4 or 8 data bytes (none for other counts or short data)."""
+    from vfudissect.core import analyzer as engine
+
+    for key, dec in engine._DECODERS.items():
+        if len(data) - 16 < dec.size:
+            continue
+        plain = dict(zip(dec.names, struct.Struct(spec.LAYOUTS[key].fmt).unpack_from(data, 16)))
+        assert dec.fields(data) == plain and list(dec.fields(data)) == list(dec.names)
+        want = dict(plain)
+        count = plain.get("count")
+        if count in (1, 2, 4, 8) and len(data) >= 16 + dec.size + count:
+            want["value"] = int.from_bytes(data[16 + dec.size:16 + dec.size + count], "little")
+        assert dec.valued(data) == want

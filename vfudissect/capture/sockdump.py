@@ -572,15 +572,15 @@ def open_events(path: str, progress: Callable[[int], None] | None = None) -> Ite
 
 
 def _sniffed_events(f: BinaryIO, label: str, progress: Callable[[int], None] | None) -> Iterator[Event]:
-    """The events of a stream, read as a sockdump pcap or a vfudissect capture as its header says."""
+    """The events of a stream, read as a sockdump pcap or a vfudissect capture as its header says (the decoder's
+    own iterator, not one more generator around it: each event passes through it)."""
     from .reader import read_events
 
     hdr, head = _header(_read_head(f, 24), f)
     replay = _Replay(head, f)
     if hdr is not None and hdr.linktype == LINKTYPE_USER0:
-        yield from sockdump_events(replay, label, progress)  # type: ignore[arg-type]
-    else:
-        yield from read_events(replay, label, progress)  # type: ignore[arg-type]
+        return sockdump_events(replay, label, progress)  # type: ignore[arg-type]
+    return read_events(replay, label, progress)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ the engine, fd-blind connections

@@ -27,7 +27,7 @@ from . import capabilities
 from .events import (CaptureEnd, ConnClosed, ConnOpened, Event, FindingIn, IrqIn, MessageIn, NoteIn, RawIn, Tick,
                      VerdictsIn)
 from .findings import SEVERITY
-from .records import ConnRecord, Finding, Item, make_message_record
+from .records import ConnRecord, Finding, Item, MessageRecord
 from .rules import RULES, TRANSITIONS, Msg, header, pairing
 from .rules.base import (CHANNEL, COMMAND, ERROR_REPLY, FRAMED, HEADER, ORDER, PAIRED, PAIRING, REPLY, REQUEST,
                          STAGES, TRACK)
@@ -38,21 +38,23 @@ _FLAG_TYPE = spec.FLAG_TYPE_MASK
 _FLAG_ERROR, _FLAG_NO_REPLY = spec.FLAG_ERROR, spec.FLAG_NO_REPLY
 _VF_WITHHELD, _VF_FRAMING_ERROR, _VF_CONTEXT = spec.VF_WITHHELD, spec.VF_FRAMING_ERROR, spec.VF_CONTEXT
 _VF_INJECTED, _VF_TRUNCATED = spec.VF_INJECTED, spec.VF_TRUNCATED
-_NAMES = spec.COMMAND_NAMES
 _MSG_TYPES = ("command", "reply")
 _VERSION, _FEATURE = int(spec.Command.VERSION), int(spec.Command.DEVICE_FEATURE)
 _REGION_READ, _REGION_WRITE = int(spec.Command.REGION_READ), int(spec.Command.REGION_WRITE)
 _REGISTER_SIZES = frozenset({1, 2, 4, 8})  # a register access: its data is a number (fields["value"])
 _U32 = struct.Struct("<I").unpack_from
+_new_record = tuple.__new__
 
 
 class _Decoder:
-    """Fixed fields of one layout: a precompiled struct, the field names, and ``fields(data)``, the dict of them.
+    """Fixed fields of one layout: a precompiled struct, the field names, and ``fields(data)``, the dict of them;
+    for a layout with a ``count`` (a region access), ``valued(data)``: the same dict with the data that follows
+    as the little-endian number a register holds (``value``) when the access is of 1, 2, 4 or 8 bytes.
 
-    ``fields`` is generated from the layout (one unpack into a dict display, as dataclasses generate __init__):
-    a third of the cost of dict(zip(names, unpack(data, 16))), with the same keys in the same order."""
+    Both are generated from the layout (one unpack into a dict display, as dataclasses generate __init__): a
+    third of the cost of dict(zip(names, unpack(data, 16))), with the same keys in the same order."""
 
-    __slots__ = ("size", "unpack", "names", "fields")
+    __slots__ = ("size", "unpack", "names", "fields", "valued")
 
     def __init__(self, layout: spec.Layout) -> None:
         st = struct.Struct(layout.fmt)
@@ -61,9 +63,16 @@ class _Decoder:
         self.names = tuple(f.name for f in layout.fields)
         values = "".join(f"_{i}, " for i in range(len(self.names)))
         display = ", ".join(f"{name!r}: _{i}" for i, name in enumerate(self.names))
-        ns: dict[str, Any] = {"unpack": st.unpack_from}
-        exec(f"def fields(data):\n    ({values}) = unpack(data, 16)\n    return {{{display}}}\n", ns)
+        ns: dict[str, Any] = {"unpack": st.unpack_from, "REGISTER": _REGISTER_SIZES, "from_bytes": int.from_bytes}
+        code = f"def fields(data):\n    ({values}) = unpack(data, 16)\n    return {{{display}}}\n"
+        if "count" in self.names:
+            n, at = f"_{self.names.index('count')}", 16 + st.size
+            code += (f"def valued(data):\n    ({values}) = unpack(data, 16)\n    d = {{{display}}}\n"
+                     f"    if {n} in REGISTER and len(data) >= {at} + {n}:\n"
+                     f"        d['value'] = from_bytes(data[{at}:{at} + {n}], 'little')\n    return d\n")
+        exec(code, ns)
         self.fields: Callable[[bytes], dict[str, Any]] = ns["fields"]
+        self.valued: Callable[[bytes], dict[str, Any]] = ns.get("valued", self.fields)
 
 
 _DECODERS = {key: _Decoder(lay) for key, lay in spec.LAYOUTS.items()}
@@ -101,16 +110,19 @@ def _steps(code: int | None, *stages: str) -> tuple[Step, ...]:
 class _Plan:
     """Everything the dispatcher needs for one (command code, message type), looked up once per message."""
 
-    __slots__ = ("front", "decoder", "steps", "pairing", "paired", "paired_steps", "error", "error_steps", "known",
-                 "extra", "version_reply_min")
+    __slots__ = ("front", "decoder", "decode", "steps", "pairing", "paired", "paired_steps", "error", "error_steps",
+                 "known", "extra", "version_reply_min")
 
     def __init__(self, code: int | None, mtype: int) -> None:
         known = code is not None
         self.known = known
         self.front = _steps(code, HEADER, FRAMED)
-        self.decoder = _LAYOUT_OF.get((code, mtype == 1)) if known else None
-        # needs more than its fixed fields decoded: VERSION's capabilities, a SET's device state, a register's value
-        self.extra = (code in (_VERSION, _FEATURE, _REGION_WRITE) and mtype == 0) or (code == _REGION_READ and mtype == 1)
+        self.decoder = dec = _LAYOUT_OF.get((code, mtype == 1)) if known else None
+        # a register's value, with the fixed fields: the data of a write, and of a read's reply
+        valued = (code == _REGION_WRITE and mtype == 0) or (code == _REGION_READ and mtype == 1)
+        self.decode = None if dec is None else dec.valued if valued else dec.fields
+        # needs more than its fixed fields decoded: VERSION's capabilities, a SET's device state
+        self.extra = code in (_VERSION, _FEATURE) and mtype == 0
         self.steps: tuple[Step, ...] = ()
         if mtype == 0:
             self.steps = _steps(code, COMMAND, REQUEST, TRACK) if known else _steps(None, COMMAND, TRACK)
@@ -167,7 +179,9 @@ class Analyzer:
         ts = ev.ts
         if ts > st.last_ts:
             dl = st.deadlines
-            if dl and (dl[0].answered or ts - dl[0].ts > st.timeout):  # what expire() would act on, else no call
+            while dl and dl[0].answered:  # answered: no deadline any more (expire() would drop them first)
+                dl.popleft()
+            if dl and ts - dl[0].ts > st.timeout:  # one is due: REPLY_TIMEOUT
                 self._expire(ts, out)
             st.last_ts = ts
         if t is MessageIn:
@@ -273,9 +287,7 @@ class Analyzer:
             step(m)
         dec = plan.decoder
         if dec is not None and not (mtype == 1 and flags & _FLAG_ERROR) and n - 16 >= dec.size:
-            m.fields = dec.fields(data)
-            if plan.extra and mtype == 1:
-                self._decode_value(m)
+            m.fields = plan.decode(data)
         if c.version_state != "negotiated" and c.twin_of is None:
             _run(ORDER, m)
         if c.twin_negotiated or c.twin_of is not None:
@@ -305,7 +317,12 @@ class Analyzer:
             elif plan.known and req is not None and req.command == cmd:
                 if plan.version_reply_min >= 0 and c.twin_of is None and m.plen >= plan.version_reply_min:
                     self._decode_version(m)
-                _stage(plan.paired, plan.paired_steps, m)
+                for rule in plan.paired:  # _stage(plan.paired, plan.paired_steps, m), inline: every paired reply
+                    if rule(m):
+                        break
+                else:
+                    for step in plan.paired_steps:
+                        step(m)
             else:
                 header.unpaired_reply_fixed_part(m)
         self._emit(out, m, request_frame, rtt, answers)
@@ -315,9 +332,7 @@ class Analyzer:
         state, except that the command a withheld reply answers is told its reply was withheld."""
         dec = plan.decoder
         if dec is not None and not (m.mtype == 1 and m.flags & spec.FLAG_ERROR) and len(m.ev.data) - 16 >= dec.size:
-            m.fields = dec.fields(m.ev.data)
-            if plan.extra and m.cmd in (_REGION_READ, _REGION_WRITE):
-                self._decode_value(m)  # shown as the forwarded one would be
+            m.fields = plan.decode(m.ev.data)  # a register's value too: shown as the forwarded one would be
         if m.mtype == 1:
             self.state.withhold(m.ev, m.msg_id)
         m.found = ()
@@ -339,9 +354,7 @@ class Analyzer:
     def _decode_request(m: Msg) -> None:
         """What the rules need beyond the fixed fields: VERSION's capabilities, the device state a SET asks for."""
         cmd = m.cmd
-        if cmd == _REGION_WRITE:
-            Analyzer._decode_value(m)
-        elif cmd == _VERSION:
+        if cmd == _VERSION:
             Analyzer._decode_version(m)
         elif cmd == _FEATURE and m.fields:
             flags = m.fields["flags"]
@@ -349,14 +362,6 @@ class Analyzer:
                     and flags & (spec.FEATURE_GET | spec.FEATURE_SET | spec.FEATURE_PROBE) == spec.FEATURE_SET
                     and len(m.ev.data) >= 28):
                 m.fields["device_state"] = _U32(m.ev.data, 24)[0]
-
-    @staticmethod
-    def _decode_value(m: Msg) -> None:
-        """A register read or write of 1, 2, 4 or 8 bytes: its data as the little-endian number it is."""
-        f = m.fields
-        count = f.get("count") if f else None
-        if count in _REGISTER_SIZES and len(m.ev.data) >= 32 + count:
-            f["value"] = int.from_bytes(m.ev.data[32:32 + count], "little")
 
     @staticmethod
     def _decode_version(m: Msg) -> None:
@@ -381,11 +386,11 @@ class Analyzer:
                      for code, text, extra in found]
         codes = tuple([code for code, _t, _x in found]) if found else ()
         mtype, cmd = m.mtype, m.cmd
-        out.append(make_message_record(
-            ev.frame, ev.ts, ev.conn, ev.dir, m.msg_id, cmd, _NAMES.get(cmd) or f"CMD_{cmd}",
+        out.append(_new_record(MessageRecord, (  # make_message_record()'s one step, without its call: every message
+            ev.frame, ev.ts, ev.conn, ev.dir, m.msg_id, cmd, m.name or f"CMD_{cmd}",
             _MSG_TYPES[mtype] if mtype < 2 else f"type{mtype}",
-            m.size, m.flags, m.err, m.wire, ev.fds, m.fields or {}, request_frame, rtt, codes,
-            evfl & _VF_TRUNCATED != 0, m.flags & _FLAG_NO_REPLY != 0, context, answers, fault))
+            m.size, m.flags, m.err, m.wire, ev.fds, m.fields or {}, request_frame, None, rtt, codes,
+            evfl & _VF_TRUNCATED != 0, m.flags & _FLAG_NO_REPLY != 0, context, answers, fault)))
         for code, text, extra in found:
             out.append(Finding(code, SEVERITY[code], ev.conn, (ev.frame,) + extra, text, ev.ts))
 
