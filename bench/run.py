@@ -186,7 +186,10 @@ KNOWN = (
               as_printed,  # it prints the README's table itself (--markdown)
               wants=(Requirement(CC.present, "no C compiler (cc or gcc): no C relay row"),)),
     Benchmark("recorder", "Recording cost — `bench/recorder_bench.py`",
-              (Run(("--messages", "50000"), ("--messages", "5000")),),
+              (Run(("--messages", "50000"), ("--messages", "5000")),
+               Run(("--messages", "50000", "--base", "4836b6e"), ("--messages", "5000", "--base", "4836b6e", "--repeat",
+                                                                   "1"),
+                   "against the commit before the one-engine work (4836b6e), alternately")),
               lambda out: reshape(out, recorder_row, ("", "per message"))),
     Benchmark("lua", "Wireshark Lua plugin — `bench/lua_bench.py`",
               (Run(("-n", "200000", "--repeat", "2"), ("-n", "20000", "--repeat", "1")),),
