@@ -10,7 +10,6 @@ function (``batch.py``), and the results merge exactly.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -23,7 +22,7 @@ from .core.events import Event, FindingIn, MessageIn, VerdictsIn
 from .core.records import ConnRecord, Finding, Item, MessageRecord
 from .core.sequencer import Sequencer
 from .core.verdicts import VerdictDiff, stored_finding
-from .render import Renderer, conn_json, finding_json, message_json
+from .render import Renderer, conn_json, finding_json, json_line, message_json
 from .stats import Stats
 from .tree import decode_tree, hexdump  # noqa: F401  (hexdump: the API's name for it)
 
@@ -169,7 +168,7 @@ def read_part(path: str, opts: ViewOptions, write: Write | None = None, label: s
     def as_json(obj: dict) -> str:
         if extra:
             obj = {**extra, **obj}
-        return json.dumps(obj)
+        return json_line(obj)
 
     def emit(items: list[Item]) -> None:
         for it in items:
