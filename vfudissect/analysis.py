@@ -237,9 +237,10 @@ def stats_part(path: str, timeout: float, progress: Callable[[int], None] | None
     an = Analyzer(AnalyzerConfig(timeout=timeout))
     feed, add = an.feed, res.stats.add_items
     last = 0.0
+    n = 0
     try:
         for ev in open_capture(path, progress):
-            res.events += 1
+            n += 1
             if ev.ts:
                 last = ev.ts
             batch = feed(ev)
@@ -249,7 +250,8 @@ def stats_part(path: str, timeout: float, progress: Callable[[int], None] | None
                     tap(batch)
     except CaptureError as e:
         res.error = str(e)
-        res.unusable = res.events == 0
+        res.unusable = n == 0
+    res.events = n
     batch = an.finish(last)
     add(batch)
     if tap is not None:

@@ -621,3 +621,21 @@ def test_the_generated_field_decoders_say_what_the_layouts_say(data: bytes) -> N
         if count in (1, 2, 4, 8) and len(data) >= 16 + dec.size + count:
             want["value"] = int.from_bytes(data[16 + dec.size:16 + dec.size + count], "little")
         assert dec.valued(data) == want
+
+
+def test_the_usual_messages_record_built_inline_is_the_one_emit_builds(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """_message builds the record of a message without findings itself; _emit builds every other: on every
+    committed capture (each kind of message, fds, twin sockets, faults, rotation copies) the two agree."""
+    from vfudissect.capture.reader import open_capture
+    from vfudissect.core import analyzer as engine
+    from tests.conftest import CAPTURES
+
+    def judged(path):  # type: ignore[no-untyped-def]
+        an = engine.Analyzer()
+        return [it for ev in open_capture(str(path)) for it in an.feed(ev)] + an.finish()
+
+    for path in sorted(CAPTURES.glob("*.pcapng")):
+        inline = judged(path)
+        monkeypatch.setattr(engine, "INLINE_EMIT", False)
+        assert judged(path) == inline, path
+        monkeypatch.setattr(engine, "INLINE_EMIT", True)
