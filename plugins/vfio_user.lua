@@ -1337,6 +1337,13 @@ local SPEC = {
       basis = "Q6, Q7",
     },
     {
+      code = "IRQ_ERR_REQ_COUNT",
+      severity = "warning",
+      group = "protocol",
+      title = "SET_IRQS on ERR or REQ beyond their one interrupt",
+      basis = "Q6",
+    },
+    {
       code = "ARGSZ_TOO_SMALL",
       severity = "warning",
       group = "protocol",

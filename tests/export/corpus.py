@@ -20,6 +20,7 @@ from vfudissect import spec
 from vfudissect.capture import vfuc
 from vfudissect.capture.reader import read_events
 from vfudissect.capture.writer import PcapngWriter
+from vfudissect.core import findings
 from vfudissect.core.events import ConnClosed, ConnOpened, Cred, FdInfo, FindingIn, MessageIn, NoteIn, RawIn, VerdictsIn
 from vfudissect.testing import (EVENTFD, LVU_CAPS, MEMFD, QEMU_CAPS, handshake_steps, device_feature, device_reset, dma_map,
                                 dma_read, dma_read_reply, dma_unmap, dma_write, get_info, get_info_reply, irq_info,
@@ -565,11 +566,27 @@ def sc_records(b: Builder) -> None:
     b.record(MSG, region_read(65, 7)[:12], flags=MORE, msg_seq=105, msg_len=32)  # never completed
 
 
+def sc_declared_examples(b: Builder) -> None:
+    """Every code's declared example (core/findings.py) on a connection of its own, whole messages as the proxy
+    records them: a code added with its declaration is in the catalogue without a scenario written here.  (An
+    example that needs its own REPLY_TIMEOUT threshold or snaplen shows its code only in the scenarios above.)"""
+    fd_of = {"memfd": MEMFD, "eventfd": EVENTFD, "socket": SOCKET}
+    for kind in findings.CATALOGUE.values():
+        scn = kind.scenario
+        if scn is None or scn.timeout != spec.DEFAULT_REPLY_TIMEOUT or scn.snaplen is not None:
+            continue
+        b.open()
+        for step in scn.steps:
+            b.wait(step.delay)
+            b.send(step.dir, step.data, () if step.starve_fds else [fd_of[k] for k in step.fds])
+        b.close()
+
+
 CATALOGUE: list[Callable[[Builder], None]] = [
     sc_clean, sc_pairing, sc_timeout, sc_no_reply_close, sc_no_reply_flood, sc_faults_irqs, sc_directions,
     sc_dma_collision, sc_negotiation,
     sc_bad_caps, sc_twin, sc_header, sc_big, sc_errors, sc_fds, sc_data, sc_dma, sc_dma_table, sc_irqs_queries,
-    sc_features, sc_records,
+    sc_features, sc_records, sc_declared_examples,
 ]
 
 

@@ -461,10 +461,10 @@ def test_fd_and_fragment_fields(catalogue):
     assert memfd and all(set(r[2]) == {"/memfd:memory-backend-memfd (deleted)"} for r in memfd)
     reassembled_in = {int(r[0][0]): int(r[3][0]) for r in rows if r[3]}
     whole = {int(r[0][0]): [int(x) for x in r[4]] for r in rows if r[4]}
-    # a 1 MiB write, a 200 kB read reply, a 150 kB raw blob and the hand-made pairs of sc_records, each ending
-    # in the frame that lists its fragments
-    assert len(whole) == 5 and len(reassembled_in) == sum(len(v) - 1 for v in whole.values())
-    assert max(len(v) for v in whole.values()) == 17
+    # a 1 MiB write, a 200 kB read reply, a 150 kB raw blob and the hand-made pairs of sc_records (and the big
+    # messages of the declared examples), each ending in the frame that lists its fragments
+    assert len(whole) >= 5 and len(reassembled_in) == sum(len(v) - 1 for v in whole.values())
+    assert max(len(v) for v in whole.values()) >= 17
     for last, frames in whole.items():
         assert frames[-1] == last and all(reassembled_in[f] == last for f in frames[:-1])
         assert frames == sorted(frames)

@@ -712,9 +712,18 @@ _KINDS: tuple[FindingKind, ...] = (
              "user restricts to TRIGGER (EINVAL), or on an index whose GET_IRQ_INFO reply lacked the MASKABLE flag "
              "(0x2), which the spec uses to mark interrupts that cannot be masked. libvfio-user's GET_IRQ_INFO "
              "replies carry only EVENTFD, so every MASK or UNMASK on a queried index of a libvfio-user device raises"
-             " this warning. The fact sheet's other ERR/REQ case, count above 1, is not checked."),
+             " this warning. The fact sheet's other ERR/REQ case, a count above 1, is IRQ_ERR_REQ_COUNT."),
         example=READY + [c2s(set_irqs(6, 1, 0, 1, flags=spec.IRQ_SET_DATA_NONE | spec.IRQ_SET_ACTION_MASK_BIT), flag="IRQ_NOT_MASKABLE"),
                     refused(set_irqs(6, 1, 0, 1))],
+    ),
+    FindingKind("IRQ_ERR_REQ_COUNT", "warning", "protocol", "SET_IRQS on ERR or REQ beyond their one interrupt", "Q6",
+        doc=("Raised on a DEVICE_SET_IRQS for the ERR (3) or REQ (4) index whose start + count is above 1, before "
+             "GET_IRQ_INFO was asked about that index (once it was, IRQ_OUT_OF_RANGE judges the range against the "
+             "count the device reported). As in VFIO, which vfio-user follows, each of these indexes has at most "
+             "one interrupt: libvfio-user reports a count of 1 for them (0 when the device lacks them) and refuses "
+             "a start + count beyond it with EINVAL."),
+        example=READY + [c2s(set_irqs(6, 3, 0, 2), "eventfd", "eventfd", flag="IRQ_ERR_REQ_COUNT"),
+                         refused(set_irqs(6, 3, 0, 2))],
     ),
     FindingKind("ARGSZ_TOO_SMALL", "warning", "protocol", "request argsz below the fixed reply size", "G1",
         doc=("Raised on a DEVICE_GET_INFO, GET_REGION_INFO, GET_REGION_IO_FDS or GET_IRQ_INFO request whose argsz is"

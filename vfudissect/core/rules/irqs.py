@@ -21,6 +21,18 @@ def irq_info_index(m: Msg) -> None:
         m.add(Code.IRQ_OUT_OF_RANGE, f"IRQ index {f['index']} but the device has {c.num_irqs}")
 
 
+@on(REQUEST, C.DEVICE_SET_IRQS, emits=(Code.IRQ_ERR_REQ_COUNT,))
+def err_req_count(m: Msg) -> None:
+    """Q6's count part: ERR and REQ have one interrupt each, asked or not (once GET_IRQ_INFO said their count,
+    IRQ_OUT_OF_RANGE judges the range against it instead)."""
+    f, c = m.fields, m.c
+    if not f or f["index"] not in _UNMASKABLE_IRQS or f["index"] in c.irqs:
+        return
+    if (c.num_irqs is None or f["index"] < c.num_irqs) and f["start"] + f["count"] > 1:
+        m.add(Code.IRQ_ERR_REQ_COUNT, f"{irq_name(f['index'])} start {f['start']} + count {f['count']}: the ERR and "
+                                      "REQ interrupts are one each")
+
+
 @updates(PAIRED, C.DEVICE_GET_IRQ_INFO)
 def _irq_type(m: Msg) -> None:
     f = m.fields
