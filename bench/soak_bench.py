@@ -58,7 +58,8 @@ class Server:
         self.path = ""
 
     def start(self, name: str) -> str:
-        self.path = os.path.join(self.tmp, f"dev-{name}.sock")
+        self.started = getattr(self, "started", 0) + 1  # a path of its own each time: no stale socket to connect to
+        self.path = os.path.join(self.tmp, f"dev-{self.started}.sock")
         if self.lvu:
             argv = [self.lvu, self.path]
         else:
@@ -94,7 +95,7 @@ def run_path(name: str, server: Server, client: str, tmp: str, n: int, c_relay: 
     try:
         sock = dev
         if name != "direct":
-            sock = os.path.join(tmp, f"px-{name}.sock")
+            sock = os.path.join(tmp, f"px-{server.started}.sock")
             if name == "C relay":
                 relay = subprocess.Popen([c_relay, sock, dev], stdout=subprocess.DEVNULL)  # type: ignore[list-item]
             else:

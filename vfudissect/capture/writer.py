@@ -40,6 +40,8 @@ class PcapngWriter:
         self._out = out
         self._flush = flush
         self.records = 0
+        if not flush:  # the stream's own write, not a method around it: one call less per record
+            self._write = out.write  # type: ignore[method-assign]
         if header is not None:  # another file's section and interface blocks, copied (annotate)
             self._write(header)
             return

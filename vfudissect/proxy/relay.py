@@ -64,6 +64,8 @@ _SNDBUF = 4 << 20  # room for a whole 1 MiB message per sendmsg (SO_SNDBUFFORCE 
 _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 _BIG = 64 << 10  # larger messages: no busy-polling after them
 _EVENT_COST = 256  # bytes a queued event costs beyond its data (the objects that carry it)
+_now = time.time
+_VERSION = int(spec.Command.VERSION)  # the low byte of the command field: what saw() looks at first
 
 # pump states (framing itself is the deframer's)
 OPEN, EOF, DONE = 0, 2, 3
@@ -484,10 +486,14 @@ class Relay:
         d = p.d
         src = p.src
         budget = self.cfg.read_budget
+        received = d.received
         while True:
             buf = d.buffer()
-            if not len(buf):
+            want = len(buf)
+            if not want:
                 return
+            if want > _BIG:
+                self._spin_ok = False  # a bulk body to read: the CPU is better spent elsewhere than spinning
             try:
                 n, anc, flags, _ = src.recvmsg_into([buf], _ANC, _RECV_FLAGS)
             except (BlockingIOError, InterruptedError):
@@ -505,7 +511,7 @@ class Relay:
                     _close_all(fds)
                 self._eof(p)
                 return
-            outs = d.received(n, fds, bool(flags & _CTRUNC), time.time())
+            outs = received(n, fds, flags & _CTRUNC != 0, _now())
             if outs:
                 if not d.partial:
                     self._partial.discard(p)
@@ -513,8 +519,6 @@ class Relay:
                 budget -= 1
                 if budget <= 0 or p.out is not None or p.state != OPEN or self.full or p.held is not None:
                     return
-            elif d.want() > _BIG:
-                self._spin_ok = False
 
     def _outs(self, p: Pump, outs: list[Out], send: bool = True) -> None:
         """Forward (unless the connection is gone) and queue for recording what the deframer put out."""
@@ -539,7 +543,8 @@ class Relay:
         fds = list(o.fds)
         twin: tuple[socket.socket, socket.socket] | None = None
         infos: tuple[FdInfo, ...] | None = None
-        caps = conn.framing.saw(p.dir, data)  # VERSION: the receivers' limits (and the twin socket) follow it
+        # VERSION: the receivers' limits (and the twin socket) follow it; saw() is asked only when it may be one
+        caps = conn.framing.saw(p.dir, data) if data[2] == _VERSION and not data[3] else None
         if p.injector is not None and send:
             plan = None if p.stalled else p.injector.plan(bytes(data), fds)
             if plan is not None or p.stalled:
