@@ -24,7 +24,7 @@ from .core.sequencer import Sequencer
 from .core.verdicts import VerdictDiff, stored_finding
 from .render import Renderer, conn_json, finding_json, json_line, message_json
 from .stats import Stats
-from .tree import decode_tree, hexdump  # noqa: F401  (hexdump: the API's name for it)
+from .tree import decode_tree
 
 Write = Callable[[str], None]
 

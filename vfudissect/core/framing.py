@@ -205,8 +205,7 @@ class Deframer:
         """The message in hand is whole: out it goes (_emit and _reset, inline: once per message)."""
         body = self.body
         assert body is not None
-        late, ctrunc = self.late, self.ctrunc
-        flags = (_FDS_LATE if late else 0) | (_FDS_CTRUNC if ctrunc else 0) if late or ctrunc else 0
+        flags = (_FDS_LATE if self.late else 0) | (_FDS_CTRUNC if self.ctrunc else 0)
         out.append(Out(MESSAGE, bytes(body) if self.size <= 65536 else body, tuple(self.fds), flags, -1, "", ts))
         self.bview.release()  # type: ignore[union-attr]
         self.body = self.bview = None

@@ -66,7 +66,8 @@ def make_message_record(frame: int, ts: float, conn: int, dir: str, msg_id: int,
                         rtt: float | None, findings: tuple[str, ...], truncated: bool,
                         no_reply: bool, context: bool = False, request_command: int | None = None,
                         fault: str = "") -> MessageRecord:
-    """The engine's hot-path constructor: the same record as MessageRecord(...), built in one step."""
+    """The same record as MessageRecord(...), built in one step (the engine builds its records the same way,
+    without this call; response_frame is the sequencer's to fill in)."""
     return _tuple_new(MessageRecord, (frame, ts, conn, dir, msg_id, command, command_name, msg_type, size, flags,
                                       error, wire_len, fds, fields, request_frame, None, rtt, findings, truncated,
                                       no_reply, context, request_command, fault))
