@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 
 from . import spec
 from .capture.reader import CaptureError
+from .capture.sockdump import open_event_batches
 from .capture.sockdump import open_events as open_capture  # a vfudissect capture, or a sockdump pcap
 from .core import findings
 from .core.analyzer import Analyzer, AnalyzerConfig
@@ -239,15 +240,16 @@ def stats_part(path: str, timeout: float, progress: Callable[[int], None] | None
     last = 0.0
     n = 0
     try:
-        for ev in open_capture(path, progress):
-            n += 1
-            if ev.ts:
-                last = ev.ts
-            batch = feed(ev)
-            if batch:
-                add(batch)
-                if tap is not None:
-                    tap(batch)
+        for events in open_event_batches(path, progress):  # a loop over a batch: no generator step per event
+            for ev in events:
+                n += 1
+                if ev.ts:
+                    last = ev.ts
+                batch = feed(ev)
+                if batch:
+                    add(batch)
+                    if tap is not None:
+                        tap(batch)
     except CaptureError as e:
         res.error = str(e)
         res.unusable = n == 0

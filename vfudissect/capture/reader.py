@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 from .. import spec
 from ..core.events import ConnClosed, ConnOpened, Event, IrqIn, MessageIn, NoteIn, RawIn, make_message_in
@@ -279,9 +279,22 @@ def read_events(f: BinaryIO, path: str = "<capture>",
     return events_of(_records_or_batches(f, path, progress), path)
 
 
+def read_event_batches(f: BinaryIO, path: str = "<capture>",
+                       progress: Callable[[int], None] | None = None) -> Iterator[Sequence[Event]]:
+    """``read_events`` in batches (``event_batches_of``)."""
+    return event_batches_of(_records_or_batches(f, path, progress), path)
+
+
 def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator[Event]:
     """Engine events of a stream of packet records (a file's, or annotate's renumbered copy), fragments
-    reassembled; each event is yielded as soon as its last record has been taken.
+    reassembled; each event is yielded as soon as its last record has been taken."""
+    for batch in event_batches_of(records, path):
+        yield from batch
+
+
+def event_batches_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator[Sequence[Event]]:
+    """``events_of`` in batches: the compiled scanner's run of events as it made them, any other event alone (a
+    loop over them costs no generator step per event: what ``stats`` reads).
 
     Fast path: a whole message with no fds behind the two fixed exported-PDU
     prefixes our writer emits is decoded with one struct call; everything else
@@ -302,7 +315,7 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
     for r in records:
         if type(r) is _Batch:  # events already (the compiled scanner's, of records the fast path below would take)
             ours = True
-            yield from r
+            yield r
             continue
         data = r.data
         ts = r.ts_ns / 1e9
@@ -315,7 +328,8 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
                     and not flags & MORE:
                 ours = True
                 payload = data[plen + fsize:]
-                yield make_message_in(ts, conn, d, payload, (), r.number, msg_len if msg_len else len(payload), flags)
+                yield (make_message_in(ts, conn, d, payload, (), r.number, msg_len if msg_len else len(payload),
+                                       flags),)
                 continue
         try:
             name, _p2p, off = strip(data)
@@ -326,12 +340,12 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
             rec = decode(data, off)
             ours = True
         except (vfuc.VfucError, struct.error) as exc:
-            yield NoteIn(ts, 0, f"{CORRUPT_NOTE_PREFIX}{exc}", None, r.number)
+            yield (NoteIn(ts, 0, f"{CORRUPT_NOTE_PREFIX}{exc}", None, r.number),)
             continue
         rt = rec.rec_type
         if rt == MSG or rt == RAW or rt == ORIGINAL:
             if rec.dir is None:
-                yield NoteIn(ts, rec.conn, f"{CORRUPT_NOTE_PREFIX}message record without direction", None, r.number)
+                yield (NoteIn(ts, rec.conn, f"{CORRUPT_NOTE_PREFIX}message record without direction", None, r.number),)
                 continue
             payload = rec.payload
             flags = rec.flags
@@ -340,15 +354,15 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
                 p = partial.get(key)
                 if p is None:
                     if rec.frag_off != 0:
-                        yield NoteIn(ts, rec.conn, f"{CORRUPT_NOTE_PREFIX}fragment at offset {rec.frag_off} "
-                                     "without its start", rec.dir, r.number)
+                        yield (NoteIn(ts, rec.conn, f"{CORRUPT_NOTE_PREFIX}fragment at offset {rec.frag_off} "
+                                     "without its start", rec.dir, r.number),)
                         continue
                     partial[key] = _Partial(rec, [payload], len(payload))
                     continue
                 if rec.frag_off != p.have:
                     del partial[key]
-                    yield NoteIn(ts, rec.conn, f"{CORRUPT_NOTE_PREFIX}fragment at offset {rec.frag_off}, "
-                                 f"expected {p.have}", rec.dir, r.number)
+                    yield (NoteIn(ts, rec.conn, f"{CORRUPT_NOTE_PREFIX}fragment at offset {rec.frag_off}, "
+                                 f"expected {p.have}", rec.dir, r.number),)
                     continue
                 p.parts.append(payload)
                 p.have += len(payload)
@@ -361,40 +375,42 @@ def events_of(records: Iterable[RawRecord], path: str = "<capture>") -> Iterator
             else:
                 first = rec
             if rt != RAW:
-                yield MessageIn(ts, rec.conn, rec.dir, payload, first.fds, r.number,
+                yield (MessageIn(ts, rec.conn, rec.dir, payload, first.fds, r.number,
                                 first.msg_len if first.msg_len else len(payload),
-                                flags | spec.VF_WITHHELD if rt == ORIGINAL else flags)
+                                flags | spec.VF_WITHHELD if rt == ORIGINAL else flags),)
             else:
-                yield RawIn(ts, rec.conn, rec.dir, payload, first.fds, r.number, first.tlv_text(spec.Tlv.NOTE), flags)
+                yield (RawIn(ts, rec.conn, rec.dir, payload, first.fds, r.number, first.tlv_text(spec.Tlv.NOTE),
+                             flags),)
         elif rt == spec.RecType.CONN_OPEN:
             twin = rec.tlv(spec.Tlv.TWIN_OF)
-            yield ConnOpened(ts, rec.conn, rec.tlv_text(spec.Tlv.SOCKET_PATH),
+            yield (ConnOpened(ts, rec.conn, rec.tlv_text(spec.Tlv.SOCKET_PATH),
                              vfuc.cred_from(rec.tlv(spec.Tlv.CLIENT_CRED)),
                              vfuc.cred_from(rec.tlv(spec.Tlv.SERVER_CRED)),
-                             struct.unpack("<I", twin[:4])[0] if twin and len(twin) >= 4 else None, r.number)
+                             struct.unpack("<I", twin[:4])[0] if twin and len(twin) >= 4 else None, r.number),)
         elif rt == spec.RecType.CONN_CLOSE:
-            yield ConnClosed(ts, rec.conn, rec.dir, r.number)
+            yield (ConnClosed(ts, rec.conn, rec.dir, r.number),)
         elif rt == spec.RecType.NOTE:
             errno_v = rec.tlv(spec.Tlv.PROXY_ERRNO)
-            yield NoteIn(ts, rec.conn, rec.tlv_text(spec.Tlv.NOTE), rec.dir, r.number,
-                         struct.unpack("<I", errno_v[:4])[0] if errno_v and len(errno_v) >= 4 else 0)
+            yield (NoteIn(ts, rec.conn, rec.tlv_text(spec.Tlv.NOTE), rec.dir, r.number,
+                         struct.unpack("<I", errno_v[:4])[0] if errno_v and len(errno_v) >= 4 else 0),)
         elif rt == spec.RecType.FINDING:
             try:
-                yield vfuc.finding_event(rec, ts, r.number)
+                yield (vfuc.finding_event(rec, ts, r.number),)
             except vfuc.VfucError as exc:
-                yield NoteIn(ts, rec.conn, f"{CORRUPT_NOTE_PREFIX}{exc}", None, r.number)
+                yield (NoteIn(ts, rec.conn, f"{CORRUPT_NOTE_PREFIX}{exc}", None, r.number),)
         elif rt == spec.RecType.VERDICTS:
-            yield vfuc.verdicts_event(rec, ts, r.number)
+            yield (vfuc.verdicts_event(rec, ts, r.number),)
         elif rt == spec.RecType.IRQ:
             if len(rec.payload) < spec.IRQ_RECORD.size:
-                yield NoteIn(ts, rec.conn, f"{CORRUPT_NOTE_PREFIX}IRQ record of {len(rec.payload)} bytes", None, r.number)
+                yield (NoteIn(ts, rec.conn, f"{CORRUPT_NOTE_PREFIX}IRQ record of {len(rec.payload)} bytes", None,
+                              r.number),)
                 continue
             index, vector, count = spec.IRQ_RECORD.unpack_from(rec.payload)
-            yield IrqIn(ts, rec.conn, index, vector, count, r.number)
+            yield (IrqIn(ts, rec.conn, index, vector, count, r.number),)
         # unknown record types from newer writers are skipped
     for (conn, d2, _seq), p in partial.items():
-        yield NoteIn(0.0, conn, f"{CORRUPT_NOTE_PREFIX}capture ended inside a fragmented message "
-                     f"({p.have} of {p.first.msg_len} bytes)", d2, 0)
+        yield (NoteIn(0.0, conn, f"{CORRUPT_NOTE_PREFIX}capture ended inside a fragmented message "
+                     f"({p.have} of {p.first.msg_len} bytes)", d2, 0),)
 
 
 def open_input(path: str) -> tuple[BinaryIO, str]:
@@ -417,9 +433,10 @@ def open_capture(path: str, progress: Callable[[int], None] | None = None) -> It
     return events_at(path, read_events, progress)
 
 
-def events_at(path: str, decode: Callable[[BinaryIO, str, Callable[[int], None] | None], Iterator[Event]],
-              progress: Callable[[int], None] | None = None) -> Iterator[Event]:
-    """The events ``decode`` makes of the stream a path names ("-" = stdin), the file closed after them."""
+def events_at(path: str, decode: Callable[[BinaryIO, str, Callable[[int], None] | None], Iterator[Any]],
+              progress: Callable[[int], None] | None = None) -> Iterator[Any]:
+    """The events (or batches of them) ``decode`` makes of the stream a path names ("-" = stdin), the file closed
+    after them."""
     fh, label = open_input(path)
     try:
         yield from decode(fh, label, progress)

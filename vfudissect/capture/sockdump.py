@@ -97,7 +97,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 from .. import spec
 from ..core import framing
@@ -571,16 +571,35 @@ def open_events(path: str, progress: Callable[[int], None] | None = None) -> Ite
     return events_at(path, _sniffed_events, progress)
 
 
+def open_event_batches(path: str, progress: Callable[[int], None] | None = None) -> Iterator[Sequence[Event]]:
+    """``open_events`` in batches (reader.event_batches_of; a sockdump pcap's events one by one)."""
+    return events_at(path, _sniffed_batches, progress)
+
+
 def _sniffed_events(f: BinaryIO, label: str, progress: Callable[[int], None] | None) -> Iterator[Event]:
     """The events of a stream, read as a sockdump pcap or a vfudissect capture as its header says (the decoder's
     own iterator, not one more generator around it: each event passes through it)."""
     from .reader import read_events
 
-    hdr, head = _header(_read_head(f, 24), f)
-    replay = _Replay(head, f)
-    if hdr is not None and hdr.linktype == LINKTYPE_USER0:
+    replay, sockdump = _sniffed(f)
+    if sockdump:
         return sockdump_events(replay, label, progress)  # type: ignore[arg-type]
     return read_events(replay, label, progress)  # type: ignore[arg-type]
+
+
+def _sniffed_batches(f: BinaryIO, label: str, progress: Callable[[int], None] | None) -> Iterator[Sequence[Event]]:
+    from .reader import read_event_batches
+
+    replay, sockdump = _sniffed(f)
+    if sockdump:
+        return ((ev,) for ev in sockdump_events(replay, label, progress))  # type: ignore[arg-type]
+    return read_event_batches(replay, label, progress)  # type: ignore[arg-type]
+
+
+def _sniffed(f: BinaryIO) -> tuple[_Replay, bool]:
+    """The stream with its first bytes put back, and whether its header says sockdump (link type 147)."""
+    hdr, head = _header(_read_head(f, 24), f)
+    return _Replay(head, f), hdr is not None and hdr.linktype == LINKTYPE_USER0
 
 
 # ------------------------------------------------------------------ the engine, fd-blind connections
