@@ -127,11 +127,6 @@ class StagedOutput:
         self.path, self.group_read, self.tmp = path, group_read, ""
         self.out: BinaryIO | None = None
 
-    @property
-    def staged(self) -> bool:
-        """Whether discard() can take back what was written."""
-        return bool(self.tmp)
-
     def open(self) -> BinaryIO:
         """The stream to write (OSError when it cannot be made)."""
         if self.path == "-":
